@@ -1,0 +1,55 @@
+"""Server settings, read once from CYCLES_* environment variables."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+def default_data_dir() -> Path:
+    """Per-user data directory. As root, a system location: the cluster runs as
+    an unprivileged user, who cannot traverse /root."""
+    if os.geteuid() == 0:
+        return Path("/var/lib/cycles")
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "cycles"
+
+
+def _int_env(name: str, default: int) -> int:
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return int(raw)
+    except ValueError as exc:
+        raise SystemExit(f"{name} must be an integer, got {raw!r}") from exc
+
+
+@dataclass(frozen=True)
+class Settings:
+    database_url: str | None = None
+    data_dir: Path = field(default_factory=default_data_dir)
+    host: str = "127.0.0.1"
+    port: int = 7878
+    admin_api_key: str | None = None
+    workers: int = 2
+    pool_min_size: int = 4
+    pool_max_size: int = 16
+    sweep_interval_ms: int = 500
+    log_level: str = "info"
+
+    @classmethod
+    def from_env(cls) -> Settings:
+        return cls(
+            database_url=os.environ.get("CYCLES_DATABASE_URL") or None,
+            data_dir=Path(os.environ["CYCLES_DATA_DIR"]) if os.environ.get("CYCLES_DATA_DIR") else default_data_dir(),
+            host=os.environ.get("CYCLES_HOST", "127.0.0.1"),
+            port=_int_env("CYCLES_PORT", 7878),
+            admin_api_key=os.environ.get("CYCLES_ADMIN_API_KEY") or None,
+            workers=_int_env("CYCLES_WORKERS", 2),
+            pool_min_size=_int_env("CYCLES_POOL_MIN_SIZE", 4),
+            pool_max_size=_int_env("CYCLES_POOL_MAX_SIZE", 16),
+            sweep_interval_ms=_int_env("CYCLES_SWEEP_INTERVAL_MS", 500),
+            log_level=os.environ.get("CYCLES_LOG_LEVEL", "info"),
+        )

@@ -1,0 +1,302 @@
+-- Private helpers shared by every cycles.* function: errors, clock, ids,
+-- input validation, scope paths, ledger rows and outbox events.
+
+-- Errors -------------------------------------------------------------------
+-- Every error a client can cause has its own SQLSTATE (class CY), raised with
+-- a JSON DETAIL {"error": CODE, "details": {...}}. app/errors.py maps the
+-- SQLSTATE to the HTTP status; a test asserts that map and this one agree.
+
+CREATE FUNCTION cycles._error_sqlstate(p_error text) RETURNS text
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+AS $$
+    SELECT CASE p_error
+        WHEN 'INVALID_REQUEST'          THEN 'CY400'
+        WHEN 'UNAUTHORIZED'             THEN 'CY401'
+        WHEN 'FORBIDDEN'                THEN 'CY403'
+        WHEN 'NOT_FOUND'                THEN 'CY404'
+        WHEN 'RESERVATION_EXPIRED'      THEN 'CY410'
+        WHEN 'UNIT_MISMATCH'            THEN 'CY4UM'
+        WHEN 'BUDGET_EXCEEDED'          THEN 'CY901'
+        WHEN 'BUDGET_FROZEN'            THEN 'CY902'
+        WHEN 'BUDGET_CLOSED'            THEN 'CY903'
+        WHEN 'OVERDRAFT_LIMIT_EXCEEDED' THEN 'CY904'
+        WHEN 'DEBT_OUTSTANDING'         THEN 'CY905'
+        WHEN 'RESERVATION_FINALIZED'    THEN 'CY906'
+        WHEN 'IDEMPOTENCY_MISMATCH'     THEN 'CY907'
+        WHEN 'MAX_EXTENSIONS_EXCEEDED'  THEN 'CY908'
+        WHEN 'TENANT_CLOSED'            THEN 'CY909'
+        WHEN 'TENANT_SUSPENDED'         THEN 'CY910'
+        WHEN 'DUPLICATE_RESOURCE'       THEN 'CY911'
+        WHEN 'INVALID_TRANSITION'       THEN 'CY912'
+        WHEN 'KEY_REVOKED'              THEN 'CY913'
+        WHEN 'TENANT_NOT_FOUND'         THEN 'CY4TN'
+        WHEN 'BUDGET_NOT_FOUND'         THEN 'CY4BN'
+        WHEN 'INSUFFICIENT_PERMISSIONS' THEN 'CY4IP'
+        WHEN 'LIMIT_EXCEEDED'           THEN 'CY429'
+    END
+$$;
+
+CREATE FUNCTION cycles._fail(p_error text, p_message text, p_details jsonb DEFAULT NULL) RETURNS void
+LANGUAGE plpgsql
+AS $$
+DECLARE
+    v_sqlstate text := cycles._error_sqlstate(p_error);
+BEGIN
+    IF v_sqlstate IS NULL THEN
+        RAISE EXCEPTION 'unknown error code %', p_error;
+    END IF;
+    RAISE EXCEPTION USING
+        ERRCODE = v_sqlstate,
+        MESSAGE = p_message,
+        DETAIL = jsonb_strip_nulls(jsonb_build_object('error', p_error, 'details', p_details))::text;
+END;
+$$;
+
+-- Clock and ids ------------------------------------------------------------
+-- clock_timestamp(), not now(): now() is frozen at transaction start and a
+-- deadline must be judged at the moment the row is locked.
+
+CREATE FUNCTION cycles._now_ms() RETURNS bigint
+LANGUAGE sql VOLATILE PARALLEL SAFE
+AS $$
+    SELECT floor(extract(epoch FROM clock_timestamp()) * 1000)::bigint
+$$;
+
+CREATE FUNCTION cycles._ms_to_timestamptz(p_ms bigint) RETURNS timestamptz
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+AS $$
+    SELECT to_timestamp(p_ms / 1000.0)
+$$;
+
+CREATE FUNCTION cycles._new_id(p_prefix text, p_hex_length integer DEFAULT 32) RETURNS text
+LANGUAGE sql VOLATILE PARALLEL SAFE
+AS $$
+    SELECT p_prefix || left(replace(gen_random_uuid()::text, '-', ''), p_hex_length)
+$$;
+
+-- Input validation ---------------------------------------------------------
+
+CREATE FUNCTION cycles._require_unit(p_unit text) RETURNS text
+LANGUAGE plpgsql IMMUTABLE
+AS $$
+BEGIN
+    IF p_unit IS NULL OR p_unit NOT IN ('USD_MICROCENTS', 'TOKENS', 'CREDITS', 'RISK_POINTS') THEN
+        PERFORM cycles._fail('INVALID_REQUEST',
+            format('unknown unit %L: expected USD_MICROCENTS, TOKENS, CREDITS or RISK_POINTS', p_unit));
+    END IF;
+    RETURN p_unit;
+END;
+$$;
+
+CREATE FUNCTION cycles._require_overage_policy(p_policy text) RETURNS text
+LANGUAGE plpgsql IMMUTABLE
+AS $$
+BEGIN
+    IF p_policy IS NOT NULL AND p_policy NOT IN ('REJECT', 'ALLOW_IF_AVAILABLE', 'ALLOW_WITH_OVERDRAFT') THEN
+        PERFORM cycles._fail('INVALID_REQUEST',
+            format('unknown overage policy %L: expected REJECT, ALLOW_IF_AVAILABLE or ALLOW_WITH_OVERDRAFT',
+                   p_policy));
+    END IF;
+    RETURN p_policy;
+END;
+$$;
+
+CREATE FUNCTION cycles._require_amount(p_amount bigint, p_field text) RETURNS bigint
+LANGUAGE plpgsql IMMUTABLE
+AS $$
+BEGIN
+    IF p_amount IS NULL OR p_amount < 0 THEN
+        PERFORM cycles._fail('INVALID_REQUEST',
+            format('%s must be a non-negative integer, got %s', p_field, coalesce(p_amount::text, 'null')));
+    END IF;
+    RETURN p_amount;
+END;
+$$;
+
+-- Scope paths --------------------------------------------------------------
+-- A scope is level:value segments joined by '/', levels in the fixed order
+-- tenant, workspace, app, workflow, agent, toolset, gaps allowed, starting with
+-- the tenant. Values are lower-cased and must match ^[a-z0-9_.-]{1,128}$.
+
+CREATE FUNCTION cycles._scope_levels() RETURNS text[]
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+AS $$
+    SELECT ARRAY['tenant', 'workspace', 'app', 'workflow', 'agent', 'toolset']
+$$;
+
+CREATE FUNCTION cycles._canonical_scope(p_scope text) RETURNS text
+LANGUAGE plpgsql IMMUTABLE
+AS $$
+DECLARE
+    v_segment   text;
+    v_level     text;
+    v_value     text;
+    v_position  integer;
+    v_last      integer := 0;
+    v_parts     text[] := '{}';
+BEGIN
+    IF p_scope IS NULL OR p_scope = '' OR char_length(p_scope) > 1024 THEN
+        PERFORM cycles._fail('INVALID_REQUEST', format('malformed scope %L', p_scope));
+    END IF;
+    FOREACH v_segment IN ARRAY string_to_array(p_scope, '/') LOOP
+        v_level := lower(split_part(v_segment, ':', 1));
+        v_value := lower(substr(v_segment, char_length(split_part(v_segment, ':', 1)) + 2));
+        v_position := array_position(cycles._scope_levels(), v_level);
+        IF v_position IS NULL OR position(':' IN v_segment) = 0 THEN
+            PERFORM cycles._fail('INVALID_REQUEST', format(
+                'malformed scope %L: segment %L is not level:value with a level among '
+                'tenant, workspace, app, workflow, agent, toolset', p_scope, v_segment));
+        END IF;
+        IF v_position <= v_last THEN
+            PERFORM cycles._fail('INVALID_REQUEST', format(
+                'malformed scope %L: levels must appear once each, in the order '
+                'tenant, workspace, app, workflow, agent, toolset', p_scope));
+        END IF;
+        IF v_last = 0 AND v_position <> 1 THEN
+            PERFORM cycles._fail('INVALID_REQUEST', format(
+                'malformed scope %L: a scope starts with tenant:<id>', p_scope));
+        END IF;
+        IF v_value !~ '^[a-z0-9_.-]{1,128}$' THEN
+            PERFORM cycles._fail('INVALID_REQUEST', format(
+                'malformed scope %L: value %L must match ^[a-z0-9_.-]{1,128}$', p_scope, v_value));
+        END IF;
+        v_last := v_position;
+        v_parts := v_parts || (v_level || ':' || v_value);
+    END LOOP;
+    RETURN array_to_string(v_parts, '/');
+END;
+$$;
+
+CREATE FUNCTION cycles._scope_tenant(p_canonical_scope text) RETURNS text
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+AS $$
+    SELECT substr(split_part(p_canonical_scope, '/', 1), 8)
+$$;
+
+-- Ledger rows --------------------------------------------------------------
+-- The one place that appends to the ledger. Callers have already applied the
+-- same deltas to the budget row, which they hold locked.
+
+CREATE FUNCTION cycles._append_ledger(
+    p_budget_id       bigint,
+    p_tenant_id       text,
+    p_scope           text,
+    p_unit            text,
+    p_operation       text,
+    p_actor           jsonb,
+    p_allocated_delta bigint DEFAULT 0,
+    p_spent_delta     bigint DEFAULT 0,
+    p_reserved_delta  bigint DEFAULT 0,
+    p_debt_delta      bigint DEFAULT 0,
+    p_reservation_id  text DEFAULT NULL,
+    p_event_id        text DEFAULT NULL,
+    p_action          jsonb DEFAULT NULL,
+    p_subject         jsonb DEFAULT NULL,
+    p_idempotency_key text DEFAULT NULL,
+    p_reason          text DEFAULT NULL,
+    p_request_id      text DEFAULT NULL,
+    p_trace_id        text DEFAULT NULL
+) RETURNS void
+LANGUAGE sql
+AS $$
+    INSERT INTO cycles.ledger_entries (
+        tenant_id, budget_id, scope, unit, operation,
+        allocated_delta, spent_delta, reserved_delta, debt_delta,
+        reservation_id, event_id, action_kind, action_name, subject,
+        idempotency_key, reason, request_id, trace_id, actor_type, actor_key_id)
+    VALUES (
+        p_tenant_id, p_budget_id, p_scope, p_unit, p_operation,
+        p_allocated_delta, p_spent_delta, p_reserved_delta, p_debt_delta,
+        p_reservation_id, p_event_id, p_action ->> 'kind', p_action ->> 'name', p_subject,
+        p_idempotency_key, p_reason, p_request_id, p_trace_id,
+        coalesce(p_actor ->> 'type', 'admin'), p_actor ->> 'key_id')
+$$;
+
+-- Outbox events ------------------------------------------------------------
+-- The one place that writes to the outbox. The category is the event type's
+-- prefix. No NOTIFY here: it takes a cluster-wide lock at commit, which would
+-- serialise the hot path; delivery workers poll the outbox by seq.
+
+CREATE FUNCTION cycles._emit_event(
+    p_tenant_id      text,
+    p_event_type     text,
+    p_source         text,
+    p_actor          jsonb,
+    p_data           jsonb,
+    p_scope          text DEFAULT NULL,
+    p_request_id     text DEFAULT NULL,
+    p_trace_id       text DEFAULT NULL,
+    p_correlation_id text DEFAULT NULL
+) RETURNS text
+LANGUAGE plpgsql
+AS $$
+DECLARE
+    v_event_id text := cycles._new_id('evt_', 16);
+BEGIN
+    INSERT INTO cycles.events (
+        event_id, tenant_id, event_type, category, scope, source, actor, data,
+        correlation_id, request_id, trace_id)
+    VALUES (
+        v_event_id, p_tenant_id, p_event_type, split_part(p_event_type, '.', 1), p_scope, p_source,
+        jsonb_strip_nulls(p_actor), jsonb_strip_nulls(coalesce(p_data, '{}'::jsonb)),
+        p_correlation_id, p_request_id, p_trace_id);
+    RETURN v_event_id;
+END;
+$$;
+
+-- Actor of an operation, as stored on ledger rows and events: {type, key_id}.
+-- psql callers pass nothing and are recorded as admin.
+CREATE FUNCTION cycles._actor(p_ctx jsonb) RETURNS jsonb
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+AS $$
+    SELECT jsonb_strip_nulls(jsonb_build_object(
+        'type', coalesce(p_ctx ->> 'actor_type', 'admin'),
+        'key_id', p_ctx ->> 'key_id',
+        'source_ip', p_ctx ->> 'source_ip'))
+$$;
+
+-- API keys -----------------------------------------------------------------
+-- Secrets are never stored: a key is found by the SHA-256 of its secret.
+
+CREATE FUNCTION cycles._hash_secret(p_secret text) RETURNS bytea
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+AS $$
+    SELECT sha256(convert_to(p_secret, 'UTF8'))
+$$;
+
+-- A new secret: cyc_live_ + 43 url-safe characters (256 bits drawn from two
+-- v4 UUIDs, i.e. 244 random bits, from the server's strong random source).
+CREATE FUNCTION cycles._new_secret() RETURNS text
+LANGUAGE sql VOLATILE
+AS $$
+    SELECT 'cyc_live_' || rtrim(translate(encode(
+        decode(replace(gen_random_uuid()::text, '-', '') || replace(gen_random_uuid()::text, '-', ''), 'hex'),
+        'base64'), '+/', '-_'), '=')
+$$;
+
+-- The ACTIVE, unexpired key whose secret this is, with its tenant's status;
+-- UNAUTHORIZED otherwise. Errors say nothing about which check failed, so a
+-- caller cannot probe for revoked or expired keys.
+CREATE FUNCTION cycles._authenticate(p_api_key text, OUT o_key cycles.api_keys, OUT o_tenant_status text)
+LANGUAGE plpgsql STABLE
+AS $$
+BEGIN
+    IF p_api_key IS NOT NULL AND char_length(p_api_key) BETWEEN 1 AND 512 THEN
+        SELECT k.* INTO o_key FROM cycles.api_keys AS k WHERE k.key_hash = cycles._hash_secret(p_api_key);
+    END IF;
+    IF o_key.key_id IS NULL OR o_key.status <> 'ACTIVE' OR o_key.expires_at <= clock_timestamp() THEN
+        PERFORM cycles._fail('UNAUTHORIZED', 'missing, unknown, revoked or expired API key');
+    END IF;
+    SELECT t.status INTO o_tenant_status FROM cycles.tenants AS t WHERE t.tenant_id = o_key.tenant_id;
+END;
+$$;
+
+-- Whether a key's permission list grants p_permission. admin:write grants
+-- every *:write, admin:read every *:read (never a write).
+CREATE FUNCTION cycles._has_permission(p_permissions text[], p_permission text) RETURNS boolean
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+AS $$
+    SELECT p_permission = ANY (p_permissions)
+        OR (p_permission LIKE '%:write' AND 'admin:write' = ANY (p_permissions))
+        OR (p_permission LIKE '%:read' AND 'admin:read' = ANY (p_permissions))
+$$;
