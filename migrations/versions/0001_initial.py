@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises:
-Create Date: 2025-11-28
+Create Date: 2026-11-28
 
 The SQL is frozen in 0001_initial.sql, a snapshot of sql/ taken when this
 revision was written: it never reads sql/.
