@@ -1,0 +1,1 @@
+"""HTTP routes of the runtime API, one module per area."""

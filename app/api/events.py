@@ -1,0 +1,30 @@
+"""POST /v1/events: post-only accounting, applied before the 201."""
+
+from __future__ import annotations
+
+from typing import Any, Final
+
+import msgspec
+from litestar import Request, Response, post
+
+from app.api.request_parsing import api_key_caller, check_idempotency_header, context_json, decode_body
+from app.api.sql_call import respond
+from app.wire import EventCreateRequest
+
+CREATE_EVENT_SQL: Final = (
+    "SELECT cycles.create_event(p_api_key => %(key)s, p_request => %(request)s::jsonb,"
+    " p_ctx => %(ctx)s::jsonb)::text")
+
+_decoder: Final = msgspec.json.Decoder(EventCreateRequest)
+
+
+@post("/v1/events")
+async def create_event(request: Request[Any, Any, Any]) -> Response[bytes]:
+    caller = api_key_caller(request)
+    parsed, body = decode_body(await request.body(), _decoder)
+    check_idempotency_header(request, parsed.idempotency_key)
+    return await respond(request, CREATE_EVENT_SQL, {
+        "key": caller.api_key, "request": body, "ctx": context_json(request, caller)}, status=201)
+
+
+ROUTES: Final = [create_event]

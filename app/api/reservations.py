@@ -1,0 +1,135 @@
+"""Reservations: create (and dry-run), commit, release, extend, list, get."""
+
+from __future__ import annotations
+
+from typing import Any, Final
+
+import msgspec
+from litestar import Request, Response, get, post
+
+from app.api.request_parsing import (
+    api_key_caller,
+    api_key_or_admin_caller,
+    check_idempotency_header,
+    checked_reservation_id,
+    context_json,
+    decode_body,
+    enum_param,
+    int_param,
+    read_query,
+    text_param,
+)
+from app.api.sql_call import respond
+from app.wire import CommitRequest, ReleaseRequest, ReservationCreateRequest, ReservationExtendRequest
+
+RESERVE_SQL: Final = (
+    "SELECT cycles.reserve(p_api_key => %(key)s, p_request => %(request)s::jsonb,"
+    " p_ctx => %(ctx)s::jsonb)::text")
+COMMIT_SQL: Final = (
+    "SELECT cycles.commit(p_api_key => %(key)s, p_reservation_id => %(id)s,"
+    " p_request => %(request)s::jsonb, p_ctx => %(ctx)s::jsonb)::text")
+RELEASE_SQL: Final = (
+    "SELECT cycles.release(p_api_key => %(key)s, p_reservation_id => %(id)s,"
+    " p_request => %(request)s::jsonb, p_ctx => %(ctx)s::jsonb)::text")
+EXTEND_SQL: Final = (
+    "SELECT cycles.extend(p_api_key => %(key)s, p_reservation_id => %(id)s,"
+    " p_request => %(request)s::jsonb, p_ctx => %(ctx)s::jsonb)::text")
+LIST_SQL: Final = (
+    "SELECT cycles.list_reservations(p_api_key => %(key)s, p_query => %(query)s::jsonb,"
+    " p_ctx => %(ctx)s::jsonb)::text")
+GET_SQL: Final = (
+    "SELECT cycles.get_reservation(p_api_key => %(key)s, p_reservation_id => %(id)s,"
+    " p_ctx => %(ctx)s::jsonb)::text")
+
+_create_decoder: Final = msgspec.json.Decoder(ReservationCreateRequest)
+_commit_decoder: Final = msgspec.json.Decoder(CommitRequest)
+_release_decoder: Final = msgspec.json.Decoder(ReleaseRequest)
+_extend_decoder: Final = msgspec.json.Decoder(ReservationExtendRequest)
+
+_subject_filter = text_param(128)
+_time_bound = text_param(64)
+
+LIST_QUERY: Final = {
+    "idempotency_key": text_param(256),
+    "status": enum_param("ACTIVE", "COMMITTED", "RELEASED", "EXPIRED"),
+    "tenant": _subject_filter,
+    "workspace": _subject_filter,
+    "app": _subject_filter,
+    "workflow": _subject_filter,
+    "agent": _subject_filter,
+    "toolset": _subject_filter,
+    "from": _time_bound,
+    "to": _time_bound,
+    "expires_from": _time_bound,
+    "expires_to": _time_bound,
+    "finalized_from": _time_bound,
+    "finalized_to": _time_bound,
+    "sort_by": enum_param(
+        "reservation_id", "tenant", "scope_path", "status", "reserved", "created_at_ms", "expires_at_ms"),
+    "sort_dir": enum_param("asc", "desc"),
+    "include": text_param(1024),
+    "limit": int_param(1, 200),
+    "cursor": text_param(2048),
+}
+
+
+@post("/v1/reservations")
+async def create_reservation(request: Request[Any, Any, Any]) -> Response[bytes]:
+    caller = api_key_caller(request)
+    parsed, body = decode_body(await request.body(), _create_decoder)
+    check_idempotency_header(request, parsed.idempotency_key)
+    return await respond(request, RESERVE_SQL, {
+        "key": caller.api_key, "request": body, "ctx": context_json(request, caller)})
+
+
+@post("/v1/reservations/{reservation_id:str}/commit")
+async def commit_reservation(request: Request[Any, Any, Any], reservation_id: str) -> Response[bytes]:
+    caller = api_key_caller(request)
+    path_id = checked_reservation_id(reservation_id)
+    parsed, body = decode_body(await request.body(), _commit_decoder)
+    check_idempotency_header(request, parsed.idempotency_key)
+    return await respond(request, COMMIT_SQL, {
+        "key": caller.api_key, "id": path_id, "request": body, "ctx": context_json(request, caller)})
+
+
+@post("/v1/reservations/{reservation_id:str}/release")
+async def release_reservation(request: Request[Any, Any, Any], reservation_id: str) -> Response[bytes]:
+    caller = api_key_or_admin_caller(request)
+    path_id = checked_reservation_id(reservation_id)
+    parsed, body = decode_body(await request.body(), _release_decoder)
+    check_idempotency_header(request, parsed.idempotency_key)
+    return await respond(request, RELEASE_SQL, {
+        "key": caller.api_key, "id": path_id, "request": body, "ctx": context_json(request, caller)})
+
+
+@post("/v1/reservations/{reservation_id:str}/extend")
+async def extend_reservation(request: Request[Any, Any, Any], reservation_id: str) -> Response[bytes]:
+    caller = api_key_caller(request)
+    path_id = checked_reservation_id(reservation_id)
+    parsed, body = decode_body(await request.body(), _extend_decoder)
+    check_idempotency_header(request, parsed.idempotency_key)
+    return await respond(request, EXTEND_SQL, {
+        "key": caller.api_key, "id": path_id, "request": body, "ctx": context_json(request, caller)})
+
+
+@get("/v1/reservations")
+async def list_reservations(request: Request[Any, Any, Any]) -> Response[bytes]:
+    caller = api_key_or_admin_caller(request)
+    query = read_query(request, LIST_QUERY)
+    return await respond(request, LIST_SQL, {
+        "key": caller.api_key, "query": msgspec.json.encode(query).decode(),
+        "ctx": context_json(request, caller)})
+
+
+@get("/v1/reservations/{reservation_id:str}")
+async def get_reservation(request: Request[Any, Any, Any], reservation_id: str) -> Response[bytes]:
+    caller = api_key_or_admin_caller(request)
+    path_id = checked_reservation_id(reservation_id)
+    return await respond(request, GET_SQL, {
+        "key": caller.api_key, "id": path_id, "ctx": context_json(request, caller)})
+
+
+ROUTES: Final = [
+    create_reservation, commit_reservation, release_reservation, extend_reservation,
+    list_reservations, get_reservation,
+]

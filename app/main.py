@@ -1,0 +1,70 @@
+"""The HTTP application: ``create_app()`` builds the Litestar app.
+
+Served by granian (``granian --interface asgi --factory app.main:create_app``);
+configuration comes from CYCLES_* environment variables (app.config). The app
+is a thin adapter: each route parses and bounds-checks its request, makes one
+cycles.* call on a pooled connection and returns the function's JSON.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from typing import Final
+
+from litestar import Litestar
+from litestar.datastructures import State
+
+from app.api import auth, balances, decide, events, health, reservations
+from app.config import Settings
+from app.db import Database
+from app.errors import EXCEPTION_HANDLERS
+from app.sweeper import run_sweeper
+from app.tracing import add_id_headers
+
+# Request bodies are small JSON objects; anything larger is refused (413)
+# before it is read into memory.
+MAX_REQUEST_BODY_BYTES: Final = 64 * 1024
+
+
+def _configure_logging(level: str) -> None:
+    root = logging.getLogger()
+    if not root.handlers:
+        logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("cycles").setLevel(level.upper())
+
+
+def create_app(settings: Settings | None = None) -> Litestar:
+    settings = settings or Settings.from_env()
+    if not settings.database_url:
+        raise SystemExit("CYCLES_DATABASE_URL must be set to serve the API")
+    _configure_logging(settings.log_level)
+    database = Database(settings.database_url, settings.pool_min_size, settings.pool_max_size)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: Litestar) -> AsyncIterator[None]:
+        await database.open()
+        sweeper = asyncio.create_task(run_sweeper(database, settings.sweep_interval_ms), name="cycles-sweeper")
+        try:
+            yield
+        finally:
+            sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await sweeper
+            await database.close()
+
+    return Litestar(
+        route_handlers=[
+            *reservations.ROUTES, *decide.ROUTES, *events.ROUTES, *balances.ROUTES, *auth.ROUTES,
+            *health.ROUTES,
+        ],
+        lifespan=[lifespan],
+        state=State({"db": database, "admin_api_key": settings.admin_api_key}),
+        exception_handlers=EXCEPTION_HANDLERS,
+        before_send=[add_id_headers],
+        request_max_body_size=MAX_REQUEST_BODY_BYTES,
+        openapi_config=None,
+        logging_config=None,
+    )

@@ -1,0 +1,40 @@
+"""The expiry sweeper: a background task of every server process.
+
+Every sweep_interval_ms it calls cycles.expire_due(), which returns the
+reserved amount of reservations past expires_at_ms + grace_period_ms to their
+budgets. The function serialises itself with an advisory lock, so any number
+of workers and instances can run this loop at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from app.db import Database
+
+logger = logging.getLogger("cycles.sweeper")
+
+EXPIRE_DUE_SQL = "SELECT cycles.expire_due()"
+
+
+async def run_sweeper(database: Database, interval_ms: int) -> None:
+    """Sweep until cancelled. A failure is logged once (not every interval)
+    and the loop carries on: the next sweep retries."""
+    interval_s = max(interval_ms, 10) / 1000
+    last_failure: str | None = None
+    while True:
+        await asyncio.sleep(interval_s)
+        try:
+            await database.execute(EXPIRE_DUE_SQL)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            failure = f"{type(exc).__name__}: {exc}"
+            if failure != last_failure:
+                logger.warning("expiry sweep failed (will retry): %s", failure)
+                last_failure = failure
+        else:
+            if last_failure is not None:
+                logger.info("expiry sweep recovered")
+                last_failure = None
