@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import shutil
 import signal
@@ -20,10 +19,7 @@ import pytest
 
 from app.pgcluster import Cluster
 
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.skipif(importlib.util.find_spec("app.main") is None, reason="app.main is not written yet"),
-]
+pytestmark = pytest.mark.slow
 
 START_DEADLINE_S = 60.0
 
