@@ -1,0 +1,127 @@
+"""Every named CHECK constraint of schema cycles is exercised by a statement that violates it.
+
+The constraints are the second half of each invariant's pair (the functions
+raise the protocol error; the constraint catches a bug). The list of
+constraints comes from pg_constraint, so a new CHECK without a violating
+statement here fails test_every_check_constraint_has_a_violation.
+"""
+
+from __future__ import annotations
+
+import psycopg
+import pytest
+from psycopg import errors
+
+_LEDGER_INSERT = """
+    INSERT INTO cycles.ledger_entries (tenant_id, budget_id, scope, unit, operation, allocated_delta, actor_type)
+    SELECT 'acme', budget_id, scope, unit, {operation}, {delta}, {actor} FROM cycles.budgets"""
+_EVENT_INSERT = """
+    INSERT INTO cycles.events (event_id, tenant_id, event_type, category, source, data)
+    VALUES ('evt_bad', 'acme', {event_type}, {category}, {source}, {data})"""
+_BUDGET = "UPDATE cycles.budgets SET {} WHERE scope = 'tenant:acme'"
+_TENANT = "UPDATE cycles.tenants SET {} WHERE tenant_id = 'acme'"
+_KEY = "UPDATE cycles.api_keys SET {}"
+_RESERVATION = "UPDATE cycles.reservations SET {}"
+_IDEMPOTENCY = "UPDATE cycles.idempotency_records SET {}"
+
+# constraint name -> a statement, run against the baseline of the `baseline`
+# fixture, that violates that constraint and no other.
+VIOLATIONS: dict[str, str] = {
+    "tenants_tenant_id_format": "INSERT INTO cycles.tenants (tenant_id, name) VALUES ('Not Valid', 'x')",
+    "tenants_name_length": _TENANT.format("name = ''"),
+    "tenants_status_valid": _TENANT.format("status = 'DELETED'"),
+    "tenants_closed_at_iff_closed": _TENANT.format("closed_at = now()"),
+    "tenants_overage_policy_valid": _TENANT.format("default_commit_overage_policy = 'SOMETIMES'"),
+    "tenants_default_ttl_range": _TENANT.format("default_reservation_ttl_ms = 999"),
+    "tenants_max_ttl_range": _TENANT.format("max_reservation_ttl_ms = 86400001"),
+    "tenants_max_extensions_range": _TENANT.format("max_reservation_extensions = -1"),
+    "tenants_metadata_object": _TENANT.format("metadata = '[]'"),
+
+    "api_keys_key_hash_sha256": _KEY.format("key_hash = '\\x00'"),
+    "api_keys_name_length": _KEY.format("name = ''"),
+    "api_keys_status_valid": _KEY.format("status = 'LOST'"),
+    "api_keys_revoked_at_iff_revoked": _KEY.format("revoked_at = now()"),
+    "api_keys_expiry_after_creation": _KEY.format("expires_at = created_at"),
+    "api_keys_metadata_object": _KEY.format("metadata = '\"x\"'"),
+
+    "budgets_scope_in_tenant": _BUDGET.format("scope = 'tenant:acmex'"),
+    "budgets_unit_valid": _BUDGET.format("unit = 'EUROS'"),
+    "budgets_allocated_nonnegative": _BUDGET.format("allocated = -1, remaining = -1 - spent - reserved - debt"),
+    "budgets_spent_nonnegative": _BUDGET.format("spent = -1, remaining = allocated + 1 - reserved - debt"),
+    "budgets_reserved_nonnegative": _BUDGET.format("reserved = -1, remaining = allocated - spent + 1 - debt"),
+    "budgets_debt_nonnegative": _BUDGET.format("debt = -1, remaining = allocated - spent - reserved + 1"),
+    "budgets_overdraft_limit_nonnegative": _BUDGET.format("overdraft_limit = -1"),
+    "budgets_remaining_identity": _BUDGET.format("remaining = remaining + 1"),
+    "budgets_status_valid": _BUDGET.format("status = 'OPEN'"),
+    "budgets_closed_at_iff_closed": _BUDGET.format("status = 'CLOSED'"),
+    "budgets_overage_policy_valid": _BUDGET.format("commit_overage_policy = 'SOMETIMES'"),
+    "budgets_metadata_object": _BUDGET.format("metadata = '1'"),
+
+    "reservations_unit_valid": _RESERVATION.format("unit = 'EUROS'"),
+    "reservations_estimate_nonnegative": _RESERVATION.format("estimate = -1"),
+    "reservations_status_valid": _RESERVATION.format("status = 'PENDING'"),
+    "reservations_overage_policy_valid": _RESERVATION.format("overage_policy = 'SOMETIMES'"),
+    "reservations_expiry_after_creation": _RESERVATION.format("expires_at_ms = created_at_ms"),
+    "reservations_grace_range": _RESERVATION.format("grace_period_ms = 60001"),
+    "reservations_extension_count_range": _RESERVATION.format("extension_count = max_extensions + 1"),
+    "reservations_finalized_iff_settled": _RESERVATION.format("finalized_at_ms = created_at_ms"),
+    "reservations_committed_iff_committed": _RESERVATION.format("committed = 5"),
+    "reservations_committed_nonnegative": _RESERVATION.format(
+        "status = 'COMMITTED', committed = -1, finalized_at_ms = created_at_ms"),
+    "reservations_released_nonnegative": _RESERVATION.format("released = -1"),
+
+    "idempotency_records_key_length": _IDEMPOTENCY.format("idempotency_key = ''"),
+    "idempotency_records_expiry_after_creation": _IDEMPOTENCY.format("expires_at = created_at"),
+
+    "ledger_entries_operation_valid": _LEDGER_INSERT.format(operation="'GIFT'", delta=1, actor="'admin'"),
+    "ledger_entries_actor_type_valid": _LEDGER_INSERT.format(operation="'CREDIT'", delta=1, actor="'robot'"),
+    "ledger_entries_changes_something": _LEDGER_INSERT.format(operation="'CREDIT'", delta=0, actor="'admin'"),
+
+    "events_category_valid": _EVENT_INSERT.format(
+        event_type="'billing.sent'", category="'billing'", source="'cycles-admin'", data="'{}'"),
+    "events_type_in_category": _EVENT_INSERT.format(
+        event_type="'tenant.created'", category="'budget'", source="'cycles-admin'", data="'{}'"),
+    "events_source_valid": _EVENT_INSERT.format(
+        event_type="'budget.created'", category="'budget'", source="'elsewhere'", data="'{}'"),
+    "events_data_object": _EVENT_INSERT.format(
+        event_type="'budget.created'", category="'budget'", source="'cycles-admin'", data="'[]'"),
+}
+
+
+@pytest.fixture
+def baseline(db: psycopg.Connection) -> psycopg.Connection:
+    """One valid row in every table (superuser, direct writes where no function exists yet)."""
+    db.execute("SELECT cycles.create_tenant('acme', 'Acme')")
+    db.execute("SELECT cycles.create_budget('tenant:acme', 'TOKENS', 100)")
+    db.execute("SELECT cycles.create_api_key('acme', 'agent')")
+    db.execute("SELECT cycles.fund_budget('tenant:acme', 'TOKENS', 'CREDIT', 5, 'k1')")
+    db.execute("""
+        INSERT INTO cycles.reservations (
+            reservation_id, tenant_id, idempotency_key, subject, action, unit, estimate, scope_path,
+            affected_scopes, budgeted_scopes, overage_policy, created_at_ms, expires_at_ms, grace_period_ms,
+            ttl_ms, max_extensions)
+        VALUES ('res_1', 'acme', 'r1', '{}', '{}', 'TOKENS', 0, 'tenant:acme', '{tenant:acme}', '{tenant:acme}',
+                'REJECT', 1000, 2000, 0, 1000, 3)""")
+    return db
+
+
+def test_every_check_constraint_has_a_violation(db: psycopg.Connection) -> None:
+    names = {row[0] for row in db.execute("""
+        SELECT c.conname FROM pg_catalog.pg_constraint AS c
+        WHERE c.connamespace = 'cycles'::regnamespace AND c.contype = 'c'""")}
+    assert names == set(VIOLATIONS), (
+        f"constraints without a violating statement: {sorted(names - set(VIOLATIONS))}; "
+        f"statements for constraints that no longer exist: {sorted(set(VIOLATIONS) - names)}")
+
+
+@pytest.mark.parametrize("constraint", sorted(VIOLATIONS))
+def test_check_constraint_rejects_violation(baseline: psycopg.Connection, constraint: str) -> None:
+    with pytest.raises(errors.CheckViolation) as caught:
+        baseline.execute(VIOLATIONS[constraint])
+    assert caught.value.diag.constraint_name == constraint
+
+
+def test_baseline_is_valid(baseline: psycopg.Connection) -> None:
+    """The fixture itself violates nothing: each failure above is the statement's doing."""
+    assert baseline.execute("SELECT count(*) FROM cycles.reservations").fetchone() == (1,)
+    assert baseline.execute("SELECT * FROM cycles.verify_ledger()").fetchall() == []
