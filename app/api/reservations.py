@@ -6,6 +6,7 @@ from typing import Any, Final
 
 import msgspec
 from litestar import Request, Response, get, post
+from litestar.params import FromPath
 
 from app.api.request_parsing import (
     api_key_caller,
@@ -83,7 +84,7 @@ async def create_reservation(request: Request[Any, Any, Any]) -> Response[bytes]
 
 
 @post("/v1/reservations/{reservation_id:str}/commit")
-async def commit_reservation(request: Request[Any, Any, Any], reservation_id: str) -> Response[bytes]:
+async def commit_reservation(request: Request[Any, Any, Any], reservation_id: FromPath[str]) -> Response[bytes]:
     caller = api_key_caller(request)
     path_id = checked_reservation_id(reservation_id)
     parsed, body = decode_body(await request.body(), _commit_decoder)
@@ -93,7 +94,7 @@ async def commit_reservation(request: Request[Any, Any, Any], reservation_id: st
 
 
 @post("/v1/reservations/{reservation_id:str}/release")
-async def release_reservation(request: Request[Any, Any, Any], reservation_id: str) -> Response[bytes]:
+async def release_reservation(request: Request[Any, Any, Any], reservation_id: FromPath[str]) -> Response[bytes]:
     caller = api_key_or_admin_caller(request)
     path_id = checked_reservation_id(reservation_id)
     parsed, body = decode_body(await request.body(), _release_decoder)
@@ -103,7 +104,7 @@ async def release_reservation(request: Request[Any, Any, Any], reservation_id: s
 
 
 @post("/v1/reservations/{reservation_id:str}/extend")
-async def extend_reservation(request: Request[Any, Any, Any], reservation_id: str) -> Response[bytes]:
+async def extend_reservation(request: Request[Any, Any, Any], reservation_id: FromPath[str]) -> Response[bytes]:
     caller = api_key_caller(request)
     path_id = checked_reservation_id(reservation_id)
     parsed, body = decode_body(await request.body(), _extend_decoder)
@@ -122,7 +123,7 @@ async def list_reservations(request: Request[Any, Any, Any]) -> Response[bytes]:
 
 
 @get("/v1/reservations/{reservation_id:str}")
-async def get_reservation(request: Request[Any, Any, Any], reservation_id: str) -> Response[bytes]:
+async def get_reservation(request: Request[Any, Any, Any], reservation_id: FromPath[str]) -> Response[bytes]:
     caller = api_key_or_admin_caller(request)
     path_id = checked_reservation_id(reservation_id)
     return await respond(request, GET_SQL, {
