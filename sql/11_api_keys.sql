@@ -236,7 +236,8 @@ $$;
 -- Errors, in precedence order:
 --   INVALID_REQUEST  reason longer than 512 characters
 --   NOT_FOUND        no such key
---   KEY_REVOKED      the key is already revoked (409)
+--   INVALID_TRANSITION the key is already revoked (409: the spec's "already
+--                    revoked"; KEY_REVOKED is the authentication failure, 401)
 -- Invariants: emits api_key.revoked.
 CREATE FUNCTION cycles.revoke_api_key(
     p_key_id text,
@@ -258,8 +259,8 @@ BEGIN
             jsonb_build_object('key_id', p_key_id));
     END IF;
     IF v_key.status = 'REVOKED' THEN
-        PERFORM cycles._fail('KEY_REVOKED', format('API key %L is already revoked', p_key_id),
-            jsonb_build_object('key_id', p_key_id));
+        PERFORM cycles._fail('INVALID_TRANSITION', format('API key %L is already revoked', p_key_id),
+            jsonb_build_object('key_id', p_key_id, 'status', v_key.status));
     END IF;
     v_previous := cycles._api_key_json(v_key) ->> 'status';
     UPDATE cycles.api_keys AS k
