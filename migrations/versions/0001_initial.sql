@@ -602,6 +602,3647 @@ AS $$
         OR (p_permission LIKE '%:read' AND 'admin:read' = ANY (p_permissions))
 $$;
 
+-- ==== 10_tenants.sql ====
+
+-- Tenants: create, read, list, suspend, reactivate, close (with its cascade).
+--
+-- A tenant is the isolation boundary: every budget, key and reservation
+-- belongs to one. Closing is terminal and, in the same transaction, drives
+-- every owned object to its terminal state (the spec's "Mode A" cascade):
+-- open reservations are released, budgets closed, keys revoked, and only then
+-- is the tenant itself flipped to CLOSED. Either all of it commits or none.
+--
+-- Lock discipline shared by the admin functions:
+--   tenant row  ->  reservation rows (ORDER BY reservation_id)  ->  budget rows (ORDER BY scope COLLATE "C", unit)
+-- Changes to the tenant take FOR NO KEY UPDATE, which does not conflict with
+-- the FOR KEY SHARE that foreign-key checks take when the runtime inserts
+-- reservations, ledger rows and events: the hot path never waits on an admin
+-- change of the tenant row. Admin changes to owned objects take FOR SHARE on
+-- the tenant, so they serialise with a close but not with each other.
+
+-- Shared private helpers of the admin plane ----------------------------------
+
+-- ISO-8601 UTC timestamp with millisecond precision, as every admin response
+-- and event payload renders it (independent of the session's TimeZone).
+CREATE FUNCTION cycles._iso8601(p_ts timestamptz) RETURNS text
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+AS $$
+    SELECT to_char(p_ts AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"')
+$$;
+
+-- The page size of a list call: 1..100, default 50 (spec: limit).
+CREATE FUNCTION cycles._page_limit(p_limit integer) RETURNS integer
+LANGUAGE plpgsql IMMUTABLE
+AS $$
+BEGIN
+    IF p_limit IS NULL THEN
+        RETURN 50;
+    END IF;
+    IF p_limit < 1 OR p_limit > 100 THEN
+        PERFORM cycles._fail('INVALID_REQUEST', format('limit must be between 1 and 100, got %s', p_limit));
+    END IF;
+    RETURN p_limit;
+END;
+$$;
+
+-- Rejects option keys outside p_allowed: requests are additionalProperties:
+-- false, so a misspelt option is an error rather than silently ignored.
+CREATE FUNCTION cycles._require_known_options(p_options jsonb, p_allowed text[], p_what text) RETURNS jsonb
+LANGUAGE plpgsql IMMUTABLE
+AS $$
+DECLARE
+    v_unknown text[];
+BEGIN
+    IF p_options IS NULL THEN
+        RETURN '{}'::jsonb;
+    END IF;
+    IF jsonb_typeof(p_options) <> 'object' THEN
+        PERFORM cycles._fail('INVALID_REQUEST', format('%s must be a JSON object', p_what));
+    END IF;
+    SELECT array_agg(k ORDER BY k) INTO v_unknown
+    FROM jsonb_object_keys(p_options) AS k
+    WHERE k <> ALL (p_allowed);
+    IF v_unknown IS NOT NULL THEN
+        PERFORM cycles._fail('INVALID_REQUEST',
+            format('unknown %s: %s (allowed: %s)', p_what, array_to_string(v_unknown, ', '),
+                   array_to_string(p_allowed, ', ')),
+            jsonb_build_object('unknown', to_jsonb(v_unknown)));
+    END IF;
+    RETURN p_options;
+END;
+$$;
+
+-- An integer option within [p_min, p_max], or p_default when absent or null.
+CREATE FUNCTION cycles._int_option(p_options jsonb, p_key text, p_min bigint, p_max bigint, p_default bigint)
+RETURNS bigint
+LANGUAGE plpgsql IMMUTABLE
+AS $$
+DECLARE
+    v_value jsonb := p_options -> p_key;
+BEGIN
+    IF v_value IS NULL OR v_value = 'null'::jsonb THEN
+        RETURN p_default;
+    END IF;
+    IF jsonb_typeof(v_value) <> 'number' OR v_value::text::numeric <> trunc(v_value::text::numeric)
+       OR v_value::text::numeric NOT BETWEEN p_min AND p_max THEN
+        PERFORM cycles._fail('INVALID_REQUEST',
+            format('%s must be an integer between %s and %s, got %s', p_key, p_min, p_max, v_value));
+    END IF;
+    RETURN v_value::text::bigint;
+END;
+$$;
+
+-- A string option, or NULL when absent or null.
+CREATE FUNCTION cycles._text_option(p_options jsonb, p_key text, p_max_length integer) RETURNS text
+LANGUAGE plpgsql IMMUTABLE
+AS $$
+DECLARE
+    v_value jsonb := p_options -> p_key;
+BEGIN
+    IF v_value IS NULL OR v_value = 'null'::jsonb THEN
+        RETURN NULL;
+    END IF;
+    IF jsonb_typeof(v_value) <> 'string' OR char_length(v_value #>> '{}') > p_max_length THEN
+        PERFORM cycles._fail('INVALID_REQUEST',
+            format('%s must be a string of at most %s characters', p_key, p_max_length));
+    END IF;
+    RETURN v_value #>> '{}';
+END;
+$$;
+
+-- Tenant metadata: string -> string, at most 32 entries (spec Tenant.metadata).
+CREATE FUNCTION cycles._require_tenant_metadata(p_metadata jsonb) RETURNS jsonb
+LANGUAGE plpgsql IMMUTABLE
+AS $$
+BEGIN
+    IF p_metadata IS NULL OR p_metadata = 'null'::jsonb THEN
+        RETURN '{}'::jsonb;
+    END IF;
+    IF jsonb_typeof(p_metadata) <> 'object'
+       OR (SELECT count(*) FROM jsonb_each(p_metadata)) > 32
+       OR EXISTS (SELECT FROM jsonb_each(p_metadata) AS e WHERE jsonb_typeof(e.value) <> 'string') THEN
+        PERFORM cycles._fail('INVALID_REQUEST',
+            'metadata must be an object of at most 32 string values');
+    END IF;
+    RETURN p_metadata;
+END;
+$$;
+
+-- The tenant an admin change of an owned object (budget, key) applies to,
+-- locked FOR SHARE so that a concurrent close waits for the change (or the
+-- change sees the tenant CLOSED). Errors: TENANT_NOT_FOUND, TENANT_CLOSED.
+CREATE FUNCTION cycles._lock_tenant_for_child_change(p_tenant_id text) RETURNS cycles.tenants
+LANGUAGE plpgsql
+AS $$
+DECLARE
+    v_tenant cycles.tenants;
+BEGIN
+    SELECT t.* INTO v_tenant FROM cycles.tenants AS t WHERE t.tenant_id = p_tenant_id FOR SHARE;
+    IF v_tenant.tenant_id IS NULL THEN
+        PERFORM cycles._fail('TENANT_NOT_FOUND', format('tenant %L not found', p_tenant_id),
+            jsonb_build_object('tenant_id', p_tenant_id));
+    END IF;
+    IF v_tenant.status = 'CLOSED' THEN
+        PERFORM cycles._fail('TENANT_CLOSED', format('tenant %L is closed', p_tenant_id),
+            jsonb_build_object('tenant_id', p_tenant_id));
+    END IF;
+    RETURN v_tenant;
+END;
+$$;
+
+-- The spec's Tenant object, nulls omitted.
+CREATE FUNCTION cycles._tenant_json(p_tenant cycles.tenants) RETURNS jsonb
+LANGUAGE sql STABLE
+AS $$
+    SELECT jsonb_strip_nulls(jsonb_build_object(
+        'tenant_id', p_tenant.tenant_id,
+        'name', p_tenant.name,
+        'status', p_tenant.status,
+        'parent_tenant_id', p_tenant.parent_tenant_id,
+        'default_commit_overage_policy', p_tenant.default_commit_overage_policy,
+        'default_reservation_ttl_ms', p_tenant.default_reservation_ttl_ms,
+        'max_reservation_ttl_ms', p_tenant.max_reservation_ttl_ms,
+        'max_reservation_extensions', p_tenant.max_reservation_extensions,
+        'metadata', p_tenant.metadata,
+        'created_at', cycles._iso8601(p_tenant.created_at),
+        'updated_at', cycles._iso8601(p_tenant.updated_at),
+        'suspended_at', cycles._iso8601(p_tenant.suspended_at),
+        'closed_at', cycles._iso8601(p_tenant.closed_at)))
+$$;
+
+CREATE FUNCTION cycles._tenant_lifecycle_event(
+    p_tenant cycles.tenants, p_event_type text, p_previous_status text, p_ctx jsonb,
+    p_correlation_id text DEFAULT NULL
+) RETURNS text
+LANGUAGE sql
+AS $$
+    SELECT cycles._emit_event(
+        p_tenant_id => p_tenant.tenant_id,
+        p_event_type => p_event_type,
+        p_source => 'cycles-admin',
+        p_actor => cycles._actor(p_ctx),
+        p_data => jsonb_build_object(
+            'tenant_id', p_tenant.tenant_id,
+            'previous_status', p_previous_status,
+            'new_status', p_tenant.status,
+            'changed_fields', CASE WHEN p_previous_status IS NULL THEN '[]'::jsonb ELSE '["status"]'::jsonb END),
+        p_scope => 'tenant:' || p_tenant.tenant_id,
+        p_request_id => p_ctx ->> 'request_id',
+        p_trace_id => p_ctx ->> 'trace_id',
+        p_correlation_id => p_correlation_id)
+$$;
+
+-- cycles.create_tenant ---------------------------------------------------------
+-- Registers a tenant. Idempotent on tenant_id: the same id with the same name
+-- returns the existing tenant unchanged (options of the repeat are ignored,
+-- as a retry must not reconfigure); the same id with another name is a
+-- conflict.
+-- Options (p_options): parent_tenant_id, default_commit_overage_policy,
+--   default_reservation_ttl_ms, max_reservation_ttl_ms,
+--   max_reservation_extensions, metadata.
+-- Locks: inserts the tenant row (ON CONFLICT waits for a concurrent insert of
+--   the same id); FOR KEY SHARE on the parent through the foreign key.
+-- Errors, in precedence order:
+--   INVALID_REQUEST    malformed id or name, unknown option, option out of range
+--   DUPLICATE_RESOURCE the id exists with a different name
+--   TENANT_NOT_FOUND   parent_tenant_id does not exist
+-- Invariants: emits tenant.created exactly once per tenant.
+CREATE FUNCTION cycles.create_tenant(
+    p_tenant_id text,
+    p_name      text,
+    p_options   jsonb DEFAULT '{}',
+    p_ctx       jsonb DEFAULT '{}'
+) RETURNS jsonb
+LANGUAGE plpgsql
+AS $$
+DECLARE
+    v_options  jsonb;
+    v_parent   text;
+    v_tenant   cycles.tenants;
+BEGIN
+    IF p_tenant_id IS NULL OR p_tenant_id !~ '^[a-z0-9-]{3,64}$' THEN
+        PERFORM cycles._fail('INVALID_REQUEST',
+            format('tenant_id %L must match ^[a-z0-9-]+$ and be 3 to 64 characters long', p_tenant_id));
+    END IF;
+    IF p_name IS NULL OR char_length(p_name) NOT BETWEEN 1 AND 256 THEN
+        PERFORM cycles._fail('INVALID_REQUEST', 'name must be 1 to 256 characters long');
+    END IF;
+    v_options := cycles._require_known_options(p_options, ARRAY[
+        'parent_tenant_id', 'default_commit_overage_policy', 'default_reservation_ttl_ms',
+        'max_reservation_ttl_ms', 'max_reservation_extensions', 'metadata'], 'tenant option');
+    v_parent := cycles._text_option(v_options, 'parent_tenant_id', 64);
+
+    INSERT INTO cycles.tenants AS t (
+        tenant_id, name, parent_tenant_id, default_commit_overage_policy,
+        default_reservation_ttl_ms, max_reservation_ttl_ms, max_reservation_extensions, metadata)
+    SELECT p_tenant_id, p_name, v_parent,
+        coalesce(cycles._require_overage_policy(cycles._text_option(v_options, 'default_commit_overage_policy', 64)),
+                 'ALLOW_IF_AVAILABLE'),
+        cycles._int_option(v_options, 'default_reservation_ttl_ms', 1000, 86400000, 60000),
+        cycles._int_option(v_options, 'max_reservation_ttl_ms', 1000, 86400000, 3600000),
+        cycles._int_option(v_options, 'max_reservation_extensions', 0, 10000, 10),
+        cycles._require_tenant_metadata(v_options -> 'metadata')
+    WHERE v_parent IS NULL
+       OR (v_parent <> p_tenant_id AND EXISTS (SELECT FROM cycles.tenants AS p WHERE p.tenant_id = v_parent))
+    ON CONFLICT ON CONSTRAINT tenants_pkey DO NOTHING
+    RETURNING t.* INTO v_tenant;
+
+    IF v_tenant.tenant_id IS NULL THEN
+        SELECT t.* INTO v_tenant FROM cycles.tenants AS t WHERE t.tenant_id = p_tenant_id;
+        IF v_tenant.tenant_id IS NULL THEN
+            PERFORM cycles._fail('TENANT_NOT_FOUND', format('parent tenant %L not found', v_parent),
+                jsonb_build_object('parent_tenant_id', v_parent));
+        END IF;
+        IF v_tenant.name IS DISTINCT FROM p_name THEN
+            PERFORM cycles._fail('DUPLICATE_RESOURCE',
+                format('tenant %L already exists with a different name', p_tenant_id),
+                jsonb_build_object('tenant_id', p_tenant_id));
+        END IF;
+        RETURN cycles._tenant_json(v_tenant);
+    END IF;
+
+    PERFORM cycles._tenant_lifecycle_event(v_tenant, 'tenant.created', NULL, p_ctx);
+    RETURN cycles._tenant_json(v_tenant);
+END;
+$$;
+
+-- cycles.get_tenant ------------------------------------------------------------
+-- The Tenant object. Reads only; allowed whatever the tenant's status.
+-- Errors: TENANT_NOT_FOUND.
+CREATE FUNCTION cycles.get_tenant(p_tenant_id text, p_ctx jsonb DEFAULT '{}') RETURNS jsonb
+LANGUAGE plpgsql STABLE
+AS $$
+DECLARE
+    v_tenant cycles.tenants;
+BEGIN
+    SELECT t.* INTO v_tenant FROM cycles.tenants AS t WHERE t.tenant_id = p_tenant_id;
+    IF v_tenant.tenant_id IS NULL THEN
+        PERFORM cycles._fail('TENANT_NOT_FOUND', format('tenant %L not found', p_tenant_id),
+            jsonb_build_object('tenant_id', p_tenant_id));
+    END IF;
+    RETURN cycles._tenant_json(v_tenant);
+END;
+$$;
+
+-- cycles.list_tenants ----------------------------------------------------------
+-- A page of tenants, newest first: {tenants, has_more, next_cursor}. The
+-- cursor is the tenant_id of the last row of the previous page. p_search is a
+-- case-insensitive substring of tenant_id or name (empty means absent).
+-- Errors: INVALID_REQUEST (unknown status, limit outside 1..100, search
+-- longer than 128, unknown cursor).
+CREATE FUNCTION cycles.list_tenants(
+    p_status           text DEFAULT NULL,
+    p_parent_tenant_id text DEFAULT NULL,
+    p_search           text DEFAULT NULL,
+    p_limit            integer DEFAULT 50,
+    p_cursor           text DEFAULT NULL,
+    p_ctx              jsonb DEFAULT '{}'
+) RETURNS jsonb
+LANGUAGE plpgsql STABLE
+AS $$
+DECLARE
+    v_limit  integer := cycles._page_limit(p_limit);
+    v_after  cycles.tenants;
+    v_search text := lower(nullif(p_search, ''));
+    v_rows   cycles.tenants[];
+BEGIN
+    IF p_status IS NOT NULL AND p_status NOT IN ('ACTIVE', 'SUSPENDED', 'CLOSED') THEN
+        PERFORM cycles._fail('INVALID_REQUEST',
+            format('unknown tenant status %L: expected ACTIVE, SUSPENDED or CLOSED', p_status));
+    END IF;
+    IF char_length(v_search) > 128 THEN
+        PERFORM cycles._fail('INVALID_REQUEST', 'search must be at most 128 characters');
+    END IF;
+    IF p_cursor IS NOT NULL THEN
+        SELECT t.* INTO v_after FROM cycles.tenants AS t WHERE t.tenant_id = p_cursor;
+        IF v_after.tenant_id IS NULL THEN
+            PERFORM cycles._fail('INVALID_REQUEST', format('unknown cursor %L', p_cursor));
+        END IF;
+    END IF;
+
+    SELECT coalesce(array_agg(page ORDER BY page.created_at DESC, page.tenant_id DESC), '{}') INTO v_rows
+    FROM (
+        SELECT t.*
+        FROM cycles.tenants AS t
+        WHERE (p_status IS NULL OR t.status = p_status)
+          AND (p_parent_tenant_id IS NULL OR t.parent_tenant_id = p_parent_tenant_id)
+          AND (v_search IS NULL OR strpos(t.tenant_id, v_search) > 0 OR strpos(lower(t.name), v_search) > 0)
+          AND (v_after.tenant_id IS NULL OR (t.created_at, t.tenant_id) < (v_after.created_at, v_after.tenant_id))
+        ORDER BY t.created_at DESC, t.tenant_id DESC
+        LIMIT v_limit + 1
+    ) AS page;
+
+    RETURN jsonb_strip_nulls(jsonb_build_object(
+        'tenants', coalesce((SELECT jsonb_agg(cycles._tenant_json(v_rows[i]) ORDER BY i)
+                             FROM generate_series(1, least(cardinality(v_rows), v_limit)) AS i), '[]'::jsonb),
+        'has_more', cardinality(v_rows) > v_limit,
+        'next_cursor', CASE WHEN cardinality(v_rows) > v_limit THEN (v_rows[v_limit]).tenant_id END));
+END;
+$$;
+
+-- cycles.suspend_tenant --------------------------------------------------------
+-- ACTIVE -> SUSPENDED: new reservations are refused; open ones may still be
+-- committed or released. Suspending a SUSPENDED tenant is a no-op (no event).
+-- Locks: the tenant row FOR NO KEY UPDATE.
+-- Errors: TENANT_NOT_FOUND; INVALID_TRANSITION when the tenant is CLOSED.
+-- Invariants: emits tenant.suspended on the transition.
+CREATE FUNCTION cycles.suspend_tenant(p_tenant_id text, p_ctx jsonb DEFAULT '{}') RETURNS jsonb
+LANGUAGE plpgsql
+AS $$
+DECLARE
+    v_tenant cycles.tenants;
+BEGIN
+    SELECT t.* INTO v_tenant FROM cycles.tenants AS t WHERE t.tenant_id = p_tenant_id FOR NO KEY UPDATE;
+    IF v_tenant.tenant_id IS NULL THEN
+        PERFORM cycles._fail('TENANT_NOT_FOUND', format('tenant %L not found', p_tenant_id),
+            jsonb_build_object('tenant_id', p_tenant_id));
+    END IF;
+    IF v_tenant.status = 'CLOSED' THEN
+        PERFORM cycles._fail('INVALID_TRANSITION', format('tenant %L is CLOSED, which is irreversible', p_tenant_id),
+            jsonb_build_object('tenant_id', p_tenant_id, 'status', v_tenant.status));
+    END IF;
+    IF v_tenant.status = 'SUSPENDED' THEN
+        RETURN cycles._tenant_json(v_tenant);
+    END IF;
+    UPDATE cycles.tenants AS t
+    SET status = 'SUSPENDED', suspended_at = clock_timestamp(), updated_at = clock_timestamp()
+    WHERE t.tenant_id = p_tenant_id
+    RETURNING t.* INTO v_tenant;
+    PERFORM cycles._tenant_lifecycle_event(v_tenant, 'tenant.suspended', 'ACTIVE', p_ctx);
+    RETURN cycles._tenant_json(v_tenant);
+END;
+$$;
+
+-- cycles.reactivate_tenant -----------------------------------------------------
+-- SUSPENDED -> ACTIVE. Reactivating an ACTIVE tenant is a no-op (no event).
+-- Locks: the tenant row FOR NO KEY UPDATE.
+-- Errors: TENANT_NOT_FOUND; INVALID_TRANSITION when the tenant is CLOSED.
+-- Invariants: emits tenant.reactivated on the transition.
+CREATE FUNCTION cycles.reactivate_tenant(p_tenant_id text, p_ctx jsonb DEFAULT '{}') RETURNS jsonb
+LANGUAGE plpgsql
+AS $$
+DECLARE
+    v_tenant cycles.tenants;
+BEGIN
+    SELECT t.* INTO v_tenant FROM cycles.tenants AS t WHERE t.tenant_id = p_tenant_id FOR NO KEY UPDATE;
+    IF v_tenant.tenant_id IS NULL THEN
+        PERFORM cycles._fail('TENANT_NOT_FOUND', format('tenant %L not found', p_tenant_id),
+            jsonb_build_object('tenant_id', p_tenant_id));
+    END IF;
+    IF v_tenant.status = 'CLOSED' THEN
+        PERFORM cycles._fail('INVALID_TRANSITION', format('tenant %L is CLOSED, which is irreversible', p_tenant_id),
+            jsonb_build_object('tenant_id', p_tenant_id, 'status', v_tenant.status));
+    END IF;
+    IF v_tenant.status = 'ACTIVE' THEN
+        RETURN cycles._tenant_json(v_tenant);
+    END IF;
+    UPDATE cycles.tenants AS t
+    SET status = 'ACTIVE', suspended_at = NULL, updated_at = clock_timestamp()
+    WHERE t.tenant_id = p_tenant_id
+    RETURNING t.* INTO v_tenant;
+    PERFORM cycles._tenant_lifecycle_event(v_tenant, 'tenant.reactivated', 'SUSPENDED', p_ctx);
+    RETURN cycles._tenant_json(v_tenant);
+END;
+$$;
+
+-- cycles.close_tenant ----------------------------------------------------------
+-- ACTIVE|SUSPENDED -> CLOSED, irreversibly, with the whole cascade in this
+-- transaction, in this order:
+--   1. every ACTIVE reservation of the tenant -> RELEASED, release_reason
+--      'tenant_closed': its estimate leaves `reserved` (and returns to
+--      `remaining`) on each of its budgeted scopes, one RELEASE ledger row per
+--      scope; no debt is created. Should a budget still hold reserved after
+--      that (no reservation accounts for it), the rest is drained with one
+--      RELEASE ledger row, so the closed budget holds nothing in flight;
+--   2. every budget that is not CLOSED -> CLOSED (closed_at set), one CLOSE
+--      ledger row with zero deltas;
+--   3. every ACTIVE key -> REVOKED, revoked_reason 'tenant_closed';
+--   4. the tenant -> CLOSED.
+-- Events: reservation.released_via_tenant_cascade (one per budget whose
+-- reserved was > 0, with released_amount), budget.closed_via_tenant_cascade,
+-- api_key.revoked_via_tenant_cascade, then tenant.closed, all with
+-- correlation_id 'tenant_close_cascade:<tenant_id>:<request_id>' (a request
+-- id is generated when the caller gives none).
+-- Closing a CLOSED tenant is a no-op at the tenant level (no tenant.closed
+-- event) that re-drives the cascade: anything still open is closed, so the
+-- call converges whatever happened before.
+-- Locks, in order: the tenant row FOR NO KEY UPDATE; the tenant's ACTIVE
+-- reservations ORDER BY reservation_id (the order commit/release/expiry take
+-- a reservation before its budgets); the tenant's budgets ORDER BY scope
+-- COLLATE "C", unit; reservations that became visible while waiting for the
+-- budgets; the tenant's ACTIVE keys.
+-- Errors: TENANT_NOT_FOUND.
+-- Invariants: every budget's counters change only together with a ledger row
+-- carrying the same deltas; remaining = allocated - spent - reserved - debt.
+CREATE FUNCTION cycles.close_tenant(p_tenant_id text, p_ctx jsonb DEFAULT '{}') RETURNS jsonb
+LANGUAGE plpgsql
+AS $$
+DECLARE
+    v_tenant      cycles.tenants;
+    v_previous    text;
+    v_ctx         jsonb := coalesce(p_ctx, '{}'::jsonb);
+    v_actor       jsonb := cycles._actor(p_ctx);
+    v_request_id  text;
+    v_correlation text;
+    v_now_ms      bigint := cycles._now_ms();
+    v_reservation cycles.reservations;
+    v_budget      cycles.budgets;
+    v_key         cycles.api_keys;
+    v_drained     bigint;
+    v_prior_reserved jsonb;
+BEGIN
+    SELECT t.* INTO v_tenant FROM cycles.tenants AS t WHERE t.tenant_id = p_tenant_id FOR NO KEY UPDATE;
+    IF v_tenant.tenant_id IS NULL THEN
+        PERFORM cycles._fail('TENANT_NOT_FOUND', format('tenant %L not found', p_tenant_id),
+            jsonb_build_object('tenant_id', p_tenant_id));
+    END IF;
+    v_previous := v_tenant.status;
+    v_request_id := coalesce(v_ctx ->> 'request_id', cycles._new_id('req_', 32));
+    v_correlation := format('tenant_close_cascade:%s:%s', p_tenant_id, v_request_id);
+
+    -- Lock order: reservations first, as commit/release/expiry do.
+    PERFORM FROM cycles.reservations AS r
+    WHERE r.tenant_id = p_tenant_id AND r.status = 'ACTIVE'
+    ORDER BY r.reservation_id
+    FOR UPDATE;
+
+    -- Budgets, in the global lock order, remembering what each held before.
+    SELECT coalesce(jsonb_object_agg(locked.budget_id::text, locked.reserved), '{}'::jsonb) INTO v_prior_reserved
+    FROM (
+        SELECT b.budget_id, b.reserved
+        FROM cycles.budgets AS b
+        WHERE b.tenant_id = p_tenant_id
+        ORDER BY b.scope COLLATE "C", b.unit
+        FOR UPDATE
+    ) AS locked;
+
+    -- 1. Release every open reservation (including any committed by a
+    --    reserve that finished while this call waited for the budget locks).
+    FOR v_reservation IN
+        SELECT r.* FROM cycles.reservations AS r
+        WHERE r.tenant_id = p_tenant_id AND r.status = 'ACTIVE'
+        ORDER BY r.reservation_id
+        FOR UPDATE
+    LOOP
+        IF v_reservation.estimate > 0 THEN
+            FOR v_budget IN
+                UPDATE cycles.budgets AS b
+                SET reserved = b.reserved - v_reservation.estimate,
+                    remaining = b.remaining + v_reservation.estimate,
+                    updated_at = clock_timestamp()
+                WHERE b.scope = ANY (v_reservation.budgeted_scopes) AND b.unit = v_reservation.unit
+                  AND b.tenant_id = p_tenant_id
+                RETURNING b.*
+            LOOP
+                PERFORM cycles._append_ledger(
+                    p_budget_id => v_budget.budget_id, p_tenant_id => p_tenant_id,
+                    p_scope => v_budget.scope, p_unit => v_budget.unit, p_operation => 'RELEASE',
+                    p_actor => v_actor, p_reserved_delta => -v_reservation.estimate,
+                    p_reservation_id => v_reservation.reservation_id, p_reason => 'tenant_closed',
+                    p_request_id => v_request_id, p_trace_id => v_ctx ->> 'trace_id');
+            END LOOP;
+        END IF;
+        UPDATE cycles.reservations AS r
+        SET status = 'RELEASED', finalized_at_ms = greatest(v_now_ms, r.created_at_ms),
+            released = r.estimate, release_reason = 'tenant_closed'
+        WHERE r.reservation_id = v_reservation.reservation_id;
+    END LOOP;
+
+    -- 2. Close every budget, draining whatever reserved is left.
+    FOR v_budget IN
+        SELECT b.* FROM cycles.budgets AS b
+        WHERE b.tenant_id = p_tenant_id
+        ORDER BY b.scope COLLATE "C", b.unit
+    LOOP
+        v_drained := v_budget.reserved;
+        IF v_drained > 0 THEN
+            UPDATE cycles.budgets AS b
+            SET reserved = 0, remaining = b.remaining + v_drained, updated_at = clock_timestamp()
+            WHERE b.budget_id = v_budget.budget_id;
+            PERFORM cycles._append_ledger(
+                p_budget_id => v_budget.budget_id, p_tenant_id => p_tenant_id,
+                p_scope => v_budget.scope, p_unit => v_budget.unit, p_operation => 'RELEASE',
+                p_actor => v_actor, p_reserved_delta => -v_drained, p_reason => 'tenant_closed',
+                p_request_id => v_request_id, p_trace_id => v_ctx ->> 'trace_id');
+        END IF;
+
+        v_drained := (v_prior_reserved ->> v_budget.budget_id::text)::bigint;
+        IF v_drained > 0 THEN
+            PERFORM cycles._emit_event(
+                p_tenant_id => p_tenant_id, p_event_type => 'reservation.released_via_tenant_cascade',
+                p_source => 'cycles-admin', p_actor => v_actor,
+                p_data => jsonb_build_object(
+                    'ledger_id', v_budget.budget_id::text, 'scope', v_budget.scope, 'unit', v_budget.unit,
+                    'prior_status', v_budget.status, 'released_amount', v_drained,
+                    'cascade_reason', 'tenant_closed'),
+                p_scope => v_budget.scope, p_request_id => v_request_id,
+                p_trace_id => v_ctx ->> 'trace_id', p_correlation_id => v_correlation);
+        END IF;
+
+        IF v_budget.status <> 'CLOSED' THEN
+            UPDATE cycles.budgets AS b
+            SET status = 'CLOSED', closed_at = clock_timestamp(), updated_at = clock_timestamp()
+            WHERE b.budget_id = v_budget.budget_id;
+            PERFORM cycles._append_ledger(
+                p_budget_id => v_budget.budget_id, p_tenant_id => p_tenant_id,
+                p_scope => v_budget.scope, p_unit => v_budget.unit, p_operation => 'CLOSE',
+                p_actor => v_actor, p_reason => 'tenant_closed',
+                p_request_id => v_request_id, p_trace_id => v_ctx ->> 'trace_id');
+            PERFORM cycles._emit_event(
+                p_tenant_id => p_tenant_id, p_event_type => 'budget.closed_via_tenant_cascade',
+                p_source => 'cycles-admin', p_actor => v_actor,
+                p_data => jsonb_build_object(
+                    'ledger_id', v_budget.budget_id::text, 'scope', v_budget.scope, 'unit', v_budget.unit,
+                    'prior_status', v_budget.status, 'new_status', 'CLOSED',
+                    'cascade_reason', 'tenant_closed'),
+                p_scope => v_budget.scope, p_request_id => v_request_id,
+                p_trace_id => v_ctx ->> 'trace_id', p_correlation_id => v_correlation);
+        END IF;
+    END LOOP;
+
+    -- 3. Revoke every key.
+    FOR v_key IN
+        UPDATE cycles.api_keys AS k
+        SET status = 'REVOKED', revoked_at = clock_timestamp(), revoked_reason = 'tenant_closed'
+        WHERE k.key_id IN (
+            SELECT a.key_id FROM cycles.api_keys AS a
+            WHERE a.tenant_id = p_tenant_id AND a.status = 'ACTIVE'
+            ORDER BY a.key_id
+            FOR UPDATE)
+        RETURNING k.*
+    LOOP
+        PERFORM cycles._emit_event(
+            p_tenant_id => p_tenant_id, p_event_type => 'api_key.revoked_via_tenant_cascade',
+            p_source => 'cycles-admin', p_actor => v_actor,
+            p_data => jsonb_build_object(
+                'key_id', v_key.key_id, 'name', v_key.name, 'prior_status', 'ACTIVE',
+                'new_status', 'REVOKED', 'cascade_reason', 'tenant_closed'),
+            p_request_id => v_request_id, p_trace_id => v_ctx ->> 'trace_id',
+            p_correlation_id => v_correlation);
+    END LOOP;
+
+    -- 4. The tenant, last.
+    IF v_previous <> 'CLOSED' THEN
+        UPDATE cycles.tenants AS t
+        SET status = 'CLOSED', closed_at = clock_timestamp(), updated_at = clock_timestamp()
+        WHERE t.tenant_id = p_tenant_id
+        RETURNING t.* INTO v_tenant;
+        PERFORM cycles._tenant_lifecycle_event(
+            v_tenant, 'tenant.closed', v_previous, v_ctx || jsonb_build_object('request_id', v_request_id),
+            v_correlation);
+    END IF;
+    RETURN cycles._tenant_json(v_tenant);
+END;
+$$;
+
+-- ==== 11_api_keys.sql ====
+
+-- API keys: create, list, revoke.
+--
+-- A key binds a secret to one tenant and a set of permissions. The secret is
+-- returned once, by create; only its SHA-256 and its first 14 characters
+-- (key_prefix, for humans and logs) are stored. Rotation is create-then-revoke.
+
+-- The spec's Permission enum (normative), in its order.
+CREATE FUNCTION cycles._permissions() RETURNS text[]
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+AS $$
+    SELECT ARRAY[
+        'reservations:create', 'reservations:commit', 'reservations:release', 'reservations:extend',
+        'reservations:list', 'balances:read', 'budgets:read', 'budgets:write', 'policies:read',
+        'policies:write', 'webhooks:read', 'webhooks:write', 'events:read',
+        'admin:read', 'admin:write',
+        'admin:tenants:read', 'admin:tenants:write', 'admin:budgets:read', 'admin:budgets:write',
+        'admin:policies:read', 'admin:policies:write', 'admin:apikeys:read', 'admin:apikeys:write',
+        'admin:webhooks:read', 'admin:webhooks:write', 'admin:events:read', 'admin:audit:read']
+$$;
+
+-- What a tenant key gets when the caller names no permissions (the spec's
+-- ten; webhook and event permissions must always be granted explicitly).
+CREATE FUNCTION cycles._default_permissions() RETURNS text[]
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+AS $$
+    SELECT ARRAY[
+        'reservations:create', 'reservations:commit', 'reservations:release', 'reservations:extend',
+        'reservations:list', 'balances:read', 'budgets:read', 'budgets:write', 'policies:read',
+        'policies:write']
+$$;
+
+-- The spec's ApiKey object, nulls omitted; never the hash. An ACTIVE key past
+-- its expiry is shown as EXPIRED (the stored status only records revocation).
+CREATE FUNCTION cycles._api_key_json(p_key cycles.api_keys) RETURNS jsonb
+LANGUAGE sql STABLE
+AS $$
+    SELECT jsonb_strip_nulls(jsonb_build_object(
+        'key_id', p_key.key_id,
+        'tenant_id', p_key.tenant_id,
+        'key_prefix', p_key.key_prefix,
+        'name', p_key.name,
+        'description', p_key.description,
+        'permissions', to_jsonb(p_key.permissions),
+        'scope_filter', to_jsonb(p_key.scope_filter),
+        'status', CASE WHEN p_key.status = 'ACTIVE' AND p_key.expires_at <= clock_timestamp()
+                       THEN 'EXPIRED' ELSE p_key.status END,
+        'created_at', cycles._iso8601(p_key.created_at),
+        'last_used_at', cycles._iso8601(p_key.last_used_at),
+        'expires_at', cycles._iso8601(p_key.expires_at),
+        'revoked_at', cycles._iso8601(p_key.revoked_at),
+        'revoked_reason', p_key.revoked_reason,
+        'metadata', p_key.metadata))
+$$;
+
+-- cycles.create_api_key --------------------------------------------------------
+-- Issues a key for a tenant and returns {key_id, key_secret, key_prefix,
+-- tenant_id, permissions, created_at, expires_at}: the only time the secret
+-- is ever shown. Permissions default to the spec's ten tenant permissions;
+-- each must be in the Permission enum (duplicates are dropped). The expiry
+-- defaults to now + 90 days and must lie in the future.
+-- Options (p_options): description (<= 1024 chars), scope_filter (array of
+-- strings), metadata (object).
+-- Locks: the tenant row FOR SHARE (a concurrent close waits, or this call
+-- sees the tenant CLOSED).
+-- Errors, in precedence order:
+--   INVALID_REQUEST   bad name, unknown permission, empty permissions, expiry
+--                     not in the future, unknown or malformed option
+--   TENANT_NOT_FOUND  no such tenant
+--   TENANT_CLOSED     the tenant is closed
+-- Invariants: emits api_key.created; key_prefix is unique (a colliding
+-- secret is drawn again).
+CREATE FUNCTION cycles.create_api_key(
+    p_tenant_id   text,
+    p_name        text,
+    p_permissions text[] DEFAULT NULL,
+    p_expires_at  timestamptz DEFAULT NULL,
+    p_options     jsonb DEFAULT '{}',
+    p_ctx         jsonb DEFAULT '{}'
+) RETURNS jsonb
+LANGUAGE plpgsql
+AS $$
+DECLARE
+    v_options      jsonb;
+    v_permissions  text[];
+    v_unknown      text[];
+    v_expires_at   timestamptz := coalesce(p_expires_at, clock_timestamp() + interval '90 days');
+    v_scope_filter text[] := '{}';
+    v_metadata     jsonb;
+    v_secret       text;
+    v_key          cycles.api_keys;
+    v_attempt      integer := 0;
+BEGIN
+    IF p_name IS NULL OR char_length(p_name) NOT BETWEEN 1 AND 256 THEN
+        PERFORM cycles._fail('INVALID_REQUEST', 'name must be 1 to 256 characters long');
+    END IF;
+    IF p_permissions IS NULL THEN
+        v_permissions := cycles._default_permissions();
+    ELSE
+        SELECT array_agg(DISTINCT p) FILTER (WHERE p IS NULL OR p <> ALL (cycles._permissions()))
+        INTO v_unknown
+        FROM unnest(p_permissions) AS p;
+        IF v_unknown IS NOT NULL THEN
+            PERFORM cycles._fail('INVALID_REQUEST',
+                format('unknown permission(s): %s', array_to_string(v_unknown, ', ', 'null')),
+                jsonb_build_object('unknown_permissions', to_jsonb(v_unknown)));
+        END IF;
+        -- Keep the caller's order, drop repeats.
+        SELECT coalesce(array_agg(p ORDER BY first_position), '{}') INTO v_permissions
+        FROM (SELECT p, min(o) AS first_position FROM unnest(p_permissions) WITH ORDINALITY AS u(p, o) GROUP BY p) AS d;
+        IF cardinality(v_permissions) = 0 THEN
+            PERFORM cycles._fail('INVALID_REQUEST', 'permissions must not be empty');
+        END IF;
+    END IF;
+    IF v_expires_at <= clock_timestamp() THEN
+        PERFORM cycles._fail('INVALID_REQUEST',
+            format('expires_at %s is not in the future', cycles._iso8601(v_expires_at)));
+    END IF;
+    v_options := cycles._require_known_options(p_options, ARRAY['description', 'scope_filter', 'metadata'],
+                                               'api key option');
+    IF v_options ? 'scope_filter' AND v_options -> 'scope_filter' <> 'null'::jsonb THEN
+        IF jsonb_typeof(v_options -> 'scope_filter') <> 'array'
+           OR EXISTS (SELECT FROM jsonb_array_elements(v_options -> 'scope_filter') AS e
+                      WHERE jsonb_typeof(e) <> 'string' OR char_length(e #>> '{}') NOT BETWEEN 1 AND 1024)
+           OR jsonb_array_length(v_options -> 'scope_filter') > 100 THEN
+            PERFORM cycles._fail('INVALID_REQUEST', 'scope_filter must be an array of at most 100 non-empty strings');
+        END IF;
+        SELECT coalesce(array_agg(e ORDER BY o), '{}') INTO v_scope_filter
+        FROM jsonb_array_elements_text(v_options -> 'scope_filter') WITH ORDINALITY AS u(e, o);
+    END IF;
+    v_metadata := coalesce(nullif(v_options -> 'metadata', 'null'::jsonb), '{}'::jsonb);
+    IF jsonb_typeof(v_metadata) <> 'object' THEN
+        PERFORM cycles._fail('INVALID_REQUEST', 'metadata must be a JSON object');
+    END IF;
+
+    PERFORM cycles._lock_tenant_for_child_change(p_tenant_id);
+
+    LOOP
+        v_attempt := v_attempt + 1;
+        v_secret := cycles._new_secret();
+        BEGIN
+            INSERT INTO cycles.api_keys AS k (
+                key_id, tenant_id, key_prefix, key_hash, name, description, permissions, scope_filter,
+                metadata, expires_at)
+            VALUES (
+                cycles._new_id('key_', 16), p_tenant_id, left(v_secret, 14), cycles._hash_secret(v_secret),
+                p_name, cycles._text_option(v_options, 'description', 1024), v_permissions, v_scope_filter,
+                v_metadata, v_expires_at)
+            RETURNING k.* INTO v_key;
+            EXIT;
+        EXCEPTION WHEN unique_violation THEN
+            -- A prefix (or id) collision: draw again, a bounded number of times.
+            IF v_attempt >= 10 THEN
+                RAISE;
+            END IF;
+        END;
+    END LOOP;
+
+    PERFORM cycles._emit_event(
+        p_tenant_id => p_tenant_id, p_event_type => 'api_key.created', p_source => 'cycles-admin',
+        p_actor => cycles._actor(p_ctx),
+        p_data => jsonb_build_object(
+            'key_id', v_key.key_id, 'key_name', v_key.name, 'new_status', 'ACTIVE',
+            'permissions', to_jsonb(v_key.permissions)),
+        p_request_id => p_ctx ->> 'request_id', p_trace_id => p_ctx ->> 'trace_id');
+
+    RETURN jsonb_build_object(
+        'key_id', v_key.key_id,
+        'key_secret', v_secret,
+        'key_prefix', v_key.key_prefix,
+        'tenant_id', v_key.tenant_id,
+        'permissions', to_jsonb(v_key.permissions),
+        'created_at', cycles._iso8601(v_key.created_at),
+        'expires_at', cycles._iso8601(v_key.expires_at));
+END;
+$$;
+
+-- cycles.list_api_keys ---------------------------------------------------------
+-- A page of a tenant's keys, oldest first: {keys, has_more, next_cursor}
+-- (never a hash or a secret). p_status filters on the shown status (ACTIVE,
+-- REVOKED, EXPIRED). The cursor is the key_id of the last row of the previous
+-- page. Reads only; allowed for a closed tenant.
+-- Errors: INVALID_REQUEST (unknown status, limit outside 1..100, unknown
+-- cursor), TENANT_NOT_FOUND.
+CREATE FUNCTION cycles.list_api_keys(
+    p_tenant_id text,
+    p_status    text DEFAULT NULL,
+    p_limit     integer DEFAULT 50,
+    p_cursor    text DEFAULT NULL,
+    p_ctx       jsonb DEFAULT '{}'
+) RETURNS jsonb
+LANGUAGE plpgsql STABLE
+AS $$
+DECLARE
+    v_limit integer := cycles._page_limit(p_limit);
+    v_after cycles.api_keys;
+    v_rows  cycles.api_keys[];
+BEGIN
+    IF p_status IS NOT NULL AND p_status NOT IN ('ACTIVE', 'REVOKED', 'EXPIRED') THEN
+        PERFORM cycles._fail('INVALID_REQUEST',
+            format('unknown key status %L: expected ACTIVE, REVOKED or EXPIRED', p_status));
+    END IF;
+    IF NOT EXISTS (SELECT FROM cycles.tenants AS t WHERE t.tenant_id = p_tenant_id) THEN
+        PERFORM cycles._fail('TENANT_NOT_FOUND', format('tenant %L not found', p_tenant_id),
+            jsonb_build_object('tenant_id', p_tenant_id));
+    END IF;
+    IF p_cursor IS NOT NULL THEN
+        SELECT k.* INTO v_after FROM cycles.api_keys AS k WHERE k.key_id = p_cursor AND k.tenant_id = p_tenant_id;
+        IF v_after.key_id IS NULL THEN
+            PERFORM cycles._fail('INVALID_REQUEST', format('unknown cursor %L', p_cursor));
+        END IF;
+    END IF;
+
+    SELECT coalesce(array_agg(page ORDER BY page.created_at, page.key_id), '{}') INTO v_rows
+    FROM (
+        SELECT k.*
+        FROM cycles.api_keys AS k
+        WHERE k.tenant_id = p_tenant_id
+          AND (p_status IS NULL OR cycles._api_key_json(k) ->> 'status' = p_status)
+          AND (v_after.key_id IS NULL OR (k.created_at, k.key_id) > (v_after.created_at, v_after.key_id))
+        ORDER BY k.created_at, k.key_id
+        LIMIT v_limit + 1
+    ) AS page;
+
+    RETURN jsonb_strip_nulls(jsonb_build_object(
+        'keys', coalesce((SELECT jsonb_agg(cycles._api_key_json(v_rows[i]) ORDER BY i)
+                          FROM generate_series(1, least(cardinality(v_rows), v_limit)) AS i), '[]'::jsonb),
+        'has_more', cardinality(v_rows) > v_limit,
+        'next_cursor', CASE WHEN cardinality(v_rows) > v_limit THEN (v_rows[v_limit]).key_id END));
+END;
+$$;
+
+-- cycles.revoke_api_key --------------------------------------------------------
+-- ACTIVE -> REVOKED, permanently; the row is kept for audit. Reservations made
+-- with the key may still be committed or released. Returns the ApiKey object.
+-- Locks: the key row FOR UPDATE.
+-- Errors, in precedence order:
+--   INVALID_REQUEST  reason longer than 512 characters
+--   NOT_FOUND        no such key
+--   INVALID_TRANSITION the key is already revoked (409: the spec's "already
+--                    revoked"; KEY_REVOKED is the authentication failure, 401)
+-- Invariants: emits api_key.revoked.
+CREATE FUNCTION cycles.revoke_api_key(
+    p_key_id text,
+    p_reason text DEFAULT NULL,
+    p_ctx    jsonb DEFAULT '{}'
+) RETURNS jsonb
+LANGUAGE plpgsql
+AS $$
+DECLARE
+    v_key      cycles.api_keys;
+    v_previous text;
+BEGIN
+    IF char_length(p_reason) > 512 THEN
+        PERFORM cycles._fail('INVALID_REQUEST', 'reason must be at most 512 characters');
+    END IF;
+    SELECT k.* INTO v_key FROM cycles.api_keys AS k WHERE k.key_id = p_key_id FOR UPDATE;
+    IF v_key.key_id IS NULL THEN
+        PERFORM cycles._fail('NOT_FOUND', format('API key %L not found', p_key_id),
+            jsonb_build_object('key_id', p_key_id));
+    END IF;
+    IF v_key.status = 'REVOKED' THEN
+        PERFORM cycles._fail('INVALID_TRANSITION', format('API key %L is already revoked', p_key_id),
+            jsonb_build_object('key_id', p_key_id, 'status', v_key.status));
+    END IF;
+    v_previous := cycles._api_key_json(v_key) ->> 'status';
+    UPDATE cycles.api_keys AS k
+    SET status = 'REVOKED', revoked_at = clock_timestamp(), revoked_reason = p_reason
+    WHERE k.key_id = p_key_id
+    RETURNING k.* INTO v_key;
+    PERFORM cycles._emit_event(
+        p_tenant_id => v_key.tenant_id, p_event_type => 'api_key.revoked', p_source => 'cycles-admin',
+        p_actor => cycles._actor(p_ctx),
+        p_data => jsonb_build_object(
+            'key_id', v_key.key_id, 'key_name', v_key.name, 'previous_status', v_previous,
+            'new_status', 'REVOKED', 'permissions', to_jsonb(v_key.permissions)),
+        p_request_id => p_ctx ->> 'request_id', p_trace_id => p_ctx ->> 'trace_id');
+    RETURN cycles._api_key_json(v_key);
+END;
+$$;
+
+-- ==== 12_budgets.sql ====
+
+-- Budgets: create, fund (credit, debit, reset, reset spent, repay debt),
+-- freeze, unfreeze, close, update, read and list.
+--
+-- A budget is one (scope, unit) ledger. Its counters move only together with
+-- one ledger row carrying exactly the deltas applied, so the sums of the
+-- ledger always equal the counters (cycles.verify_ledger). Every function
+-- that changes a budget locks the owning tenant FOR SHARE first (a concurrent
+-- tenant close waits, or the change sees TENANT_CLOSED), then the budget row
+-- FOR UPDATE.
+--
+-- Arithmetic is done in numeric and range-checked before it is stored: an
+-- amount that would leave bigint is INVALID_REQUEST, never an overflow error.
+--
+-- is_over_limit: the runtime raises it when debt passes overdraft_limit or
+-- when an ALLOW_IF_AVAILABLE commit could not cover its overage; it is sticky
+-- for the runtime. Every admin funding operation and update is the operator's
+-- reconciliation and recomputes it as debt > overdraft_limit. A change of the
+-- flag emits budget.over_limit_entered / budget.over_limit_exited in addition
+-- to the operation's own event.
+
+-- Helpers ----------------------------------------------------------------------
+
+-- The spec's Amount / SignedAmount object.
+CREATE FUNCTION cycles._amount_json(p_unit text, p_amount bigint) RETURNS jsonb
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+AS $$
+    SELECT jsonb_build_object('unit', p_unit, 'amount', p_amount)
+$$;
+
+-- p_value as bigint, or INVALID_REQUEST naming p_what when it does not fit.
+CREATE FUNCTION cycles._checked_bigint(p_value numeric, p_what text) RETURNS bigint
+LANGUAGE plpgsql IMMUTABLE
+AS $$
+BEGIN
+    IF p_value NOT BETWEEN -9223372036854775808 AND 9223372036854775807 THEN
+        PERFORM cycles._fail('INVALID_REQUEST',
+            format('%s would be %s, outside the 64-bit integer range', p_what, p_value));
+    END IF;
+    RETURN p_value::bigint;
+END;
+$$;
+
+-- The spec's BudgetLedger object, nulls omitted. ledger_id is the budget id.
+CREATE FUNCTION cycles._budget_json(p_budget cycles.budgets) RETURNS jsonb
+LANGUAGE sql STABLE
+AS $$
+    SELECT jsonb_strip_nulls(jsonb_build_object(
+        'ledger_id', p_budget.budget_id::text,
+        'tenant_id', p_budget.tenant_id,
+        'scope', p_budget.scope,
+        'scope_path', p_budget.scope,
+        'unit', p_budget.unit,
+        'allocated', cycles._amount_json(p_budget.unit, p_budget.allocated),
+        'remaining', cycles._amount_json(p_budget.unit, p_budget.remaining),
+        'reserved', cycles._amount_json(p_budget.unit, p_budget.reserved),
+        'spent', cycles._amount_json(p_budget.unit, p_budget.spent),
+        'debt', cycles._amount_json(p_budget.unit, p_budget.debt),
+        'overdraft_limit', cycles._amount_json(p_budget.unit, p_budget.overdraft_limit),
+        'is_over_limit', p_budget.is_over_limit,
+        'commit_overage_policy', p_budget.commit_overage_policy,
+        'status', p_budget.status,
+        'created_at', cycles._iso8601(p_budget.created_at),
+        'updated_at', cycles._iso8601(p_budget.updated_at)))
+$$;
+
+-- The previous_state / new_state snapshot of EventDataBudgetLifecycle.
+CREATE FUNCTION cycles._budget_state(p_budget cycles.budgets) RETURNS jsonb
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+AS $$
+    SELECT jsonb_build_object(
+        'allocated', p_budget.allocated, 'remaining', p_budget.remaining, 'debt', p_budget.debt,
+        'spent', p_budget.spent, 'reserved', p_budget.reserved, 'status', p_budget.status)
+$$;
+
+-- A budget lifecycle event (EventDataBudgetLifecycle), plus the over-limit
+-- event when the change flipped is_over_limit.
+CREATE FUNCTION cycles._budget_event(
+    p_event_type text,
+    p_operation  text,
+    p_before     cycles.budgets,
+    p_after      cycles.budgets,
+    p_reason     text,
+    p_ctx        jsonb,
+    p_extra      jsonb DEFAULT '{}'
+) RETURNS void
+LANGUAGE plpgsql
+AS $$
+BEGIN
+    PERFORM cycles._emit_event(
+        p_tenant_id => p_after.tenant_id, p_event_type => p_event_type, p_source => 'cycles-admin',
+        p_actor => cycles._actor(p_ctx),
+        p_data => jsonb_build_object(
+            'ledger_id', p_after.budget_id::text, 'scope', p_after.scope, 'unit', p_after.unit,
+            'operation', p_operation,
+            'previous_state', CASE WHEN p_before.budget_id IS NOT NULL THEN cycles._budget_state(p_before) END,
+            'new_state', cycles._budget_state(p_after),
+            'reason', p_reason) || coalesce(p_extra, '{}'::jsonb),
+        p_scope => p_after.scope, p_request_id => p_ctx ->> 'request_id', p_trace_id => p_ctx ->> 'trace_id');
+    IF p_before.budget_id IS NOT NULL AND p_before.is_over_limit <> p_after.is_over_limit THEN
+        PERFORM cycles._emit_event(
+            p_tenant_id => p_after.tenant_id,
+            p_event_type => CASE WHEN p_after.is_over_limit THEN 'budget.over_limit_entered'
+                                 ELSE 'budget.over_limit_exited' END,
+            p_source => 'cycles-admin', p_actor => cycles._actor(p_ctx),
+            p_data => jsonb_build_object(
+                'scope', p_after.scope, 'unit', p_after.unit, 'debt', p_after.debt,
+                'overdraft_limit', p_after.overdraft_limit, 'is_over_limit', p_after.is_over_limit,
+                'debt_utilization', CASE WHEN p_after.overdraft_limit > 0
+                                         THEN round(p_after.debt::numeric / p_after.overdraft_limit, 6) END),
+            p_scope => p_after.scope, p_request_id => p_ctx ->> 'request_id', p_trace_id => p_ctx ->> 'trace_id');
+    END IF;
+END;
+$$;
+
+-- The budget at (scope, unit), validated, its tenant locked FOR SHARE and
+-- itself locked FOR UPDATE, for an admin change.
+-- Errors, in precedence order: INVALID_REQUEST (malformed scope, unknown
+-- unit), TENANT_NOT_FOUND, TENANT_CLOSED, BUDGET_NOT_FOUND.
+CREATE FUNCTION cycles._lock_budget_for_change(p_scope text, p_unit text) RETURNS cycles.budgets
+LANGUAGE plpgsql
+AS $$
+DECLARE
+    v_scope  text := cycles._canonical_scope(p_scope);
+    v_unit   text := cycles._require_unit(p_unit);
+    v_budget cycles.budgets;
+BEGIN
+    PERFORM cycles._lock_tenant_for_child_change(cycles._scope_tenant(v_scope));
+    SELECT b.* INTO v_budget FROM cycles.budgets AS b WHERE b.scope = v_scope AND b.unit = v_unit FOR UPDATE;
+    IF v_budget.budget_id IS NULL THEN
+        PERFORM cycles._fail('BUDGET_NOT_FOUND', format('no %s budget at scope %L', v_unit, v_scope),
+            jsonb_build_object('scope', v_scope, 'unit', v_unit));
+    END IF;
+    RETURN v_budget;
+END;
+$$;
+
+CREATE FUNCTION cycles._require_budget_open(p_budget cycles.budgets, p_allow_frozen boolean) RETURNS void
+LANGUAGE plpgsql
+AS $$
+BEGIN
+    IF p_budget.status = 'CLOSED' THEN
+        PERFORM cycles._fail('BUDGET_CLOSED', format('budget %s %s is closed', p_budget.scope, p_budget.unit),
+            jsonb_build_object('scope', p_budget.scope, 'unit', p_budget.unit));
+    END IF;
+    IF p_budget.status = 'FROZEN' AND NOT p_allow_frozen THEN
+        PERFORM cycles._fail('BUDGET_FROZEN', format('budget %s %s is frozen', p_budget.scope, p_budget.unit),
+            jsonb_build_object('scope', p_budget.scope, 'unit', p_budget.unit));
+    END IF;
+END;
+$$;
+
+-- cycles.create_budget -------------------------------------------------------
+-- Creates the (scope, unit) budget with remaining = allocated and nothing
+-- reserved, spent or owed. The scope is canonicalised; its tenant is the
+-- owner and must be ACTIVE. commit_overage_policy NULL means "inherit from
+-- the tenant". Options (p_options): metadata (object).
+-- Locks: the tenant row FOR SHARE; the new budget row (ON CONFLICT waits for
+-- a concurrent insert of the same scope and unit).
+-- Errors, in precedence order:
+--   INVALID_REQUEST    malformed scope, unknown unit, negative or missing
+--                      amount, unknown policy, unknown option
+--   TENANT_NOT_FOUND   the scope's tenant does not exist
+--   TENANT_CLOSED      the tenant is closed
+--   TENANT_SUSPENDED   the tenant is suspended
+--   DUPLICATE_RESOURCE a budget exists for this scope and unit
+-- Invariants: one CREATE ledger row with allocated_delta = allocated;
+-- emits budget.created.
+CREATE FUNCTION cycles.create_budget(
+    p_scope                 text,
+    p_unit                  text,
+    p_allocated             bigint,
+    p_overdraft_limit       bigint DEFAULT 0,
+    p_commit_overage_policy text DEFAULT NULL,
+    p_options               jsonb DEFAULT '{}',
+    p_ctx                   jsonb DEFAULT '{}'
+) RETURNS jsonb
+LANGUAGE plpgsql
+AS $$
+DECLARE
+    v_scope    text := cycles._canonical_scope(p_scope);
+    v_unit     text := cycles._require_unit(p_unit);
+    v_options  jsonb;
+    v_metadata jsonb;
+    v_tenant   cycles.tenants;
+    v_budget   cycles.budgets;
+    v_none     cycles.budgets;
+BEGIN
+    PERFORM cycles._require_amount(p_allocated, 'allocated');
+    PERFORM cycles._require_amount(p_overdraft_limit, 'overdraft_limit');
+    PERFORM cycles._require_overage_policy(p_commit_overage_policy);
+    v_options := cycles._require_known_options(p_options, ARRAY['metadata'], 'budget option');
+    v_metadata := coalesce(nullif(v_options -> 'metadata', 'null'::jsonb), '{}'::jsonb);
+    IF jsonb_typeof(v_metadata) <> 'object' THEN
+        PERFORM cycles._fail('INVALID_REQUEST', 'metadata must be a JSON object');
+    END IF;
+
+    v_tenant := cycles._lock_tenant_for_child_change(cycles._scope_tenant(v_scope));
+    IF v_tenant.status = 'SUSPENDED' THEN
+        PERFORM cycles._fail('TENANT_SUSPENDED', format('tenant %L is suspended', v_tenant.tenant_id),
+            jsonb_build_object('tenant_id', v_tenant.tenant_id));
+    END IF;
+
+    INSERT INTO cycles.budgets AS b (
+        tenant_id, scope, unit, allocated, remaining, overdraft_limit, commit_overage_policy, metadata)
+    VALUES (
+        v_tenant.tenant_id, v_scope, v_unit, p_allocated, p_allocated, p_overdraft_limit,
+        p_commit_overage_policy, v_metadata)
+    ON CONFLICT ON CONSTRAINT budgets_scope_unit_key DO NOTHING
+    RETURNING b.* INTO v_budget;
+    IF v_budget.budget_id IS NULL THEN
+        PERFORM cycles._fail('DUPLICATE_RESOURCE', format('a %s budget already exists at scope %L', v_unit, v_scope),
+            jsonb_build_object('scope', v_scope, 'unit', v_unit));
+    END IF;
+
+    PERFORM cycles._append_ledger(
+        p_budget_id => v_budget.budget_id, p_tenant_id => v_budget.tenant_id, p_scope => v_scope,
+        p_unit => v_unit, p_operation => 'CREATE', p_actor => cycles._actor(p_ctx),
+        p_allocated_delta => p_allocated,
+        p_request_id => p_ctx ->> 'request_id', p_trace_id => p_ctx ->> 'trace_id');
+    PERFORM cycles._budget_event('budget.created', 'CREATE', v_none, v_budget, NULL, p_ctx);
+    RETURN cycles._budget_json(v_budget);
+END;
+$$;
+
+-- cycles.fund_budget ---------------------------------------------------------
+-- Changes a budget's allocation outside the reservation flow (a = p_amount):
+--   CREDIT      owed debt is repaid first (the protocol: "when budget is added
+--               to a scope with debt > 0, debt MUST be repaid first, then
+--               remaining funds added"): debt -= min(debt, a), allocated +=
+--               the rest; remaining += a either way. Event budget.funded.
+--   DEBIT       allocated -= a, remaining -= a; refused with BUDGET_EXCEEDED
+--               when remaining < a (nothing changes). Event budget.debited.
+--   RESET       allocated = a; spent, reserved, debt kept; remaining follows
+--               and may go negative. Event budget.reset.
+--   RESET_SPENT allocated = a, spent = p_spent (default 0); reserved and debt
+--               kept; remaining may go negative. Event budget.reset_spent
+--               with spent_override_provided. p_spent is ignored otherwise.
+--   REPAY_DEBT  debt -= min(debt, a), any excess is credited to allocated;
+--               remaining += a. Event budget.debt_repaid.
+-- CREDIT, DEBIT and REPAY_DEBT need a > 0; RESET and RESET_SPENT take a >= 0.
+-- is_over_limit is recomputed as debt > overdraft_limit.
+-- Idempotent on (tenant, 'fund_budget', p_idempotency_key) for 24 hours: a
+-- replay of the same request returns the stored response (even if the
+-- budget changed since); another request with the same key is
+-- IDEMPOTENCY_MISMATCH.
+-- Returns BudgetFundingResponse {operation, previous_/new_ allocated,
+-- remaining, debt, spent (Amount objects), timestamp}.
+-- Locks, in order: a transaction advisory lock on (tenant, key); the tenant
+-- row FOR SHARE; the budget row FOR UPDATE.
+-- Errors, in precedence order:
+--   INVALID_REQUEST      malformed scope, unknown unit or operation, bad
+--                        amount/spent, reason > 512, key missing or > 256
+--   IDEMPOTENCY_MISMATCH the key was used for a different request
+--   TENANT_NOT_FOUND     the scope's tenant does not exist
+--   TENANT_CLOSED        the tenant is closed
+--   BUDGET_NOT_FOUND     no budget at (scope, unit)
+--   BUDGET_CLOSED, BUDGET_FROZEN
+--   BUDGET_EXCEEDED      DEBIT larger than remaining
+--   INVALID_REQUEST      a counter would leave the 64-bit range
+-- Invariants: exactly one ledger row with the deltas applied;
+-- remaining = allocated - spent - reserved - debt.
+CREATE FUNCTION cycles.fund_budget(
+    p_scope           text,
+    p_unit            text,
+    p_operation       text,
+    p_amount          bigint,
+    p_idempotency_key text,
+    p_spent           bigint DEFAULT NULL,
+    p_reason          text DEFAULT NULL,
+    p_ctx             jsonb DEFAULT '{}'
+) RETURNS jsonb
+LANGUAGE plpgsql
+AS $$
+DECLARE
+    v_scope     text := cycles._canonical_scope(p_scope);
+    v_unit      text := cycles._require_unit(p_unit);
+    v_tenant_id text;
+    v_spent_arg bigint := CASE WHEN p_operation = 'RESET_SPENT' THEN p_spent END;
+    v_hash      bytea;
+    v_record    cycles.idempotency_records;
+    v_before    cycles.budgets;
+    v_after     cycles.budgets;
+    v_repaid    bigint;
+    v_allocated bigint;
+    v_spent     bigint;
+    v_debt      bigint;
+    v_remaining bigint;
+    v_response  jsonb;
+    v_event     text;
+BEGIN
+    IF p_operation IS NULL OR p_operation NOT IN ('CREDIT', 'DEBIT', 'RESET', 'RESET_SPENT', 'REPAY_DEBT') THEN
+        PERFORM cycles._fail('INVALID_REQUEST',
+            format('unknown funding operation %L: expected CREDIT, DEBIT, RESET, RESET_SPENT or REPAY_DEBT',
+                   p_operation));
+    END IF;
+    PERFORM cycles._require_amount(p_amount, 'amount');
+    IF p_amount = 0 AND p_operation IN ('CREDIT', 'DEBIT', 'REPAY_DEBT') THEN
+        PERFORM cycles._fail('INVALID_REQUEST', format('amount must be positive for %s', p_operation));
+    END IF;
+    IF v_spent_arg IS NOT NULL THEN
+        PERFORM cycles._require_amount(v_spent_arg, 'spent');
+    END IF;
+    IF char_length(p_reason) > 512 THEN
+        PERFORM cycles._fail('INVALID_REQUEST', 'reason must be at most 512 characters');
+    END IF;
+    IF p_idempotency_key IS NULL OR char_length(p_idempotency_key) NOT BETWEEN 1 AND 256 THEN
+        PERFORM cycles._fail('INVALID_REQUEST', 'idempotency_key must be 1 to 256 characters long');
+    END IF;
+
+    v_tenant_id := cycles._scope_tenant(v_scope);
+    v_hash := sha256(convert_to(jsonb_build_object(
+        'scope', v_scope, 'unit', v_unit, 'operation', p_operation, 'amount', p_amount,
+        'spent', v_spent_arg, 'reason', p_reason)::text, 'UTF8'));
+
+    -- Serialise requests carrying the same key, then replay or refuse.
+    PERFORM pg_advisory_xact_lock(hashtextextended(v_tenant_id || ':fund_budget:' || p_idempotency_key, 0));
+    SELECT r.* INTO v_record FROM cycles.idempotency_records AS r
+    WHERE r.tenant_id = v_tenant_id AND r.endpoint = 'fund_budget' AND r.idempotency_key = p_idempotency_key;
+    IF v_record.tenant_id IS NOT NULL AND v_record.expires_at > clock_timestamp() THEN
+        IF v_record.request_hash <> v_hash THEN
+            PERFORM cycles._fail('IDEMPOTENCY_MISMATCH',
+                format('idempotency_key %L was already used for a different funding request', p_idempotency_key),
+                jsonb_build_object('idempotency_key', p_idempotency_key));
+        END IF;
+        RETURN v_record.response;
+    END IF;
+
+    v_before := cycles._lock_budget_for_change(v_scope, v_unit);
+    PERFORM cycles._require_budget_open(v_before, false);
+
+    v_allocated := v_before.allocated;
+    v_spent := v_before.spent;
+    v_debt := v_before.debt;
+    CASE p_operation
+        WHEN 'CREDIT', 'REPAY_DEBT' THEN
+            v_repaid := least(v_before.debt, p_amount);
+            v_debt := v_before.debt - v_repaid;
+            v_allocated := cycles._checked_bigint(v_before.allocated::numeric + (p_amount - v_repaid), 'allocated');
+        WHEN 'DEBIT' THEN
+            IF v_before.remaining < p_amount THEN
+                PERFORM cycles._fail('BUDGET_EXCEEDED',
+                    format('cannot debit %s from %s %s: only %s remaining', p_amount, v_scope, v_unit,
+                           v_before.remaining),
+                    jsonb_build_object('scope', v_scope, 'unit', v_unit, 'remaining', v_before.remaining,
+                                       'requested', p_amount));
+            END IF;
+            v_allocated := v_before.allocated - p_amount;
+        WHEN 'RESET' THEN
+            v_allocated := p_amount;
+        WHEN 'RESET_SPENT' THEN
+            v_allocated := p_amount;
+            v_spent := coalesce(v_spent_arg, 0);
+    END CASE;
+    v_remaining := cycles._checked_bigint(
+        v_allocated::numeric - v_spent - v_before.reserved - v_debt, 'remaining');
+
+    UPDATE cycles.budgets AS b
+    SET allocated = v_allocated, spent = v_spent, debt = v_debt, remaining = v_remaining,
+        is_over_limit = v_debt > b.overdraft_limit, updated_at = clock_timestamp()
+    WHERE b.budget_id = v_before.budget_id
+    RETURNING b.* INTO v_after;
+
+    PERFORM cycles._append_ledger(
+        p_budget_id => v_after.budget_id, p_tenant_id => v_after.tenant_id, p_scope => v_scope,
+        p_unit => v_unit, p_operation => p_operation, p_actor => cycles._actor(p_ctx),
+        p_allocated_delta => v_after.allocated - v_before.allocated,
+        p_spent_delta => v_after.spent - v_before.spent,
+        p_debt_delta => v_after.debt - v_before.debt,
+        p_idempotency_key => p_idempotency_key, p_reason => p_reason,
+        p_request_id => p_ctx ->> 'request_id', p_trace_id => p_ctx ->> 'trace_id');
+    v_event := CASE p_operation
+        WHEN 'CREDIT' THEN 'budget.funded'
+        WHEN 'DEBIT' THEN 'budget.debited'
+        WHEN 'RESET' THEN 'budget.reset'
+        WHEN 'RESET_SPENT' THEN 'budget.reset_spent'
+        WHEN 'REPAY_DEBT' THEN 'budget.debt_repaid'
+    END;
+    PERFORM cycles._budget_event(v_event, p_operation, v_before, v_after, p_reason, p_ctx,
+        CASE WHEN p_operation = 'RESET_SPENT'
+             THEN jsonb_build_object('spent_override_provided', v_spent_arg IS NOT NULL) END);
+
+    v_response := jsonb_build_object(
+        'operation', p_operation,
+        'previous_allocated', cycles._amount_json(v_unit, v_before.allocated),
+        'new_allocated', cycles._amount_json(v_unit, v_after.allocated),
+        'previous_remaining', cycles._amount_json(v_unit, v_before.remaining),
+        'new_remaining', cycles._amount_json(v_unit, v_after.remaining),
+        'previous_debt', cycles._amount_json(v_unit, v_before.debt),
+        'new_debt', cycles._amount_json(v_unit, v_after.debt),
+        'previous_spent', cycles._amount_json(v_unit, v_before.spent),
+        'new_spent', cycles._amount_json(v_unit, v_after.spent),
+        'timestamp', cycles._iso8601(v_after.updated_at));
+
+    INSERT INTO cycles.idempotency_records AS r (
+        tenant_id, endpoint, idempotency_key, request_hash, response, created_at, expires_at)
+    VALUES (
+        v_tenant_id, 'fund_budget', p_idempotency_key, v_hash, v_response, clock_timestamp(),
+        clock_timestamp() + interval '24 hours')
+    ON CONFLICT ON CONSTRAINT idempotency_records_pkey DO UPDATE
+        SET request_hash = excluded.request_hash, response = excluded.response,
+            created_at = excluded.created_at, expires_at = excluded.expires_at;
+    RETURN v_response;
+END;
+$$;
+
+-- cycles.freeze_budget / cycles.unfreeze_budget ------------------------------
+-- ACTIVE -> FROZEN (no reservations, commits of new work, or funding) and
+-- back. Property updates stay allowed while frozen. Returns BudgetLedger.
+-- Locks: the tenant row FOR SHARE, then the budget row FOR UPDATE.
+-- Errors, in precedence order: INVALID_REQUEST (malformed scope, unknown
+-- unit, reason > 512), TENANT_NOT_FOUND, TENANT_CLOSED, BUDGET_NOT_FOUND,
+-- INVALID_TRANSITION (already in the target state, or CLOSED).
+-- Invariants: no counter changes, so no ledger row; emits budget.frozen /
+-- budget.unfrozen.
+CREATE FUNCTION cycles._set_budget_frozen(
+    p_scope text, p_unit text, p_frozen boolean, p_reason text, p_ctx jsonb
+) RETURNS jsonb
+LANGUAGE plpgsql
+AS $$
+DECLARE
+    v_from   text := CASE WHEN p_frozen THEN 'ACTIVE' ELSE 'FROZEN' END;
+    v_to     text := CASE WHEN p_frozen THEN 'FROZEN' ELSE 'ACTIVE' END;
+    v_before cycles.budgets;
+    v_after  cycles.budgets;
+BEGIN
+    IF char_length(p_reason) > 512 THEN
+        PERFORM cycles._fail('INVALID_REQUEST', 'reason must be at most 512 characters');
+    END IF;
+    v_before := cycles._lock_budget_for_change(p_scope, p_unit);
+    IF v_before.status <> v_from THEN
+        PERFORM cycles._fail('INVALID_TRANSITION',
+            format('budget %s %s is %s: only an %s budget can become %s', v_before.scope, v_before.unit,
+                   v_before.status, v_from, v_to),
+            jsonb_build_object('scope', v_before.scope, 'unit', v_before.unit, 'status', v_before.status));
+    END IF;
+    UPDATE cycles.budgets AS b
+    SET status = v_to, updated_at = clock_timestamp()
+    WHERE b.budget_id = v_before.budget_id
+    RETURNING b.* INTO v_after;
+    PERFORM cycles._budget_event(CASE WHEN p_frozen THEN 'budget.frozen' ELSE 'budget.unfrozen' END,
+        'STATUS_CHANGE', v_before, v_after, p_reason, p_ctx);
+    RETURN cycles._budget_json(v_after);
+END;
+$$;
+
+CREATE FUNCTION cycles.freeze_budget(
+    p_scope text, p_unit text, p_reason text DEFAULT NULL, p_ctx jsonb DEFAULT '{}'
+) RETURNS jsonb
+LANGUAGE sql
+AS $$
+    SELECT cycles._set_budget_frozen(p_scope, p_unit, true, p_reason, coalesce(p_ctx, '{}'::jsonb))
+$$;
+
+CREATE FUNCTION cycles.unfreeze_budget(
+    p_scope text, p_unit text, p_reason text DEFAULT NULL, p_ctx jsonb DEFAULT '{}'
+) RETURNS jsonb
+LANGUAGE sql
+AS $$
+    SELECT cycles._set_budget_frozen(p_scope, p_unit, false, p_reason, coalesce(p_ctx, '{}'::jsonb))
+$$;
+
+-- cycles.close_budget --------------------------------------------------------
+-- ACTIVE|FROZEN -> CLOSED, irreversibly. Refused while reservations hold part
+-- of the budget (reserved > 0): their commit or release must land on an open
+-- budget, so the operator releases them (or lets them expire) first; closing
+-- the whole tenant releases them itself. Debt is kept on the closed budget.
+-- Returns BudgetLedger.
+-- Locks: the tenant row FOR SHARE, then the budget row FOR UPDATE.
+-- Errors, in precedence order: INVALID_REQUEST (malformed scope, unknown
+-- unit, reason > 512), TENANT_NOT_FOUND, TENANT_CLOSED, BUDGET_NOT_FOUND,
+-- INVALID_TRANSITION (already CLOSED, or reserved > 0).
+-- Invariants: one CLOSE ledger row with zero deltas; emits budget.closed.
+CREATE FUNCTION cycles.close_budget(
+    p_scope text, p_unit text, p_reason text DEFAULT NULL, p_ctx jsonb DEFAULT '{}'
+) RETURNS jsonb
+LANGUAGE plpgsql
+AS $$
+DECLARE
+    v_before cycles.budgets;
+    v_after  cycles.budgets;
+BEGIN
+    IF char_length(p_reason) > 512 THEN
+        PERFORM cycles._fail('INVALID_REQUEST', 'reason must be at most 512 characters');
+    END IF;
+    v_before := cycles._lock_budget_for_change(p_scope, p_unit);
+    IF v_before.status = 'CLOSED' THEN
+        PERFORM cycles._fail('INVALID_TRANSITION',
+            format('budget %s %s is already CLOSED', v_before.scope, v_before.unit),
+            jsonb_build_object('scope', v_before.scope, 'unit', v_before.unit, 'status', v_before.status));
+    END IF;
+    IF v_before.reserved > 0 THEN
+        PERFORM cycles._fail('INVALID_TRANSITION',
+            format('budget %s %s has %s reserved by open reservations: release them first',
+                   v_before.scope, v_before.unit, v_before.reserved),
+            jsonb_build_object('scope', v_before.scope, 'unit', v_before.unit, 'reserved', v_before.reserved));
+    END IF;
+    UPDATE cycles.budgets AS b
+    SET status = 'CLOSED', closed_at = clock_timestamp(), updated_at = clock_timestamp()
+    WHERE b.budget_id = v_before.budget_id
+    RETURNING b.* INTO v_after;
+    PERFORM cycles._append_ledger(
+        p_budget_id => v_after.budget_id, p_tenant_id => v_after.tenant_id, p_scope => v_after.scope,
+        p_unit => v_after.unit, p_operation => 'CLOSE', p_actor => cycles._actor(p_ctx), p_reason => p_reason,
+        p_request_id => p_ctx ->> 'request_id', p_trace_id => p_ctx ->> 'trace_id');
+    PERFORM cycles._budget_event('budget.closed', 'STATUS_CHANGE', v_before, v_after, p_reason, p_ctx);
+    RETURN cycles._budget_json(v_after);
+END;
+$$;
+
+-- cycles.update_budget -------------------------------------------------------
+-- Changes a budget's properties: p_patch may hold overdraft_limit (integer
+-- >= 0), commit_overage_policy (a policy, or null to inherit from the tenant)
+-- and metadata (object). Allowed while FROZEN. is_over_limit is recomputed as
+-- debt > overdraft_limit. An empty patch changes nothing and emits nothing.
+-- Returns BudgetLedger.
+-- Locks: the tenant row FOR SHARE, then the budget row FOR UPDATE.
+-- Errors, in precedence order: INVALID_REQUEST (malformed scope, unknown
+-- unit, unknown or malformed field), TENANT_NOT_FOUND, TENANT_CLOSED,
+-- BUDGET_NOT_FOUND, BUDGET_CLOSED.
+-- Invariants: no counter changes, so no ledger row; emits budget.updated.
+CREATE FUNCTION cycles.update_budget(
+    p_scope text, p_unit text, p_patch jsonb, p_ctx jsonb DEFAULT '{}'
+) RETURNS jsonb
+LANGUAGE plpgsql
+AS $$
+DECLARE
+    v_patch    jsonb := cycles._require_known_options(p_patch,
+                            ARRAY['overdraft_limit', 'commit_overage_policy', 'metadata'], 'budget field');
+    v_limit    bigint;
+    v_policy   text;
+    v_metadata jsonb;
+    v_before   cycles.budgets;
+    v_after    cycles.budgets;
+BEGIN
+    IF v_patch ? 'overdraft_limit' THEN
+        v_limit := cycles._int_option(v_patch, 'overdraft_limit', 0, 9223372036854775807, NULL);
+        IF v_limit IS NULL THEN
+            PERFORM cycles._fail('INVALID_REQUEST', 'overdraft_limit must be an integer >= 0');
+        END IF;
+    END IF;
+    v_policy := cycles._require_overage_policy(cycles._text_option(v_patch, 'commit_overage_policy', 64));
+    IF v_patch ? 'metadata' THEN
+        v_metadata := v_patch -> 'metadata';
+        IF jsonb_typeof(v_metadata) <> 'object' THEN
+            PERFORM cycles._fail('INVALID_REQUEST', 'metadata must be a JSON object');
+        END IF;
+    END IF;
+
+    v_before := cycles._lock_budget_for_change(p_scope, p_unit);
+    PERFORM cycles._require_budget_open(v_before, true);
+    IF v_patch = '{}'::jsonb THEN
+        RETURN cycles._budget_json(v_before);
+    END IF;
+    UPDATE cycles.budgets AS b
+    SET overdraft_limit = coalesce(v_limit, b.overdraft_limit),
+        commit_overage_policy = CASE WHEN v_patch ? 'commit_overage_policy' THEN v_policy
+                                     ELSE b.commit_overage_policy END,
+        metadata = coalesce(v_metadata, b.metadata),
+        is_over_limit = b.debt > coalesce(v_limit, b.overdraft_limit),
+        updated_at = clock_timestamp()
+    WHERE b.budget_id = v_before.budget_id
+    RETURNING b.* INTO v_after;
+    PERFORM cycles._budget_event('budget.updated', 'UPDATE', v_before, v_after, NULL, p_ctx,
+        jsonb_build_object('changed_fields', (SELECT jsonb_agg(k ORDER BY k) FROM jsonb_object_keys(v_patch) AS k)));
+    RETURN cycles._budget_json(v_after);
+END;
+$$;
+
+-- cycles.get_budget ----------------------------------------------------------
+-- The BudgetLedger at (scope, unit). Reads only; allowed for a closed tenant.
+-- Errors: INVALID_REQUEST (malformed scope, unknown unit), BUDGET_NOT_FOUND.
+CREATE FUNCTION cycles.get_budget(p_scope text, p_unit text, p_ctx jsonb DEFAULT '{}') RETURNS jsonb
+LANGUAGE plpgsql STABLE
+AS $$
+DECLARE
+    v_scope  text := cycles._canonical_scope(p_scope);
+    v_unit   text := cycles._require_unit(p_unit);
+    v_budget cycles.budgets;
+BEGIN
+    SELECT b.* INTO v_budget FROM cycles.budgets AS b WHERE b.scope = v_scope AND b.unit = v_unit;
+    IF v_budget.budget_id IS NULL THEN
+        PERFORM cycles._fail('BUDGET_NOT_FOUND', format('no %s budget at scope %L', v_unit, v_scope),
+            jsonb_build_object('scope', v_scope, 'unit', v_unit));
+    END IF;
+    RETURN cycles._budget_json(v_budget);
+END;
+$$;
+
+-- cycles.list_budgets --------------------------------------------------------
+-- A page of budgets in scope order: {ledgers, has_more, next_cursor}.
+-- p_tenant_id NULL lists every tenant's budgets (admin view). p_scope_prefix
+-- matches the start of the canonical scope (case-insensitive). The cursor is
+-- the ledger_id of the last row of the previous page.
+-- Errors: INVALID_REQUEST (unknown unit or status, limit outside 1..100,
+-- unknown cursor), TENANT_NOT_FOUND.
+CREATE FUNCTION cycles.list_budgets(
+    p_tenant_id    text DEFAULT NULL,
+    p_scope_prefix text DEFAULT NULL,
+    p_unit         text DEFAULT NULL,
+    p_status       text DEFAULT NULL,
+    p_limit        integer DEFAULT 50,
+    p_cursor       text DEFAULT NULL,
+    p_ctx          jsonb DEFAULT '{}'
+) RETURNS jsonb
+LANGUAGE plpgsql STABLE
+AS $$
+DECLARE
+    v_limit  integer := cycles._page_limit(p_limit);
+    v_prefix text := lower(nullif(p_scope_prefix, ''));
+    v_after  cycles.budgets;
+    v_rows   cycles.budgets[];
+BEGIN
+    IF p_unit IS NOT NULL THEN
+        PERFORM cycles._require_unit(p_unit);
+    END IF;
+    IF p_status IS NOT NULL AND p_status NOT IN ('ACTIVE', 'FROZEN', 'CLOSED') THEN
+        PERFORM cycles._fail('INVALID_REQUEST',
+            format('unknown budget status %L: expected ACTIVE, FROZEN or CLOSED', p_status));
+    END IF;
+    IF p_tenant_id IS NOT NULL AND NOT EXISTS (SELECT FROM cycles.tenants AS t WHERE t.tenant_id = p_tenant_id) THEN
+        PERFORM cycles._fail('TENANT_NOT_FOUND', format('tenant %L not found', p_tenant_id),
+            jsonb_build_object('tenant_id', p_tenant_id));
+    END IF;
+    IF p_cursor IS NOT NULL THEN
+        SELECT b.* INTO v_after FROM cycles.budgets AS b
+        WHERE b.budget_id::text = p_cursor AND (p_tenant_id IS NULL OR b.tenant_id = p_tenant_id);
+        IF v_after.budget_id IS NULL THEN
+            PERFORM cycles._fail('INVALID_REQUEST', format('unknown cursor %L', p_cursor));
+        END IF;
+    END IF;
+
+    SELECT coalesce(array_agg(page ORDER BY page.scope COLLATE "C", page.unit), '{}') INTO v_rows
+    FROM (
+        SELECT b.*
+        FROM cycles.budgets AS b
+        WHERE (p_tenant_id IS NULL OR b.tenant_id = p_tenant_id)
+          AND (v_prefix IS NULL OR left(b.scope, char_length(v_prefix)) = v_prefix)
+          AND (p_unit IS NULL OR b.unit = p_unit)
+          AND (p_status IS NULL OR b.status = p_status)
+          AND (v_after.budget_id IS NULL
+               OR (b.scope COLLATE "C", b.unit) > (v_after.scope COLLATE "C", v_after.unit))
+        ORDER BY b.scope COLLATE "C", b.unit
+        LIMIT v_limit + 1
+    ) AS page;
+
+    RETURN jsonb_strip_nulls(jsonb_build_object(
+        'ledgers', coalesce((SELECT jsonb_agg(cycles._budget_json(v_rows[i]) ORDER BY i)
+                             FROM generate_series(1, least(cardinality(v_rows), v_limit)) AS i), '[]'::jsonb),
+        'has_more', cardinality(v_rows) > v_limit,
+        'next_cursor', CASE WHEN cardinality(v_rows) > v_limit THEN (v_rows[v_limit]).budget_id::text END));
+END;
+$$;
+
+-- ==== 13_verify.sql ====
+
+-- Reconciliation: the ledger proves the counters.
+
+-- cycles.verify_ledger -------------------------------------------------------
+-- Every (budget, counter) whose stored value differs from what the ledger
+-- says it should be: for allocated, spent, reserved and debt the sum of that
+-- counter's deltas over the budget's ledger rows; for remaining, the identity
+-- allocated - spent - reserved - debt over those sums. A budget with no
+-- ledger rows is expected to hold zeros. Every function that changes a
+-- counter appends the same delta to the ledger in the same transaction, so
+-- the result is always empty; a row here means a counter was changed behind
+-- the functions' back (or a function has a bug).
+-- Reads only; takes no locks beyond the snapshot. Sums are numeric, so a
+-- corrupt ledger cannot make the check itself overflow.
+CREATE FUNCTION cycles.verify_ledger()
+RETURNS TABLE (budget_id bigint, tenant_id text, scope text, unit text, counter text,
+               expected numeric, actual bigint)
+LANGUAGE sql STABLE
+AS $$
+    WITH sums AS (
+        SELECT b.budget_id, b.tenant_id, b.scope, b.unit,
+               b.allocated, b.spent, b.reserved, b.debt, b.remaining,
+               coalesce(sum(l.allocated_delta), 0) AS allocated_sum,
+               coalesce(sum(l.spent_delta), 0)     AS spent_sum,
+               coalesce(sum(l.reserved_delta), 0)  AS reserved_sum,
+               coalesce(sum(l.debt_delta), 0)      AS debt_sum
+        FROM cycles.budgets AS b
+        LEFT JOIN cycles.ledger_entries AS l ON l.budget_id = b.budget_id
+        GROUP BY b.budget_id
+    )
+    SELECT s.budget_id, s.tenant_id, s.scope, s.unit, c.counter, c.expected, c.actual
+    FROM sums AS s
+    CROSS JOIN LATERAL (VALUES
+        ('allocated', s.allocated_sum, s.allocated),
+        ('spent', s.spent_sum, s.spent),
+        ('reserved', s.reserved_sum, s.reserved),
+        ('debt', s.debt_sum, s.debt),
+        ('remaining', s.allocated_sum - s.spent_sum - s.reserved_sum - s.debt_sum, s.remaining)
+    ) AS c (counter, expected, actual)
+    WHERE c.expected <> c.actual
+    ORDER BY s.scope COLLATE "C", s.unit, c.counter
+$$;
+
+-- ==== 20_runtime_common.sql ====
+
+-- Private helpers of the runtime protocol (reserve, commit, release, extend,
+-- decide, events, queries): who is calling, request validation, scope
+-- derivation, idempotency records, balance snapshots, the charge arithmetic
+-- shared by commits and events, and the ledger rows and budget signals that
+-- follow every balance change.
+
+-- Principal ----------------------------------------------------------------
+
+-- The authenticated key's id and its tenant row, after checking that the key
+-- grants p_permission (NULL: no permission needed).
+-- Errors: UNAUTHORIZED (bad key), FORBIDDEN (permission missing).
+CREATE FUNCTION cycles._runtime_principal(
+    p_api_key    text,
+    p_permission text,
+    OUT o_key_id text,
+    OUT o_tenant cycles.tenants
+)
+LANGUAGE plpgsql
+AS $$
+DECLARE
+    v_key cycles.api_keys;
+BEGIN
+    SELECT (a.o_key).* INTO v_key FROM cycles._authenticate(p_api_key) AS a;
+    IF p_permission IS NOT NULL AND NOT cycles._has_permission(v_key.permissions, p_permission) THEN
+        PERFORM cycles._fail('FORBIDDEN', format('API key lacks the %s permission', p_permission),
+            jsonb_build_object('required_permission', p_permission));
+    END IF;
+    o_key_id := v_key.key_id;
+    SELECT t.* INTO o_tenant FROM cycles.tenants AS t WHERE t.tenant_id = v_key.tenant_id;
+END;
+$$;
+
+-- The admin key was verified by the caller (the HTTP layer, or psql). A NULL
+-- API key is accepted only with one of p_allowed actor types in the context.
+-- Errors: UNAUTHORIZED.
+CREATE FUNCTION cycles._require_admin_context(p_ctx jsonb, p_allowed text[]) RETURNS void
+LANGUAGE plpgsql
+AS $$
+BEGIN
+    IF coalesce(p_ctx ->> 'actor_type', 'admin') <> ALL (p_allowed) THEN
+        PERFORM cycles._fail('UNAUTHORIZED', 'missing, unknown, revoked or expired API key');
+    END IF;
+END;
+$$;
+
+-- Actor recorded on ledger rows and events of a runtime call: the API key
+-- that made it, or the admin context when there is no key.
+CREATE FUNCTION cycles._runtime_actor(p_ctx jsonb, p_key_id text) RETURNS jsonb
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+AS $$
+    SELECT CASE
+        WHEN p_key_id IS NOT NULL THEN jsonb_strip_nulls(jsonb_build_object(
+            'type', 'api_key', 'key_id', p_key_id, 'source_ip', p_ctx ->> 'source_ip'))
+        ELSE cycles._actor(p_ctx)
+    END
+$$;
+
+-- Request validation -------------------------------------------------------
+-- The HTTP layer validates types and bounds already; these checks repeat the
+-- semantic ones so that psql callers get the same errors.
+
+CREATE FUNCTION cycles._require_idempotency_key(p_request jsonb) RETURNS text
+LANGUAGE plpgsql IMMUTABLE
+AS $$
+DECLARE
+    v_key text;
+BEGIN
+    IF p_request IS NULL OR jsonb_typeof(p_request) <> 'object' THEN
+        PERFORM cycles._fail('INVALID_REQUEST', 'request body must be a JSON object');
+    END IF;
+    IF jsonb_typeof(p_request -> 'idempotency_key') IS DISTINCT FROM 'string' THEN
+        PERFORM cycles._fail('INVALID_REQUEST', 'idempotency_key is required and must be a string');
+    END IF;
+    v_key := p_request ->> 'idempotency_key';
+    IF char_length(v_key) NOT BETWEEN 1 AND 256 THEN
+        PERFORM cycles._fail('INVALID_REQUEST', 'idempotency_key must be 1 to 256 characters');
+    END IF;
+    RETURN v_key;
+END;
+$$;
+
+-- An integer field of the request (JSON null or absent: p_default), within
+-- [p_min, p_max]. Errors: INVALID_REQUEST.
+CREATE FUNCTION cycles._request_int(
+    p_request jsonb, p_field text, p_min bigint, p_max bigint, p_default bigint
+) RETURNS bigint
+LANGUAGE plpgsql IMMUTABLE
+AS $$
+DECLARE
+    v_value jsonb := p_request -> p_field;
+    v_number numeric;
+BEGIN
+    IF v_value IS NULL OR v_value = 'null'::jsonb THEN
+        RETURN p_default;
+    END IF;
+    IF jsonb_typeof(v_value) <> 'number' THEN
+        PERFORM cycles._fail('INVALID_REQUEST', format('%s must be an integer', p_field));
+    END IF;
+    v_number := v_value::numeric;
+    IF v_number <> trunc(v_number) OR v_number < p_min OR v_number > p_max THEN
+        PERFORM cycles._fail('INVALID_REQUEST',
+            format('%s must be an integer between %s and %s', p_field, p_min, p_max));
+    END IF;
+    RETURN v_number::bigint;
+END;
+$$;
+
+-- An Amount object {unit, amount}: a known unit and an int64 >= 0.
+-- Errors: INVALID_REQUEST.
+CREATE FUNCTION cycles._request_amount(
+    p_value jsonb, p_field text, OUT o_unit text, OUT o_amount bigint
+)
+LANGUAGE plpgsql IMMUTABLE
+AS $$
+DECLARE
+    v_number numeric;
+BEGIN
+    IF p_value IS NULL OR jsonb_typeof(p_value) <> 'object' THEN
+        PERFORM cycles._fail('INVALID_REQUEST', format('%s is required and must be an object {unit, amount}', p_field));
+    END IF;
+    IF jsonb_typeof(p_value -> 'unit') IS DISTINCT FROM 'string' THEN
+        PERFORM cycles._fail('INVALID_REQUEST', format('%s.unit is required', p_field));
+    END IF;
+    o_unit := cycles._require_unit(p_value ->> 'unit');
+    IF jsonb_typeof(p_value -> 'amount') IS DISTINCT FROM 'number' THEN
+        PERFORM cycles._fail('INVALID_REQUEST', format('%s.amount is required and must be an integer', p_field));
+    END IF;
+    v_number := (p_value -> 'amount')::numeric;
+    IF v_number <> trunc(v_number) OR v_number < 0 OR v_number > 9223372036854775807 THEN
+        PERFORM cycles._fail('INVALID_REQUEST',
+            format('%s.amount must be an integer between 0 and 9223372036854775807', p_field));
+    END IF;
+    o_amount := v_number::bigint;
+END;
+$$;
+
+-- Action {kind, name, tags?}. Errors: INVALID_REQUEST.
+CREATE FUNCTION cycles._require_action(p_action jsonb) RETURNS jsonb
+LANGUAGE plpgsql IMMUTABLE
+AS $$
+BEGIN
+    IF p_action IS NULL OR jsonb_typeof(p_action) <> 'object' THEN
+        PERFORM cycles._fail('INVALID_REQUEST', 'action is required and must be an object {kind, name}');
+    END IF;
+    IF jsonb_typeof(p_action -> 'kind') IS DISTINCT FROM 'string'
+            OR char_length(p_action ->> 'kind') NOT BETWEEN 1 AND 64 THEN
+        PERFORM cycles._fail('INVALID_REQUEST', 'action.kind is required: a string of at most 64 characters');
+    END IF;
+    IF jsonb_typeof(p_action -> 'name') IS DISTINCT FROM 'string'
+            OR char_length(p_action ->> 'name') NOT BETWEEN 1 AND 256 THEN
+        PERFORM cycles._fail('INVALID_REQUEST', 'action.name is required: a string of at most 256 characters');
+    END IF;
+    IF p_action ? 'tags' AND p_action -> 'tags' <> 'null'::jsonb AND (
+            jsonb_typeof(p_action -> 'tags') <> 'array'
+            OR jsonb_array_length(p_action -> 'tags') > 10
+            OR EXISTS (SELECT FROM jsonb_array_elements(p_action -> 'tags') AS t(tag)
+                       WHERE jsonb_typeof(t.tag) <> 'string' OR char_length(t.tag #>> '{}') > 64)) THEN
+        PERFORM cycles._fail('INVALID_REQUEST', 'action.tags must be at most 10 strings of at most 64 characters');
+    END IF;
+    RETURN p_action;
+END;
+$$;
+
+-- An optional free-form object field (metadata, metrics). Errors: INVALID_REQUEST.
+CREATE FUNCTION cycles._request_object(p_request jsonb, p_field text) RETURNS jsonb
+LANGUAGE plpgsql IMMUTABLE
+AS $$
+DECLARE
+    v_value jsonb := p_request -> p_field;
+BEGIN
+    IF v_value IS NULL OR v_value = 'null'::jsonb THEN
+        RETURN NULL;
+    END IF;
+    IF jsonb_typeof(v_value) <> 'object' THEN
+        PERFORM cycles._fail('INVALID_REQUEST', format('%s must be an object', p_field));
+    END IF;
+    RETURN v_value;
+END;
+$$;
+
+-- Scope derivation ---------------------------------------------------------
+
+-- The canonical scope path and its cumulative prefixes for a subject. The
+-- path always starts with the key's tenant; levels follow the fixed order,
+-- gaps are skipped, values are lower-cased. subject.tenant, when given, must
+-- name the key's tenant. The subject itself is stored as sent, so dimensions
+-- round-trip.
+-- Errors: INVALID_REQUEST (not an object, no standard field, bad value),
+-- FORBIDDEN (subject.tenant is another tenant).
+CREATE FUNCTION cycles._derive_scopes(
+    p_subject   jsonb,
+    p_tenant_id text,
+    OUT o_scope_path      text,
+    OUT o_affected_scopes text[]
+)
+LANGUAGE plpgsql IMMUTABLE
+AS $$
+DECLARE
+    v_level text;
+    v_value jsonb;
+    v_text  text;
+BEGIN
+    IF p_subject IS NULL OR jsonb_typeof(p_subject) <> 'object' THEN
+        PERFORM cycles._fail('INVALID_REQUEST', 'subject is required and must be an object');
+    END IF;
+    IF NOT EXISTS (SELECT FROM jsonb_each(p_subject) AS e(k, v)
+                   WHERE e.k = ANY (cycles._scope_levels()) AND e.v <> 'null'::jsonb) THEN
+        PERFORM cycles._fail('INVALID_REQUEST',
+            'subject must set at least one of tenant, workspace, app, workflow, agent, toolset');
+    END IF;
+    IF p_subject ? 'dimensions' AND p_subject -> 'dimensions' <> 'null'::jsonb
+            AND jsonb_typeof(p_subject -> 'dimensions') <> 'object' THEN
+        PERFORM cycles._fail('INVALID_REQUEST', 'subject.dimensions must be an object of strings');
+    END IF;
+    o_scope_path := 'tenant:' || p_tenant_id;
+    o_affected_scopes := ARRAY[o_scope_path];
+    FOREACH v_level IN ARRAY cycles._scope_levels() LOOP
+        v_value := p_subject -> v_level;
+        CONTINUE WHEN v_value IS NULL OR v_value = 'null'::jsonb;
+        IF jsonb_typeof(v_value) <> 'string' THEN
+            PERFORM cycles._fail('INVALID_REQUEST', format('subject.%s must be a string', v_level));
+        END IF;
+        v_text := lower(v_value #>> '{}');
+        IF v_text !~ '^[a-z0-9_.-]{1,128}$' THEN
+            PERFORM cycles._fail('INVALID_REQUEST',
+                format('subject.%s must match ^[a-zA-Z0-9_.-]{1,128}$', v_level));
+        END IF;
+        IF v_level = 'tenant' THEN
+            IF v_text <> p_tenant_id THEN
+                PERFORM cycles._fail('FORBIDDEN', 'subject.tenant does not match the API key''s tenant',
+                    jsonb_build_object('subject_tenant', v_value #>> '{}', 'tenant', p_tenant_id));
+            END IF;
+            CONTINUE;
+        END IF;
+        o_scope_path := o_scope_path || '/' || v_level || ':' || v_text;
+        o_affected_scopes := o_affected_scopes || o_scope_path;
+    END LOOP;
+END;
+$$;
+
+-- When no derived scope has a budget in p_unit: UNIT_MISMATCH if some has one
+-- in another unit, else NOT_FOUND. Never returns.
+CREATE FUNCTION cycles._fail_no_budget(p_scopes text[], p_unit text, p_scope_path text) RETURNS void
+LANGUAGE plpgsql
+AS $$
+DECLARE
+    v_scope text;
+    v_units text[];
+BEGIN
+    SELECT max(b.scope COLLATE "C"), array_agg(DISTINCT b.unit ORDER BY b.unit)
+    INTO v_scope, v_units
+    FROM cycles.budgets AS b
+    WHERE b.scope = ANY (p_scopes);
+    IF v_scope IS NOT NULL THEN
+        PERFORM cycles._fail('UNIT_MISMATCH',
+            format('no budget in unit %s for scope %s; budgets exist in %s',
+                   p_unit, v_scope, array_to_string(v_units, ', ')),
+            jsonb_build_object('scope', v_scope, 'requested_unit', p_unit, 'expected_units', to_jsonb(v_units)));
+    END IF;
+    PERFORM cycles._fail('NOT_FOUND', format('Budget not found for provided scope: %s', p_scope_path),
+        jsonb_build_object('scope', p_scope_path, 'unit', p_unit));
+END;
+$$;
+
+-- Whether some derived scope has a budget (in any unit): decide and dry_run
+-- turn "none at all" into DENY BUDGET_NOT_FOUND, and a unit mismatch into 400.
+CREATE FUNCTION cycles._any_budget(p_scopes text[]) RETURNS boolean
+LANGUAGE sql STABLE
+AS $$
+    SELECT EXISTS (SELECT FROM cycles.budgets AS b WHERE b.scope = ANY (p_scopes))
+$$;
+
+-- Checks -------------------------------------------------------------------
+
+-- The first reason, scope by scope from the top of the hierarchy, why a new
+-- reservation of p_estimate cannot be taken from p_rows (sorted by scope):
+-- FROZEN, CLOSED, over limit, unpaid debt without overdraft, not enough
+-- remaining. NULL reason when all pass.
+CREATE FUNCTION cycles._reserve_denial(
+    p_rows     cycles.budgets[],
+    p_estimate bigint,
+    OUT o_reason text,
+    OUT o_row    cycles.budgets
+)
+LANGUAGE plpgsql IMMUTABLE
+AS $$
+DECLARE
+    v_row cycles.budgets;
+BEGIN
+    FOREACH v_row IN ARRAY p_rows LOOP
+        o_reason := CASE
+            WHEN v_row.status = 'FROZEN' THEN 'BUDGET_FROZEN'
+            WHEN v_row.status = 'CLOSED' THEN 'BUDGET_CLOSED'
+            WHEN v_row.is_over_limit THEN 'OVERDRAFT_LIMIT_EXCEEDED'
+            WHEN v_row.debt > 0 AND v_row.overdraft_limit = 0 THEN 'DEBT_OUTSTANDING'
+            WHEN v_row.remaining < p_estimate THEN 'BUDGET_EXCEEDED'
+        END;
+        IF o_reason IS NOT NULL THEN
+            o_row := v_row;
+            RETURN;
+        END IF;
+    END LOOP;
+END;
+$$;
+
+-- Raises the 409 for a denial found by cycles._reserve_denial (or by the
+-- event checks), naming the scope and the amounts involved.
+CREATE FUNCTION cycles._fail_denial(p_reason text, p_row cycles.budgets, p_requested bigint) RETURNS void
+LANGUAGE plpgsql
+AS $$
+BEGIN
+    PERFORM cycles._fail(p_reason,
+        CASE p_reason
+            WHEN 'BUDGET_FROZEN' THEN format('budget %s is frozen', p_row.scope)
+            WHEN 'BUDGET_CLOSED' THEN format('budget %s is closed', p_row.scope)
+            WHEN 'OVERDRAFT_LIMIT_EXCEEDED' THEN format('budget %s is over its overdraft limit', p_row.scope)
+            WHEN 'DEBT_OUTSTANDING' THEN format('budget %s has outstanding debt %s', p_row.scope, p_row.debt)
+            ELSE format('insufficient budget in scope %s: remaining %s, requested %s',
+                        p_row.scope, p_row.remaining, p_requested)
+        END,
+        jsonb_build_object('scope', p_row.scope, 'unit', p_row.unit, 'remaining', p_row.remaining,
+                           'requested', p_requested, 'debt', p_row.debt,
+                           'overdraft_limit', p_row.overdraft_limit));
+END;
+$$;
+
+-- Charges ------------------------------------------------------------------
+-- A commit's overage and a direct event are the same problem: charge p_delta
+-- more to every scope of p_rows under an overage policy. The cap is what can
+-- be charged: ALLOW_IF_AVAILABLE never goes beyond the smallest positive
+-- remaining; ALLOW_WITH_OVERDRAFT caps only by scopes without an overdraft
+-- limit and lets the others take the unfunded part as debt, up to their limit.
+-- Returns the cap, or the scope whose overdraft limit would be exceeded.
+CREATE FUNCTION cycles._overage_cap(
+    p_rows   cycles.budgets[],
+    p_delta  bigint,
+    p_policy text,
+    OUT o_capped    bigint,
+    OUT o_violation cycles.budgets
+)
+LANGUAGE plpgsql IMMUTABLE
+AS $$
+BEGIN
+    IF p_delta <= 0 THEN
+        o_capped := 0;
+        RETURN;
+    END IF;
+    SELECT least(p_delta, min(greatest(r.remaining, 0)))
+    INTO o_capped
+    FROM unnest(p_rows) AS r
+    WHERE p_policy <> 'ALLOW_WITH_OVERDRAFT' OR r.overdraft_limit = 0;
+    o_capped := coalesce(o_capped, p_delta);
+    IF p_policy = 'ALLOW_WITH_OVERDRAFT' THEN
+        SELECT r.* INTO o_violation
+        FROM unnest(p_rows) AS r
+        WHERE r.overdraft_limit > 0
+          AND r.debt::numeric + (o_capped - greatest(r.remaining, 0)) > r.overdraft_limit
+          AND o_capped > greatest(r.remaining, 0)
+        ORDER BY r.scope COLLATE "C"
+        LIMIT 1;
+    END IF;
+END;
+$$;
+
+-- Applies a settlement to the budget rows p_ids, which the caller holds
+-- locked: release p_release from reserved, charge p_base from it, and charge
+-- p_capped more from remaining (funded where remaining is positive, the rest
+-- as debt). A scope that could not cover p_delta under a capping policy, or
+-- whose debt passes its overdraft limit, becomes over limit.
+-- Returns the rows after the change, sorted by scope.
+CREATE FUNCTION cycles._apply_charge(
+    p_ids     bigint[],
+    p_release bigint,
+    p_base    bigint,
+    p_capped  bigint,
+    p_delta   bigint,
+    p_policy  text
+) RETURNS cycles.budgets[]
+LANGUAGE sql
+AS $$
+    WITH changed AS (
+        UPDATE cycles.budgets AS b SET
+            reserved = b.reserved - p_release,
+            spent = b.spent + p_base + least(p_capped, greatest(b.remaining, 0)),
+            debt = b.debt + (p_capped - least(p_capped, greatest(b.remaining, 0))),
+            remaining = b.remaining + p_release - p_base - p_capped,
+            is_over_limit = b.is_over_limit
+                OR b.debt + (p_capped - least(p_capped, greatest(b.remaining, 0))) > b.overdraft_limit
+                OR (p_capped < p_delta AND b.remaining < p_delta
+                    AND (p_policy <> 'ALLOW_WITH_OVERDRAFT' OR b.overdraft_limit = 0)),
+            updated_at = clock_timestamp()
+        WHERE b.budget_id = ANY (p_ids)
+        RETURNING b AS row
+    )
+    SELECT array_agg(c.row ORDER BY (c.row).scope COLLATE "C") FROM changed AS c
+$$;
+
+-- Balances -----------------------------------------------------------------
+
+-- The protocol's Balance object for one budget row.
+CREATE FUNCTION cycles._balance_json(p_row cycles.budgets) RETURNS jsonb
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+AS $$
+    SELECT jsonb_build_object(
+        'scope', p_row.scope,
+        'scope_path', p_row.scope,
+        'remaining', jsonb_build_object('unit', p_row.unit, 'amount', p_row.remaining),
+        'reserved', jsonb_build_object('unit', p_row.unit, 'amount', p_row.reserved),
+        'spent', jsonb_build_object('unit', p_row.unit, 'amount', p_row.spent),
+        'allocated', jsonb_build_object('unit', p_row.unit, 'amount', p_row.allocated),
+        'debt', jsonb_build_object('unit', p_row.unit, 'amount', p_row.debt),
+        'overdraft_limit', jsonb_build_object('unit', p_row.unit, 'amount', p_row.overdraft_limit),
+        'is_over_limit', p_row.is_over_limit)
+$$;
+
+-- Balance objects of p_rows in hierarchy order.
+CREATE FUNCTION cycles._balances_json(p_rows cycles.budgets[]) RETURNS jsonb
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+AS $$
+    SELECT coalesce(jsonb_agg(cycles._balance_json(r) ORDER BY r.scope COLLATE "C", r.unit), '[]'::jsonb)
+    FROM unnest(p_rows) AS r
+$$;
+
+-- The derived scopes' budget rows in p_unit, locked FOR UPDATE in the global
+-- lock order (scope byte order = hierarchy order), as a sorted array.
+CREATE FUNCTION cycles._lock_budgets(p_scopes text[], p_unit text) RETURNS cycles.budgets[]
+LANGUAGE sql
+AS $$
+    SELECT array_agg(locked.row ORDER BY (locked.row).scope COLLATE "C")
+    FROM (
+        SELECT b AS row
+        FROM cycles.budgets AS b
+        WHERE b.scope = ANY (p_scopes) AND b.unit = p_unit
+        ORDER BY b.scope COLLATE "C"
+        FOR UPDATE
+    ) AS locked
+$$;
+
+-- The same rows without locks, for read-only evaluations and snapshots.
+CREATE FUNCTION cycles._read_budgets(p_scopes text[], p_unit text) RETURNS cycles.budgets[]
+LANGUAGE sql STABLE
+AS $$
+    SELECT array_agg(b ORDER BY b.scope COLLATE "C")
+    FROM cycles.budgets AS b
+    WHERE b.scope = ANY (p_scopes) AND b.unit = p_unit
+$$;
+
+-- Idempotency --------------------------------------------------------------
+-- One record per (tenant, endpoint, key) holds the hash of the request and
+-- the response it produced. Endpoints: reserve (shared by dry_run), decide,
+-- event, commit:<id>, release:<id>, extend:<id>.
+
+-- SHA-256 of the request as jsonb text (key order and spacing normalised),
+-- plus the reservation id for the per-reservation endpoints.
+CREATE FUNCTION cycles._request_hash(p_request jsonb, p_reservation_id text DEFAULT NULL) RETURNS bytea
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+AS $$
+    SELECT sha256(convert_to(p_request::text || coalesce(chr(30) || p_reservation_id, ''), 'UTF8'))
+$$;
+
+-- A stored response as it is replayed: verbatim, except remaining_ttl_ms,
+-- which is recomputed from the response's expires_at_ms (0 once the
+-- reservation is no longer ACTIVE).
+CREATE FUNCTION cycles._replay_response(p_response jsonb, p_reservation_id text) RETURNS jsonb
+LANGUAGE sql STABLE
+AS $$
+    SELECT CASE
+        WHEN p_response ? 'remaining_ttl_ms' THEN jsonb_set(p_response, '{remaining_ttl_ms}', to_jsonb(
+            coalesce((SELECT CASE WHEN r.status = 'ACTIVE'
+                                  THEN greatest(0, (p_response ->> 'expires_at_ms')::bigint - cycles._now_ms())
+                                  ELSE 0 END
+                      FROM cycles.reservations AS r WHERE r.reservation_id = p_reservation_id), 0)))
+        ELSE p_response
+    END
+$$;
+
+-- The replayed response of an earlier success with this key, or NULL when
+-- there is none (or it has expired). With p_serialize, first takes a
+-- transaction-scoped advisory lock on the key, so concurrent requests with
+-- the same key run one after the other and all but the first replay.
+-- Errors: IDEMPOTENCY_MISMATCH (same key, different request).
+CREATE FUNCTION cycles._idempotent_replay(
+    p_tenant_id text,
+    p_endpoint  text,
+    p_key       text,
+    p_hash      bytea,
+    p_serialize boolean
+) RETURNS jsonb
+LANGUAGE plpgsql
+AS $$
+DECLARE
+    v_record cycles.idempotency_records;
+BEGIN
+    IF p_serialize THEN
+        PERFORM pg_advisory_xact_lock(
+            hashtextextended(p_tenant_id || chr(31) || p_endpoint || chr(31) || p_key, 0));
+    END IF;
+    SELECT i.* INTO v_record
+    FROM cycles.idempotency_records AS i
+    WHERE i.tenant_id = p_tenant_id AND i.endpoint = p_endpoint AND i.idempotency_key = p_key
+      AND i.expires_at > clock_timestamp();
+    IF v_record.tenant_id IS NULL THEN
+        RETURN NULL;
+    END IF;
+    IF v_record.request_hash <> p_hash THEN
+        PERFORM cycles._fail('IDEMPOTENCY_MISMATCH',
+            'idempotency key was already used with a different request',
+            jsonb_build_object('idempotency_key', p_key));
+    END IF;
+    RETURN cycles._replay_response(v_record.response, v_record.reservation_id);
+END;
+$$;
+
+-- Stores the response of a success under its key, kept at least 7 days and
+-- at least until p_keep_until. An expired record with the same key is
+-- replaced.
+CREATE FUNCTION cycles._idempotent_store(
+    p_tenant_id      text,
+    p_endpoint       text,
+    p_key            text,
+    p_hash           bytea,
+    p_response       jsonb,
+    p_reservation_id text DEFAULT NULL,
+    p_keep_until_ms  bigint DEFAULT NULL
+) RETURNS void
+LANGUAGE sql
+AS $$
+    INSERT INTO cycles.idempotency_records AS i (
+        tenant_id, endpoint, idempotency_key, request_hash, response, reservation_id, expires_at)
+    VALUES (
+        p_tenant_id, p_endpoint, p_key, p_hash, p_response, p_reservation_id,
+        greatest(clock_timestamp() + interval '7 days',
+                 cycles._ms_to_timestamptz(coalesce(p_keep_until_ms, 0))))
+    ON CONFLICT ON CONSTRAINT idempotency_records_pkey DO UPDATE SET
+        request_hash = excluded.request_hash,
+        response = excluded.response,
+        reservation_id = excluded.reservation_id,
+        created_at = clock_timestamp(),
+        expires_at = excluded.expires_at
+$$;
+
+-- Ledger rows and budget signals ---------------------------------------------
+
+-- After a balance change on budget rows (p_before and p_after, matched by
+-- budget_id): one ledger row per budget with the deltas applied (every
+-- budget for COMMIT and EVENT, so a zero charge is still on record; only
+-- changed ones otherwise), then the budget events the change caused:
+-- budget.exhausted (remaining reaches <= 0 from > 0), budget.over_limit_entered,
+-- budget.debt_incurred, and one budget.threshold_crossed per 80/95/100 %
+-- utilisation threshold crossed upwards.
+CREATE FUNCTION cycles._record_changes(
+    p_before          cycles.budgets[],
+    p_after           cycles.budgets[],
+    p_operation       text,
+    p_actor           jsonb,
+    p_ctx             jsonb,
+    p_reservation_id  text DEFAULT NULL,
+    p_event_id        text DEFAULT NULL,
+    p_action          jsonb DEFAULT NULL,
+    p_subject         jsonb DEFAULT NULL,
+    p_idempotency_key text DEFAULT NULL,
+    p_reason          text DEFAULT NULL,
+    p_overage_policy  text DEFAULT NULL,
+    p_source          text DEFAULT 'cycles-server'
+) RETURNS void
+LANGUAGE plpgsql
+AS $$
+BEGIN
+    PERFORM cycles._append_ledger(
+        a.budget_id, a.tenant_id, a.scope, a.unit, p_operation, p_actor,
+        p_allocated_delta => a.allocated - b.allocated,
+        p_spent_delta => a.spent - b.spent,
+        p_reserved_delta => a.reserved - b.reserved,
+        p_debt_delta => a.debt - b.debt,
+        p_reservation_id => p_reservation_id,
+        p_event_id => p_event_id,
+        p_action => p_action,
+        p_subject => p_subject,
+        p_idempotency_key => p_idempotency_key,
+        p_reason => p_reason,
+        p_request_id => p_ctx ->> 'request_id',
+        p_trace_id => p_ctx ->> 'trace_id')
+    FROM unnest(p_before) AS b
+    JOIN unnest(p_after) AS a ON a.budget_id = b.budget_id
+    WHERE p_operation IN ('COMMIT', 'EVENT')
+       OR (a.allocated, a.spent, a.reserved, a.debt) IS DISTINCT FROM (b.allocated, b.spent, b.reserved, b.debt)
+    ORDER BY a.scope COLLATE "C";
+
+    PERFORM cycles._emit_event(a.tenant_id, s.event_type, p_source, p_actor, s.data, a.scope,
+                               p_ctx ->> 'request_id', p_ctx ->> 'trace_id',
+                               coalesce(p_reservation_id, p_event_id))
+    FROM unnest(p_before) AS b
+    JOIN unnest(p_after) AS a ON a.budget_id = b.budget_id
+    CROSS JOIN LATERAL (
+        SELECT 1 AS ord, 'budget.exhausted' AS event_type, jsonb_build_object(
+                'scope', a.scope, 'unit', a.unit, 'threshold', 1.0,
+                'utilization', CASE WHEN a.allocated > 0
+                    THEN round((a.spent + a.reserved + a.debt)::numeric / a.allocated, 4) END,
+                'allocated', a.allocated, 'remaining', a.remaining, 'spent', a.spent,
+                'reserved', a.reserved, 'direction', 'rising') AS data
+        WHERE b.remaining > 0 AND a.remaining <= 0
+        UNION ALL
+        SELECT 2, 'budget.over_limit_entered', jsonb_build_object(
+                'scope', a.scope, 'unit', a.unit, 'debt', a.debt, 'overdraft_limit', a.overdraft_limit,
+                'is_over_limit', true,
+                'debt_utilization', CASE WHEN a.overdraft_limit > 0
+                    THEN round(a.debt::numeric / a.overdraft_limit, 4) END)
+        WHERE NOT b.is_over_limit AND a.is_over_limit
+        UNION ALL
+        SELECT 3, 'budget.debt_incurred', jsonb_build_object(
+                'scope', a.scope, 'unit', a.unit, 'reservation_id', p_reservation_id,
+                'debt_incurred', a.debt - b.debt, 'total_debt', a.debt,
+                'overdraft_limit', a.overdraft_limit, 'overage_policy', p_overage_policy)
+        WHERE a.debt > b.debt
+        UNION ALL
+        SELECT 4, 'budget.threshold_crossed', jsonb_build_object(
+                'scope', a.scope, 'unit', a.unit, 'threshold', t.threshold,
+                'utilization', round((a.spent + a.reserved + a.debt)::numeric / a.allocated, 4),
+                'allocated', a.allocated, 'remaining', a.remaining, 'spent', a.spent,
+                'reserved', a.reserved, 'direction', 'rising')
+        FROM unnest(ARRAY[0.80, 0.95, 1.00]::numeric[]) AS t(threshold)
+        WHERE a.allocated > 0
+          AND (b.spent + b.reserved + b.debt)::numeric < t.threshold * b.allocated
+          AND (a.spent + a.reserved + a.debt)::numeric >= t.threshold * a.allocated
+    ) AS s
+    ORDER BY a.scope COLLATE "C", s.ord, s.data ->> 'threshold';
+END;
+$$;
+
+-- Tenant status guard for operations that persist something. CLOSED refuses
+-- everything (TENANT_CLOSED); SUSPENDED refuses new reservations and events
+-- (p_new_work) with FORBIDDEN, but lets existing reservations settle.
+CREATE FUNCTION cycles._require_tenant_open(p_tenant cycles.tenants, p_new_work boolean) RETURNS void
+LANGUAGE plpgsql
+AS $$
+BEGIN
+    IF p_tenant.status = 'CLOSED' THEN
+        PERFORM cycles._fail('TENANT_CLOSED', format('tenant %s is closed', p_tenant.tenant_id),
+            jsonb_build_object('tenant_id', p_tenant.tenant_id));
+    END IF;
+    IF p_new_work AND p_tenant.status = 'SUSPENDED' THEN
+        PERFORM cycles._fail('FORBIDDEN', format('tenant %s is suspended', p_tenant.tenant_id),
+            jsonb_build_object('reason', 'TENANT_SUSPENDED', 'tenant_id', p_tenant.tenant_id));
+    END IF;
+END;
+$$;
+
+-- The reservation a settlement is about, locked FOR UPDATE (this lock
+-- serialises every settlement of one reservation, so commit, release and
+-- extend need no other idempotency lock), with its tenant row.
+-- p_tenant_id NULL: an admin caller, any tenant.
+-- Errors: NOT_FOUND, FORBIDDEN (another tenant's reservation).
+CREATE FUNCTION cycles._lock_reservation(
+    p_reservation_id text,
+    p_tenant_id      text,
+    OUT o_reservation cycles.reservations,
+    OUT o_tenant      cycles.tenants
+)
+LANGUAGE plpgsql
+AS $$
+BEGIN
+    SELECT r.* INTO o_reservation
+    FROM cycles.reservations AS r
+    WHERE r.reservation_id = p_reservation_id
+    FOR UPDATE;
+    IF o_reservation.reservation_id IS NULL THEN
+        PERFORM cycles._fail('NOT_FOUND', format('reservation %s not found', p_reservation_id),
+            jsonb_build_object('reservation_id', p_reservation_id));
+    END IF;
+    IF p_tenant_id IS NOT NULL AND o_reservation.tenant_id <> p_tenant_id THEN
+        PERFORM cycles._fail('FORBIDDEN', 'reservation belongs to another tenant',
+            jsonb_build_object('reservation_id', p_reservation_id));
+    END IF;
+    SELECT t.* INTO o_tenant FROM cycles.tenants AS t WHERE t.tenant_id = o_reservation.tenant_id;
+END;
+$$;
+
+-- Status checks of a settlement after replay handling: EXPIRED -> 410,
+-- COMMITTED/RELEASED -> RESERVATION_FINALIZED, past the deadline (expiry
+-- plus grace for commit/release, expiry alone for extend) -> 410 even before
+-- the sweeper has run.
+CREATE FUNCTION cycles._require_settleable(p_reservation cycles.reservations, p_grace boolean) RETURNS void
+LANGUAGE plpgsql
+AS $$
+BEGIN
+    IF p_reservation.status = 'EXPIRED' THEN
+        PERFORM cycles._fail('RESERVATION_EXPIRED', format('reservation %s has expired', p_reservation.reservation_id),
+            jsonb_build_object('reservation_id', p_reservation.reservation_id,
+                               'expires_at_ms', p_reservation.expires_at_ms));
+    END IF;
+    IF p_reservation.status <> 'ACTIVE' THEN
+        PERFORM cycles._fail('RESERVATION_FINALIZED',
+            format('reservation %s is already %s', p_reservation.reservation_id, p_reservation.status),
+            jsonb_build_object('reservation_id', p_reservation.reservation_id, 'status', p_reservation.status));
+    END IF;
+    IF cycles._now_ms() > p_reservation.expires_at_ms + (p_reservation.grace_period_ms * p_grace::integer) THEN
+        PERFORM cycles._fail('RESERVATION_EXPIRED', format('reservation %s has expired', p_reservation.reservation_id),
+            jsonb_build_object('reservation_id', p_reservation.reservation_id,
+                               'expires_at_ms', p_reservation.expires_at_ms));
+    END IF;
+END;
+$$;
+
+-- ==== 21_reserve.sql ====
+
+-- Reserve (live and dry_run) and decide.
+
+-- The parsed, validated parts of a reserve or decide request.
+CREATE TYPE cycles.reserve_request AS (
+    idempotency_key text,
+    subject         jsonb,
+    action          jsonb,
+    unit            text,
+    estimate        bigint,
+    scope_path      text,
+    affected_scopes text[]
+);
+
+-- Validates the fields shared by reserve and decide and derives the scopes.
+-- Errors: INVALID_REQUEST, FORBIDDEN (subject.tenant of another tenant).
+CREATE FUNCTION cycles._parse_reserve_request(p_request jsonb, p_tenant_id text) RETURNS cycles.reserve_request
+LANGUAGE plpgsql
+AS $$
+DECLARE
+    v_parsed cycles.reserve_request;
+    v_amount record;
+    v_scopes record;
+BEGIN
+    v_parsed.idempotency_key := cycles._require_idempotency_key(p_request);
+    v_parsed.subject := p_request -> 'subject';
+    v_parsed.action := cycles._require_action(p_request -> 'action');
+    SELECT a.o_unit, a.o_amount INTO v_amount FROM cycles._request_amount(p_request -> 'estimate', 'estimate') AS a;
+    v_parsed.unit := v_amount.o_unit;
+    v_parsed.estimate := v_amount.o_amount;
+    PERFORM cycles._request_object(p_request, 'metadata');
+    SELECT d.o_scope_path, d.o_affected_scopes INTO v_scopes
+    FROM cycles._derive_scopes(v_parsed.subject, p_tenant_id) AS d;
+    v_parsed.scope_path := v_scopes.o_scope_path;
+    v_parsed.affected_scopes := v_scopes.o_affected_scopes;
+    RETURN v_parsed;
+END;
+$$;
+
+-- Read-only evaluation for dry_run and decide: the reason a reservation would
+-- be denied (NULL: allowed) and the unlocked budget rows it looked at.
+-- Tenant status first (CLOSED -> TENANT_CLOSED, SUSPENDED -> TENANT_SUSPENDED),
+-- then the budgets (none in any unit -> BUDGET_NOT_FOUND), then the per-scope
+-- checks of cycles._reserve_denial.
+-- Errors: UNIT_MISMATCH (budgets exist only in other units).
+CREATE FUNCTION cycles._evaluate_reserve(
+    p_tenant cycles.tenants,
+    p_parsed cycles.reserve_request,
+    OUT o_reason text,
+    OUT o_row    cycles.budgets,
+    OUT o_rows   cycles.budgets[]
+)
+LANGUAGE plpgsql
+AS $$
+DECLARE
+    v_denial record;
+BEGIN
+    IF p_tenant.status = 'CLOSED' THEN
+        o_reason := 'TENANT_CLOSED';
+        RETURN;
+    ELSIF p_tenant.status = 'SUSPENDED' THEN
+        o_reason := 'TENANT_SUSPENDED';
+        RETURN;
+    END IF;
+    o_rows := cycles._read_budgets(p_parsed.affected_scopes, p_parsed.unit);
+    IF o_rows IS NULL THEN
+        IF cycles._any_budget(p_parsed.affected_scopes) THEN
+            PERFORM cycles._fail_no_budget(p_parsed.affected_scopes, p_parsed.unit, p_parsed.scope_path);
+        END IF;
+        o_reason := 'BUDGET_NOT_FOUND';
+        RETURN;
+    END IF;
+    SELECT d.o_reason, d.o_row INTO v_denial FROM cycles._reserve_denial(o_rows, p_parsed.estimate) AS d;
+    o_reason := v_denial.o_reason;
+    o_row := v_denial.o_row;
+END;
+$$;
+
+-- A DENY of dry_run or decide is recorded as a reservation.denied event.
+CREATE FUNCTION cycles._emit_denied(
+    p_tenant_id text,
+    p_parsed    cycles.reserve_request,
+    p_reason    text,
+    p_row       cycles.budgets,
+    p_actor     jsonb,
+    p_ctx       jsonb
+) RETURNS void
+LANGUAGE sql
+AS $$
+    SELECT cycles._emit_event(
+        p_tenant_id, 'reservation.denied', 'cycles-server', p_actor,
+        jsonb_build_object(
+            'scope', coalesce(p_row.scope, p_parsed.scope_path),
+            'unit', p_parsed.unit,
+            'reason_code', p_reason,
+            'requested_amount', p_parsed.estimate,
+            'remaining', p_row.remaining,
+            'action', p_parsed.action,
+            'subject', p_parsed.subject),
+        coalesce(p_row.scope, p_parsed.scope_path),
+        p_ctx ->> 'request_id', p_ctx ->> 'trace_id');
+$$;
+
+-- cycles.reserve: POST /v1/reservations.
+--
+-- Live: takes estimate from every derived scope that has a budget in the
+-- estimate's unit, atomically, and records an ACTIVE reservation. dry_run:
+-- the same evaluation with no change at all; a denial is a 200 DENY with a
+-- reason_code and a reservation.denied event.
+--
+-- Locks: an advisory lock on (tenant, 'reserve', idempotency key) so that
+-- concurrent same-key requests serialise; then the budget rows of the derived
+-- scopes in the request unit, FOR UPDATE in scope byte order (live only).
+--
+-- Errors, in precedence order: UNAUTHORIZED; FORBIDDEN (permission
+-- reservations:create); INVALID_REQUEST; FORBIDDEN (subject.tenant);
+-- IDEMPOTENCY_MISMATCH; [live] TENANT_CLOSED; FORBIDDEN (tenant suspended);
+-- UNIT_MISMATCH / NOT_FOUND (no budget in the unit); per scope from the top:
+-- BUDGET_FROZEN, BUDGET_CLOSED, OVERDRAFT_LIMIT_EXCEEDED, DEBT_OUTSTANDING,
+-- BUDGET_EXCEEDED.
+--
+-- Invariants: budgets_remaining_identity on every row; one RESERVE ledger row
+-- per charged budget with exactly the deltas applied; a same-key replay
+-- returns the stored response and changes nothing.
+CREATE FUNCTION cycles.reserve(p_api_key text, p_request jsonb, p_ctx jsonb DEFAULT '{}') RETURNS jsonb
+LANGUAGE plpgsql
+AS $$
+DECLARE
+    v_principal   record;
+    v_tenant      cycles.tenants;
+    v_parsed      cycles.reserve_request;
+    v_dry_run     boolean;
+    v_ttl_ms      bigint;
+    v_grace_ms    bigint;
+    v_policy      text;
+    v_hash        bytea;
+    v_response    jsonb;
+    v_before      cycles.budgets[];
+    v_after       cycles.budgets[];
+    v_denial      record;
+    v_actor       jsonb;
+    v_now_ms      bigint;
+    v_expires_ms  bigint;
+    v_id          text;
+BEGIN
+    SELECT p.o_key_id, p.o_tenant INTO v_principal
+    FROM cycles._runtime_principal(p_api_key, 'reservations:create') AS p;
+    v_tenant := v_principal.o_tenant;
+    v_parsed := cycles._parse_reserve_request(p_request, v_tenant.tenant_id);
+    IF p_request ? 'dry_run' AND jsonb_typeof(p_request -> 'dry_run') NOT IN ('boolean', 'null') THEN
+        PERFORM cycles._fail('INVALID_REQUEST', 'dry_run must be a boolean');
+    END IF;
+    v_dry_run := coalesce((p_request ->> 'dry_run')::boolean, false);
+    v_ttl_ms := least(cycles._request_int(p_request, 'ttl_ms', 1000, 86400000, v_tenant.default_reservation_ttl_ms),
+                      v_tenant.max_reservation_ttl_ms);
+    v_grace_ms := cycles._request_int(p_request, 'grace_period_ms', 0, 60000, 5000);
+    v_policy := cycles._require_overage_policy(p_request ->> 'overage_policy');
+    v_actor := cycles._runtime_actor(p_ctx, v_principal.o_key_id);
+
+    v_hash := cycles._request_hash(p_request);
+    v_response := cycles._idempotent_replay(v_tenant.tenant_id, 'reserve', v_parsed.idempotency_key, v_hash, true);
+    IF v_response IS NOT NULL THEN
+        RETURN v_response;
+    END IF;
+
+    IF v_dry_run THEN
+        SELECT e.o_reason, e.o_row, e.o_rows INTO v_denial FROM cycles._evaluate_reserve(v_tenant, v_parsed) AS e;
+        v_response := jsonb_build_object(
+            'decision', CASE WHEN v_denial.o_reason IS NULL THEN 'ALLOW' ELSE 'DENY' END,
+            'affected_scopes', to_jsonb(v_parsed.affected_scopes),
+            'scope_path', v_parsed.scope_path);
+        IF v_denial.o_reason IS NULL THEN
+            v_response := v_response || jsonb_build_object(
+                'reserved', cycles._amount_json(v_parsed.unit, v_parsed.estimate));
+        ELSE
+            v_response := v_response || jsonb_build_object('reason_code', v_denial.o_reason);
+            PERFORM cycles._emit_denied(v_tenant.tenant_id, v_parsed, v_denial.o_reason, v_denial.o_row,
+                                        v_actor, p_ctx);
+        END IF;
+        IF v_denial.o_rows IS NOT NULL THEN
+            v_response := v_response || jsonb_build_object('balances', cycles._balances_json(v_denial.o_rows));
+        END IF;
+        PERFORM cycles._idempotent_store(v_tenant.tenant_id, 'reserve', v_parsed.idempotency_key, v_hash,
+                                         v_response);
+        RETURN v_response;
+    END IF;
+
+    PERFORM cycles._require_tenant_open(v_tenant, true);
+    v_before := cycles._lock_budgets(v_parsed.affected_scopes, v_parsed.unit);
+    IF v_before IS NULL THEN
+        PERFORM cycles._fail_no_budget(v_parsed.affected_scopes, v_parsed.unit, v_parsed.scope_path);
+    END IF;
+    SELECT d.o_reason, d.o_row INTO v_denial FROM cycles._reserve_denial(v_before, v_parsed.estimate) AS d;
+    IF v_denial.o_reason IS NOT NULL THEN
+        PERFORM cycles._fail_denial(v_denial.o_reason, v_denial.o_row, v_parsed.estimate);
+    END IF;
+
+    -- Policy: the request's, else the deepest budget's, else the tenant's.
+    v_policy := coalesce(
+        v_policy,
+        (SELECT b.commit_overage_policy FROM unnest(v_before) AS b
+         WHERE b.commit_overage_policy IS NOT NULL ORDER BY b.scope COLLATE "C" DESC LIMIT 1),
+        v_tenant.default_commit_overage_policy,
+        'ALLOW_IF_AVAILABLE');
+
+    WITH changed AS (
+        UPDATE cycles.budgets AS b SET
+            reserved = b.reserved + v_parsed.estimate,
+            remaining = b.remaining - v_parsed.estimate,
+            updated_at = clock_timestamp()
+        WHERE b.budget_id IN (SELECT r.budget_id FROM unnest(v_before) AS r)
+        RETURNING b AS row
+    )
+    SELECT array_agg(c.row ORDER BY (c.row).scope COLLATE "C") INTO v_after FROM changed AS c;
+
+    v_now_ms := cycles._now_ms();
+    v_expires_ms := v_now_ms + v_ttl_ms;
+    v_id := cycles._new_id('rsv_', 32);
+    INSERT INTO cycles.reservations (
+        reservation_id, tenant_id, api_key_id, idempotency_key, subject, action, unit, estimate,
+        scope_path, affected_scopes, budgeted_scopes, overage_policy, status, created_at_ms,
+        expires_at_ms, grace_period_ms, ttl_ms, extension_count, max_extensions, metadata,
+        request_id, trace_id)
+    VALUES (
+        v_id, v_tenant.tenant_id, v_principal.o_key_id, v_parsed.idempotency_key, v_parsed.subject,
+        v_parsed.action, v_parsed.unit, v_parsed.estimate, v_parsed.scope_path, v_parsed.affected_scopes,
+        ARRAY(SELECT r.scope FROM unnest(v_after) AS r ORDER BY r.scope COLLATE "C"), v_policy, 'ACTIVE',
+        v_now_ms, v_expires_ms, v_grace_ms, v_ttl_ms, 0, v_tenant.max_reservation_extensions,
+        cycles._request_object(p_request, 'metadata'), p_ctx ->> 'request_id', p_ctx ->> 'trace_id');
+
+    PERFORM cycles._record_changes(v_before, v_after, 'RESERVE', v_actor, p_ctx,
+        p_reservation_id => v_id, p_action => v_parsed.action, p_subject => v_parsed.subject,
+        p_idempotency_key => v_parsed.idempotency_key);
+
+    v_response := jsonb_build_object(
+        'decision', 'ALLOW',
+        'reservation_id', v_id,
+        'affected_scopes', to_jsonb(v_parsed.affected_scopes),
+        'expires_at_ms', v_expires_ms,
+        'remaining_ttl_ms', greatest(0, v_expires_ms - cycles._now_ms()),
+        'scope_path', v_parsed.scope_path,
+        'reserved', cycles._amount_json(v_parsed.unit, v_parsed.estimate),
+        'balances', cycles._balances_json(v_after));
+    PERFORM cycles._idempotent_store(v_tenant.tenant_id, 'reserve', v_parsed.idempotency_key, v_hash,
+                                     v_response, v_id, v_expires_ms + v_grace_ms);
+    RETURN v_response;
+END;
+$$;
+
+-- cycles.decide: POST /v1/decide.
+--
+-- Evaluates a would-be reservation and answers ALLOW or DENY with a
+-- reason_code; never changes a balance. Every budget or tenant condition is a
+-- 200 DENY (BUDGET_NOT_FOUND, TENANT_CLOSED, TENANT_SUSPENDED, and the reserve
+-- checks); a DENY writes a reservation.denied event. The answer is stored
+-- under the key (namespace 'decide') and replayed verbatim.
+--
+-- Locks: an advisory lock on (tenant, 'decide', idempotency key); no row locks.
+--
+-- Errors, in precedence order: UNAUTHORIZED; FORBIDDEN (permission
+-- reservations:create); INVALID_REQUEST; FORBIDDEN (subject.tenant);
+-- IDEMPOTENCY_MISMATCH; UNIT_MISMATCH.
+CREATE FUNCTION cycles.decide(p_api_key text, p_request jsonb, p_ctx jsonb DEFAULT '{}') RETURNS jsonb
+LANGUAGE plpgsql
+AS $$
+DECLARE
+    v_principal record;
+    v_tenant    cycles.tenants;
+    v_parsed    cycles.reserve_request;
+    v_hash      bytea;
+    v_response  jsonb;
+    v_denial    record;
+BEGIN
+    SELECT p.o_key_id, p.o_tenant INTO v_principal
+    FROM cycles._runtime_principal(p_api_key, 'reservations:create') AS p;
+    v_tenant := v_principal.o_tenant;
+    v_parsed := cycles._parse_reserve_request(p_request, v_tenant.tenant_id);
+
+    v_hash := cycles._request_hash(p_request);
+    v_response := cycles._idempotent_replay(v_tenant.tenant_id, 'decide', v_parsed.idempotency_key, v_hash, true);
+    IF v_response IS NOT NULL THEN
+        RETURN v_response;
+    END IF;
+
+    SELECT e.o_reason, e.o_row INTO v_denial FROM cycles._evaluate_reserve(v_tenant, v_parsed) AS e;
+    IF v_denial.o_reason IS NULL THEN
+        v_response := jsonb_build_object(
+            'decision', 'ALLOW', 'affected_scopes', to_jsonb(v_parsed.affected_scopes));
+    ELSE
+        v_response := jsonb_build_object(
+            'decision', 'DENY', 'reason_code', v_denial.o_reason,
+            'affected_scopes', to_jsonb(v_parsed.affected_scopes));
+        PERFORM cycles._emit_denied(v_tenant.tenant_id, v_parsed, v_denial.o_reason, v_denial.o_row,
+                                    cycles._runtime_actor(p_ctx, v_principal.o_key_id), p_ctx);
+    END IF;
+    PERFORM cycles._idempotent_store(v_tenant.tenant_id, 'decide', v_parsed.idempotency_key, v_hash, v_response);
+    RETURN v_response;
+END;
+$$;
+
+-- ==== 22_commit.sql ====
+
+-- Commit: settle a reservation with the actual amount.
+
+-- cycles.commit: POST /v1/reservations/{reservation_id}/commit.
+--
+-- Releases the reservation's estimate and charges actual to the scopes that
+-- were charged at reserve time. actual <= estimate: the difference goes back
+-- to remaining ("released"). actual > estimate, by the reservation's overage
+-- policy: REJECT refuses the commit (the reservation stays ACTIVE);
+-- ALLOW_IF_AVAILABLE charges the overage up to the smallest positive
+-- remaining, marks the scopes that could not cover it over limit, and never
+-- creates debt; ALLOW_WITH_OVERDRAFT charges it in full, the unfunded part as
+-- debt, unless that would take a scope's debt past its overdraft limit.
+-- Accepted until expires_at_ms + grace_period_ms. Frozen budgets and debt do
+-- not block a commit: the work has already been done.
+--
+-- Locks: the reservation row FOR UPDATE (serialises all settlements of it,
+-- and with them same-key retries), then its budget rows FOR UPDATE in scope
+-- byte order.
+--
+-- Errors, in precedence order: UNAUTHORIZED; FORBIDDEN (permission
+-- reservations:commit); INVALID_REQUEST; NOT_FOUND; FORBIDDEN (another
+-- tenant's reservation); IDEMPOTENCY_MISMATCH; TENANT_CLOSED;
+-- RESERVATION_EXPIRED (status EXPIRED); RESERVATION_FINALIZED (COMMITTED
+-- with another key, or RELEASED); UNIT_MISMATCH; RESERVATION_EXPIRED (past
+-- grace); BUDGET_EXCEEDED (REJECT overage); OVERDRAFT_LIMIT_EXCEEDED.
+--
+-- Invariants: one COMMIT ledger row per charged budget with exactly the
+-- deltas applied; committed = charged; a replay changes nothing.
+CREATE FUNCTION cycles.commit(
+    p_api_key text, p_reservation_id text, p_request jsonb, p_ctx jsonb DEFAULT '{}'
+) RETURNS jsonb
+LANGUAGE plpgsql
+AS $$
+DECLARE
+    v_principal   record;
+    v_locked      record;
+    v_reservation cycles.reservations;
+    v_key         text;
+    v_amount      record;
+    v_metrics     jsonb;
+    v_metadata    jsonb;
+    v_hash        bytea;
+    v_response    jsonb;
+    v_before      cycles.budgets[];
+    v_after       cycles.budgets[];
+    v_delta       bigint;
+    v_cap         record;
+    v_charged     bigint;
+    v_released    bigint;
+    v_actor       jsonb;
+BEGIN
+    SELECT p.o_key_id, p.o_tenant INTO v_principal
+    FROM cycles._runtime_principal(p_api_key, 'reservations:commit') AS p;
+    v_key := cycles._require_idempotency_key(p_request);
+    SELECT a.o_unit, a.o_amount INTO v_amount FROM cycles._request_amount(p_request -> 'actual', 'actual') AS a;
+    v_metrics := cycles._request_object(p_request, 'metrics');
+    v_metadata := cycles._request_object(p_request, 'metadata');
+
+    SELECT l.o_reservation, l.o_tenant INTO v_locked
+    FROM cycles._lock_reservation(p_reservation_id, (v_principal.o_tenant).tenant_id) AS l;
+    v_reservation := v_locked.o_reservation;
+
+    v_hash := cycles._request_hash(p_request, p_reservation_id);
+    v_response := cycles._idempotent_replay(v_reservation.tenant_id, 'commit:' || p_reservation_id, v_key,
+                                            v_hash, false);
+    IF v_response IS NOT NULL THEN
+        RETURN v_response;
+    END IF;
+
+    PERFORM cycles._require_tenant_open(v_locked.o_tenant, false);
+    IF v_reservation.status <> 'ACTIVE' THEN
+        PERFORM cycles._require_settleable(v_reservation, true);
+    END IF;
+    IF v_amount.o_unit <> v_reservation.unit THEN
+        PERFORM cycles._fail('UNIT_MISMATCH',
+            format('actual is in %s but the reservation is in %s', v_amount.o_unit, v_reservation.unit),
+            jsonb_build_object('scope', v_reservation.scope_path, 'requested_unit', v_amount.o_unit,
+                               'expected_units', jsonb_build_array(v_reservation.unit)));
+    END IF;
+    PERFORM cycles._require_settleable(v_reservation, true);
+
+    v_delta := v_amount.o_amount - v_reservation.estimate;
+    IF v_delta > 0 AND v_reservation.overage_policy = 'REJECT' THEN
+        PERFORM cycles._fail('BUDGET_EXCEEDED',
+            format('actual %s exceeds the reserved %s and the overage policy is REJECT',
+                   v_amount.o_amount, v_reservation.estimate),
+            jsonb_build_object('scope', v_reservation.scope_path, 'unit', v_reservation.unit,
+                               'reserved', v_reservation.estimate, 'requested', v_amount.o_amount));
+    END IF;
+
+    v_before := cycles._lock_budgets(v_reservation.budgeted_scopes, v_reservation.unit);
+    SELECT c.o_capped, c.o_violation INTO v_cap
+    FROM cycles._overage_cap(v_before, v_delta, v_reservation.overage_policy) AS c;
+    IF (v_cap.o_violation).budget_id IS NOT NULL THEN
+        PERFORM cycles._fail('OVERDRAFT_LIMIT_EXCEEDED',
+            format('the overage of %s would take the debt of %s past its overdraft limit %s',
+                   v_delta, (v_cap.o_violation).scope, (v_cap.o_violation).overdraft_limit),
+            jsonb_build_object('scope', (v_cap.o_violation).scope, 'unit', v_reservation.unit,
+                               'debt', (v_cap.o_violation).debt,
+                               'overdraft_limit', (v_cap.o_violation).overdraft_limit,
+                               'remaining', (v_cap.o_violation).remaining, 'requested', v_delta));
+    END IF;
+
+    v_after := cycles._apply_charge(
+        ARRAY(SELECT b.budget_id FROM unnest(v_before) AS b), v_reservation.estimate,
+        least(v_amount.o_amount, v_reservation.estimate), v_cap.o_capped, v_delta, v_reservation.overage_policy);
+    v_charged := least(v_amount.o_amount, v_reservation.estimate) + v_cap.o_capped;
+    v_released := greatest(v_reservation.estimate - v_amount.o_amount, 0);
+
+    UPDATE cycles.reservations AS r SET
+        status = 'COMMITTED',
+        committed = v_charged,
+        released = v_released,
+        committed_metadata = v_metadata,
+        metrics = v_metrics,
+        finalized_at_ms = cycles._now_ms()
+    WHERE r.reservation_id = p_reservation_id;
+
+    v_actor := cycles._runtime_actor(p_ctx, v_principal.o_key_id);
+    PERFORM cycles._record_changes(v_before, v_after, 'COMMIT', v_actor, p_ctx,
+        p_reservation_id => p_reservation_id, p_action => v_reservation.action,
+        p_subject => v_reservation.subject, p_idempotency_key => v_key,
+        p_overage_policy => v_reservation.overage_policy);
+    IF v_delta > 0 THEN
+        PERFORM cycles._emit_event(
+            v_reservation.tenant_id, 'reservation.commit_overage', 'cycles-server', v_actor,
+            jsonb_build_object(
+                'reservation_id', p_reservation_id, 'scope', v_reservation.scope_path,
+                'unit', v_reservation.unit, 'estimated_amount', v_reservation.estimate,
+                'actual_amount', v_amount.o_amount, 'overage', v_delta,
+                'overage_policy', v_reservation.overage_policy,
+                'debt_incurred', (SELECT coalesce(max(a.debt - b.debt), 0)
+                                  FROM unnest(v_before) AS b JOIN unnest(v_after) AS a USING (budget_id))),
+            v_reservation.scope_path, p_ctx ->> 'request_id', p_ctx ->> 'trace_id', p_reservation_id);
+    END IF;
+
+    v_response := jsonb_build_object(
+        'status', 'COMMITTED',
+        'charged', cycles._amount_json(v_reservation.unit, v_charged),
+        'balances', cycles._balances_json(v_after));
+    IF v_released > 0 THEN
+        v_response := v_response || jsonb_build_object(
+            'released', cycles._amount_json(v_reservation.unit, v_released));
+    END IF;
+    PERFORM cycles._idempotent_store(v_reservation.tenant_id, 'commit:' || p_reservation_id, v_key, v_hash,
+                                     v_response, p_reservation_id);
+    RETURN v_response;
+END;
+$$;
+
+-- ==== 23_release.sql ====
+
+-- Release: give a reservation's estimate back unused.
+
+-- cycles.release: POST /v1/reservations/{reservation_id}/release.
+--
+-- Returns the full estimate to the reserved scopes and marks the reservation
+-- RELEASED. Accepted until expires_at_ms + grace_period_ms. A NULL API key is
+-- an admin force-release (the caller verified the admin key): allowed only
+-- with p_ctx actor_type admin_on_behalf_of, on any tenant's reservation, and
+-- recorded as that actor on the ledger rows.
+--
+-- Locks: the reservation row FOR UPDATE, then its budget rows FOR UPDATE in
+-- scope byte order.
+--
+-- Errors, in precedence order: UNAUTHORIZED; FORBIDDEN (permission
+-- reservations:release); INVALID_REQUEST; NOT_FOUND; FORBIDDEN (another
+-- tenant's reservation); IDEMPOTENCY_MISMATCH; TENANT_CLOSED;
+-- RESERVATION_EXPIRED (status EXPIRED); RESERVATION_FINALIZED;
+-- RESERVATION_EXPIRED (past grace).
+--
+-- Invariants: one RELEASE ledger row per budget (reserved -estimate); a
+-- replay changes nothing.
+CREATE FUNCTION cycles.release(
+    p_api_key text, p_reservation_id text, p_request jsonb, p_ctx jsonb DEFAULT '{}'
+) RETURNS jsonb
+LANGUAGE plpgsql
+AS $$
+DECLARE
+    v_key_id      text;
+    v_tenant_id   text;
+    v_locked      record;
+    v_reservation cycles.reservations;
+    v_key         text;
+    v_reason      text;
+    v_hash        bytea;
+    v_response    jsonb;
+    v_before      cycles.budgets[];
+    v_after       cycles.budgets[];
+BEGIN
+    IF p_api_key IS NULL THEN
+        PERFORM cycles._require_admin_context(p_ctx, ARRAY['admin_on_behalf_of']);
+    ELSE
+        SELECT p.o_key_id, (p.o_tenant).tenant_id INTO v_key_id, v_tenant_id
+        FROM cycles._runtime_principal(p_api_key, 'reservations:release') AS p;
+    END IF;
+    v_key := cycles._require_idempotency_key(p_request);
+    IF p_request ? 'reason' AND p_request -> 'reason' <> 'null'::jsonb AND (
+            jsonb_typeof(p_request -> 'reason') <> 'string' OR char_length(p_request ->> 'reason') > 256) THEN
+        PERFORM cycles._fail('INVALID_REQUEST', 'reason must be a string of at most 256 characters');
+    END IF;
+    v_reason := p_request ->> 'reason';
+
+    SELECT l.o_reservation, l.o_tenant INTO v_locked
+    FROM cycles._lock_reservation(p_reservation_id, v_tenant_id) AS l;
+    v_reservation := v_locked.o_reservation;
+
+    v_hash := cycles._request_hash(p_request, p_reservation_id);
+    v_response := cycles._idempotent_replay(v_reservation.tenant_id, 'release:' || p_reservation_id, v_key,
+                                            v_hash, false);
+    IF v_response IS NOT NULL THEN
+        RETURN v_response;
+    END IF;
+
+    PERFORM cycles._require_tenant_open(v_locked.o_tenant, false);
+    PERFORM cycles._require_settleable(v_reservation, true);
+
+    v_before := cycles._lock_budgets(v_reservation.budgeted_scopes, v_reservation.unit);
+    v_after := cycles._apply_charge(ARRAY(SELECT b.budget_id FROM unnest(v_before) AS b),
+                                    v_reservation.estimate, 0, 0, 0, v_reservation.overage_policy);
+
+    UPDATE cycles.reservations AS r SET
+        status = 'RELEASED',
+        released = v_reservation.estimate,
+        release_reason = v_reason,
+        finalized_at_ms = cycles._now_ms()
+    WHERE r.reservation_id = p_reservation_id;
+
+    PERFORM cycles._record_changes(v_before, v_after, 'RELEASE', cycles._runtime_actor(p_ctx, v_key_id), p_ctx,
+        p_reservation_id => p_reservation_id, p_action => v_reservation.action,
+        p_subject => v_reservation.subject, p_idempotency_key => v_key, p_reason => v_reason);
+
+    v_response := jsonb_build_object(
+        'status', 'RELEASED',
+        'released', cycles._amount_json(v_reservation.unit, v_reservation.estimate),
+        'balances', cycles._balances_json(v_after));
+    PERFORM cycles._idempotent_store(v_reservation.tenant_id, 'release:' || p_reservation_id, v_key, v_hash,
+                                     v_response, p_reservation_id);
+    RETURN v_response;
+END;
+$$;
+
+-- ==== 24_extend.sql ====
+
+-- Extend: keep a reservation alive longer.
+
+-- cycles.extend: POST /v1/reservations/{reservation_id}/extend.
+--
+-- Moves expires_at_ms to its current value + extend_by_ms, but never more
+-- than the tenant's max_reservation_ttl_ms ahead of now (and never earlier
+-- than it was); the returned expires_at_ms is authoritative. Allowed only
+-- while ACTIVE and not past expires_at_ms (no grace), at most the
+-- reservation's max_extensions times. No balance changes. The reserve's
+-- idempotency record is kept at least as long as the reservation can live.
+--
+-- Locks: the reservation row FOR UPDATE.
+--
+-- Errors, in precedence order: UNAUTHORIZED; FORBIDDEN (permission
+-- reservations:extend); INVALID_REQUEST; NOT_FOUND; FORBIDDEN (another
+-- tenant's reservation); IDEMPOTENCY_MISMATCH; TENANT_CLOSED;
+-- RESERVATION_EXPIRED (status EXPIRED); RESERVATION_FINALIZED;
+-- RESERVATION_EXPIRED (past expires_at_ms); MAX_EXTENSIONS_EXCEEDED.
+CREATE FUNCTION cycles.extend(
+    p_api_key text, p_reservation_id text, p_request jsonb, p_ctx jsonb DEFAULT '{}'
+) RETURNS jsonb
+LANGUAGE plpgsql
+AS $$
+DECLARE
+    v_principal   record;
+    v_locked      record;
+    v_reservation cycles.reservations;
+    v_key         text;
+    v_extend_by   bigint;
+    v_hash        bytea;
+    v_response    jsonb;
+    v_now_ms      bigint;
+    v_expires_ms  bigint;
+BEGIN
+    SELECT p.o_key_id, p.o_tenant INTO v_principal
+    FROM cycles._runtime_principal(p_api_key, 'reservations:extend') AS p;
+    v_key := cycles._require_idempotency_key(p_request);
+    IF p_request -> 'extend_by_ms' IS NULL OR p_request -> 'extend_by_ms' = 'null'::jsonb THEN
+        PERFORM cycles._fail('INVALID_REQUEST', 'extend_by_ms is required');
+    END IF;
+    v_extend_by := cycles._request_int(p_request, 'extend_by_ms', 1, 86400000, NULL);
+    PERFORM cycles._request_object(p_request, 'metadata');
+
+    SELECT l.o_reservation, l.o_tenant INTO v_locked
+    FROM cycles._lock_reservation(p_reservation_id, (v_principal.o_tenant).tenant_id) AS l;
+    v_reservation := v_locked.o_reservation;
+
+    v_hash := cycles._request_hash(p_request, p_reservation_id);
+    v_response := cycles._idempotent_replay(v_reservation.tenant_id, 'extend:' || p_reservation_id, v_key,
+                                            v_hash, false);
+    IF v_response IS NOT NULL THEN
+        RETURN v_response;
+    END IF;
+
+    PERFORM cycles._require_tenant_open(v_locked.o_tenant, false);
+    PERFORM cycles._require_settleable(v_reservation, false);
+    IF v_reservation.extension_count >= v_reservation.max_extensions THEN
+        PERFORM cycles._fail('MAX_EXTENSIONS_EXCEEDED',
+            format('reservation %s has already been extended %s times, the maximum',
+                   p_reservation_id, v_reservation.extension_count),
+            jsonb_build_object('reservation_id', p_reservation_id,
+                               'max_extensions', v_reservation.max_extensions));
+    END IF;
+
+    v_now_ms := cycles._now_ms();
+    v_expires_ms := greatest(v_reservation.expires_at_ms,
+                             least(v_reservation.expires_at_ms + v_extend_by,
+                                   v_now_ms + (v_locked.o_tenant).max_reservation_ttl_ms));
+    UPDATE cycles.reservations AS r SET
+        expires_at_ms = v_expires_ms,
+        extension_count = r.extension_count + 1
+    WHERE r.reservation_id = p_reservation_id;
+
+    -- The reserve's replay must outlive the reservation it names.
+    UPDATE cycles.idempotency_records AS i SET
+        expires_at = cycles._ms_to_timestamptz(v_expires_ms + v_reservation.grace_period_ms)
+    WHERE i.tenant_id = v_reservation.tenant_id AND i.endpoint = 'reserve'
+      AND i.idempotency_key = v_reservation.idempotency_key
+      AND i.expires_at < cycles._ms_to_timestamptz(v_expires_ms + v_reservation.grace_period_ms);
+
+    v_response := jsonb_build_object(
+        'status', 'ACTIVE',
+        'expires_at_ms', v_expires_ms,
+        'remaining_ttl_ms', greatest(0, v_expires_ms - cycles._now_ms()),
+        'balances', cycles._balances_json(
+            cycles._read_budgets(v_reservation.budgeted_scopes, v_reservation.unit)));
+    PERFORM cycles._idempotent_store(v_reservation.tenant_id, 'extend:' || p_reservation_id, v_key, v_hash,
+                                     v_response, p_reservation_id, v_expires_ms + v_reservation.grace_period_ms);
+    RETURN v_response;
+END;
+$$;
+
+-- ==== 25_events.sql ====
+
+-- Direct debit events: usage that happened without a reservation.
+
+-- cycles.create_event: POST /v1/events (the body of the 201).
+--
+-- Charges actual to every derived scope with a budget in its unit,
+-- atomically. Debt and over-limit do not block an event; by overage policy
+-- (request, else deepest budget's, else tenant's): REJECT refuses an event
+-- larger than some scope's remaining; ALLOW_IF_AVAILABLE caps the charge at
+-- the smallest positive remaining (the response then carries charged) and
+-- marks the scopes that could not cover it over limit; ALLOW_WITH_OVERDRAFT
+-- charges in full, the unfunded part as debt, unless a scope's debt would
+-- pass its overdraft limit.
+--
+-- Locks: an advisory lock on (tenant, 'event', idempotency key); then the
+-- budget rows FOR UPDATE in scope byte order.
+--
+-- Errors, in precedence order: UNAUTHORIZED; FORBIDDEN (permission
+-- reservations:commit); INVALID_REQUEST; FORBIDDEN (subject.tenant);
+-- IDEMPOTENCY_MISMATCH; TENANT_CLOSED; FORBIDDEN (tenant suspended);
+-- UNIT_MISMATCH / NOT_FOUND; per scope from the top: BUDGET_FROZEN,
+-- BUDGET_CLOSED; BUDGET_EXCEEDED (REJECT); OVERDRAFT_LIMIT_EXCEEDED.
+--
+-- Invariants: one EVENT ledger row per budget with exactly the deltas
+-- applied; a replay returns the same event_id and changes nothing.
+CREATE FUNCTION cycles.create_event(p_api_key text, p_request jsonb, p_ctx jsonb DEFAULT '{}') RETURNS jsonb
+LANGUAGE plpgsql
+AS $$
+DECLARE
+    v_principal record;
+    v_tenant    cycles.tenants;
+    v_key       text;
+    v_action    jsonb;
+    v_amount    record;
+    v_scopes    record;
+    v_policy    text;
+    v_hash      bytea;
+    v_response  jsonb;
+    v_before    cycles.budgets[];
+    v_after     cycles.budgets[];
+    v_row       cycles.budgets;
+    v_cap       record;
+    v_event_id  text;
+BEGIN
+    SELECT p.o_key_id, p.o_tenant INTO v_principal
+    FROM cycles._runtime_principal(p_api_key, 'reservations:commit') AS p;
+    v_tenant := v_principal.o_tenant;
+    v_key := cycles._require_idempotency_key(p_request);
+    v_action := cycles._require_action(p_request -> 'action');
+    SELECT a.o_unit, a.o_amount INTO v_amount FROM cycles._request_amount(p_request -> 'actual', 'actual') AS a;
+    v_policy := cycles._require_overage_policy(p_request ->> 'overage_policy');
+    PERFORM cycles._request_object(p_request, 'metrics');
+    PERFORM cycles._request_object(p_request, 'metadata');
+    PERFORM cycles._request_int(p_request, 'client_time_ms', 0, 9223372036854775807, NULL);
+    SELECT d.o_scope_path, d.o_affected_scopes INTO v_scopes
+    FROM cycles._derive_scopes(p_request -> 'subject', v_tenant.tenant_id) AS d;
+
+    v_hash := cycles._request_hash(p_request);
+    v_response := cycles._idempotent_replay(v_tenant.tenant_id, 'event', v_key, v_hash, true);
+    IF v_response IS NOT NULL THEN
+        RETURN v_response;
+    END IF;
+
+    PERFORM cycles._require_tenant_open(v_tenant, true);
+    v_before := cycles._lock_budgets(v_scopes.o_affected_scopes, v_amount.o_unit);
+    IF v_before IS NULL THEN
+        PERFORM cycles._fail_no_budget(v_scopes.o_affected_scopes, v_amount.o_unit, v_scopes.o_scope_path);
+    END IF;
+    FOREACH v_row IN ARRAY v_before LOOP
+        IF v_row.status IN ('FROZEN', 'CLOSED') THEN
+            PERFORM cycles._fail_denial(CASE v_row.status WHEN 'FROZEN' THEN 'BUDGET_FROZEN' ELSE 'BUDGET_CLOSED' END,
+                                        v_row, v_amount.o_amount);
+        END IF;
+    END LOOP;
+    v_policy := coalesce(
+        v_policy,
+        (SELECT b.commit_overage_policy FROM unnest(v_before) AS b
+         WHERE b.commit_overage_policy IS NOT NULL ORDER BY b.scope COLLATE "C" DESC LIMIT 1),
+        v_tenant.default_commit_overage_policy,
+        'ALLOW_IF_AVAILABLE');
+    IF v_policy = 'REJECT' THEN
+        SELECT b.* INTO v_row FROM unnest(v_before) AS b
+        WHERE b.remaining < v_amount.o_amount ORDER BY b.scope COLLATE "C" LIMIT 1;
+        IF v_row.budget_id IS NOT NULL THEN
+            PERFORM cycles._fail_denial('BUDGET_EXCEEDED', v_row, v_amount.o_amount);
+        END IF;
+    END IF;
+    SELECT c.o_capped, c.o_violation INTO v_cap FROM cycles._overage_cap(v_before, v_amount.o_amount, v_policy) AS c;
+    IF (v_cap.o_violation).budget_id IS NOT NULL THEN
+        PERFORM cycles._fail('OVERDRAFT_LIMIT_EXCEEDED',
+            format('an event of %s would take the debt of %s past its overdraft limit %s',
+                   v_amount.o_amount, (v_cap.o_violation).scope, (v_cap.o_violation).overdraft_limit),
+            jsonb_build_object('scope', (v_cap.o_violation).scope, 'unit', v_amount.o_unit,
+                               'debt', (v_cap.o_violation).debt,
+                               'overdraft_limit', (v_cap.o_violation).overdraft_limit,
+                               'remaining', (v_cap.o_violation).remaining, 'requested', v_amount.o_amount));
+    END IF;
+
+    v_after := cycles._apply_charge(ARRAY(SELECT b.budget_id FROM unnest(v_before) AS b), 0, 0,
+                                    v_cap.o_capped, v_amount.o_amount, v_policy);
+    v_event_id := cycles._new_id('evt_', 32);
+    PERFORM cycles._record_changes(v_before, v_after, 'EVENT', cycles._runtime_actor(p_ctx, v_principal.o_key_id),
+        p_ctx, p_event_id => v_event_id, p_action => v_action, p_subject => p_request -> 'subject',
+        p_idempotency_key => v_key, p_overage_policy => v_policy);
+
+    v_response := jsonb_build_object(
+        'status', 'APPLIED',
+        'event_id', v_event_id,
+        'balances', cycles._balances_json(v_after));
+    IF v_cap.o_capped < v_amount.o_amount THEN
+        v_response := v_response || jsonb_build_object(
+            'charged', cycles._amount_json(v_amount.o_unit, v_cap.o_capped));
+    END IF;
+    PERFORM cycles._idempotent_store(v_tenant.tenant_id, 'event', v_key, v_hash, v_response);
+    RETURN v_response;
+END;
+$$;
+
+-- ==== 26_expire.sql ====
+
+-- The expiry sweeper.
+
+-- cycles.expire_due: expires up to p_batch_size ACTIVE reservations whose
+-- deadline (expires_at_ms + grace_period_ms) has passed, set-based.
+--
+-- Each one's estimate goes back to the scopes it was taken from (one EXPIRE
+-- ledger row per reservation and budget, actor system), its status becomes
+-- EXPIRED, and one reservation.expired event is written (source
+-- expiry-sweeper). Idempotency records past their retention are deleted in
+-- the same pass. Returns the number of reservations expired.
+--
+-- Locks: a transaction-scoped advisory lock (try only: a concurrent sweeper
+-- returns 0 at once); the due reservation rows FOR UPDATE SKIP LOCKED (a
+-- reservation being settled right now is left for the next pass); then their
+-- budget rows FOR UPDATE in (scope byte order, unit), the global lock order.
+-- Settlements lock their reservation before its budgets too, so no cycle.
+--
+-- Errors: INVALID_REQUEST (batch size outside 1..100000).
+--
+-- Invariants: reserved never goes negative; for every budget the ledger sums
+-- equal the counters.
+CREATE FUNCTION cycles.expire_due(p_batch_size integer DEFAULT 1000) RETURNS integer
+LANGUAGE plpgsql
+AS $$
+DECLARE
+    v_now_ms  bigint := cycles._now_ms();
+    v_ids     text[];
+    v_count   integer;
+    v_actor   jsonb := jsonb_build_object('type', 'system');
+BEGIN
+    IF p_batch_size IS NULL OR p_batch_size NOT BETWEEN 1 AND 100000 THEN
+        PERFORM cycles._fail('INVALID_REQUEST', 'batch size must be between 1 and 100000');
+    END IF;
+    IF NOT pg_try_advisory_xact_lock(hashtextextended('cycles.expire_due', 0)) THEN
+        RETURN 0;
+    END IF;
+
+    SELECT array_agg(due.reservation_id) INTO v_ids
+    FROM (
+        SELECT r.reservation_id
+        FROM cycles.reservations AS r
+        WHERE r.status = 'ACTIVE' AND r.expires_at_ms + r.grace_period_ms < v_now_ms
+        ORDER BY r.expires_at_ms + r.grace_period_ms
+        LIMIT p_batch_size
+        FOR UPDATE SKIP LOCKED
+    ) AS due;
+    v_count := coalesce(cardinality(v_ids), 0);
+
+    IF v_count > 0 THEN
+        PERFORM 1
+        FROM cycles.budgets AS b
+        WHERE (b.scope, b.unit) IN (
+            SELECT s.scope, r.unit
+            FROM cycles.reservations AS r
+            CROSS JOIN LATERAL unnest(r.budgeted_scopes) AS s(scope)
+            WHERE r.reservation_id = ANY (v_ids))
+        ORDER BY b.scope COLLATE "C", b.unit
+        FOR UPDATE OF b;
+
+        UPDATE cycles.budgets AS b SET
+            reserved = b.reserved - held.amount,
+            remaining = b.remaining + held.amount,
+            updated_at = clock_timestamp()
+        FROM (
+            SELECT s.scope, r.unit, sum(r.estimate)::bigint AS amount
+            FROM cycles.reservations AS r
+            CROSS JOIN LATERAL unnest(r.budgeted_scopes) AS s(scope)
+            WHERE r.reservation_id = ANY (v_ids)
+            GROUP BY s.scope, r.unit
+        ) AS held
+        WHERE b.scope = held.scope AND b.unit = held.unit AND held.amount <> 0;
+
+        PERFORM cycles._append_ledger(
+            b.budget_id, b.tenant_id, b.scope, b.unit, 'EXPIRE', v_actor,
+            p_reserved_delta => -r.estimate,
+            p_reservation_id => r.reservation_id,
+            p_action => r.action,
+            p_subject => r.subject,
+            p_idempotency_key => r.idempotency_key,
+            p_reason => 'expired')
+        FROM cycles.reservations AS r
+        CROSS JOIN LATERAL unnest(r.budgeted_scopes) AS s(scope)
+        JOIN cycles.budgets AS b ON b.scope = s.scope AND b.unit = r.unit
+        WHERE r.reservation_id = ANY (v_ids) AND r.estimate <> 0
+        ORDER BY r.reservation_id, b.scope COLLATE "C";
+
+        UPDATE cycles.reservations AS r SET status = 'EXPIRED'
+        WHERE r.reservation_id = ANY (v_ids);
+
+        PERFORM cycles._emit_event(
+            r.tenant_id, 'reservation.expired', 'expiry-sweeper', v_actor,
+            jsonb_build_object(
+                'reservation_id', r.reservation_id,
+                'scope', r.scope_path,
+                'unit', r.unit,
+                'estimated_amount', r.estimate,
+                'created_at', to_char(cycles._ms_to_timestamptz(r.created_at_ms) AT TIME ZONE 'UTC',
+                                      'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"'),
+                'expired_at', to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"'),
+                'ttl_ms', r.ttl_ms,
+                'extensions_used', r.extension_count),
+            r.scope_path, r.request_id, r.trace_id, r.reservation_id)
+        FROM cycles.reservations AS r
+        WHERE r.reservation_id = ANY (v_ids)
+        ORDER BY r.expires_at_ms + r.grace_period_ms, r.reservation_id;
+    END IF;
+
+    DELETE FROM cycles.idempotency_records AS i
+    WHERE (i.tenant_id, i.endpoint, i.idempotency_key) IN (
+        SELECT o.tenant_id, o.endpoint, o.idempotency_key
+        FROM cycles.idempotency_records AS o
+        WHERE o.expires_at < clock_timestamp()
+        ORDER BY o.expires_at
+        LIMIT p_batch_size
+        FOR UPDATE SKIP LOCKED);
+
+    RETURN v_count;
+END;
+$$;
+
+-- ==== 27_queries.sql ====
+
+-- Read-only runtime queries: balances, reservations, key introspection.
+
+-- Query parameters -----------------------------------------------------------
+-- Query strings arrive as a JSON object of the parameters sent; a blank
+-- value means the parameter was not set.
+
+CREATE FUNCTION cycles._query_text(p_query jsonb, p_field text) RETURNS text
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+AS $$
+    SELECT nullif(btrim(p_query ->> p_field), '')
+$$;
+
+-- limit: 1..200, default 50. Errors: INVALID_REQUEST.
+CREATE FUNCTION cycles._query_limit(p_query jsonb) RETURNS integer
+LANGUAGE plpgsql IMMUTABLE
+AS $$
+DECLARE
+    v_text text := cycles._query_text(p_query, 'limit');
+BEGIN
+    IF v_text IS NULL THEN
+        RETURN 50;
+    END IF;
+    IF v_text !~ '^[0-9]{1,4}$' OR v_text::integer NOT BETWEEN 1 AND 200 THEN
+        PERFORM cycles._fail('INVALID_REQUEST', 'limit must be an integer between 1 and 200');
+    END IF;
+    RETURN v_text::integer;
+END;
+$$;
+
+-- An ISO-8601 date-time bound as epoch milliseconds (NULL when unset).
+-- Errors: INVALID_REQUEST.
+CREATE FUNCTION cycles._query_time_ms(p_query jsonb, p_field text) RETURNS bigint
+LANGUAGE plpgsql STABLE
+AS $$
+DECLARE
+    v_text text := cycles._query_text(p_query, p_field);
+    v_ts   timestamptz;
+BEGIN
+    IF v_text IS NULL THEN
+        RETURN NULL;
+    END IF;
+    IF v_text ~ '^\d{4}-\d{2}-\d{2}([Tt ]\d{2}:\d{2}(:\d{2}(\.\d{1,9})?)?)?([Zz]|[+-]\d{2}(:?\d{2})?)?$' THEN
+        BEGIN
+            v_ts := v_text::timestamptz;
+        EXCEPTION WHEN datetime_field_overflow OR invalid_datetime_format THEN
+            v_ts := NULL;
+        END;
+    END IF;
+    IF v_ts IS NULL THEN
+        PERFORM cycles._fail('INVALID_REQUEST', format('%s must be an ISO-8601 date-time, got %L', p_field, v_text));
+    END IF;
+    RETURN floor(extract(epoch FROM v_ts) * 1000)::bigint;
+END;
+$$;
+
+-- Opaque page cursors: url-safe base64 of a small JSON object that carries
+-- the last row's sort key and a hash of the filters it was made under.
+CREATE FUNCTION cycles._cursor_encode(p_payload jsonb) RETURNS text
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+AS $$
+    SELECT rtrim(translate(replace(encode(convert_to(p_payload::text, 'UTF8'), 'base64'), E'\n', ''),
+                           '+/', '-_'), '=')
+$$;
+
+-- The cursor's payload, checked against the filters of this request.
+-- Errors: INVALID_REQUEST (malformed, or made under other filters).
+CREATE FUNCTION cycles._cursor_decode(p_cursor text, p_filter_hash text) RETURNS jsonb
+LANGUAGE plpgsql IMMUTABLE
+AS $$
+DECLARE
+    v_text    text := translate(p_cursor, '-_', '+/');
+    v_payload jsonb;
+BEGIN
+    BEGIN
+        v_text := v_text || repeat('=', (4 - char_length(v_text) % 4) % 4);
+        v_payload := convert_from(decode(v_text, 'base64'), 'UTF8')::jsonb;
+    EXCEPTION WHEN OTHERS THEN
+        v_payload := NULL;
+    END;
+    IF v_payload IS NULL OR jsonb_typeof(v_payload) <> 'object'
+            OR jsonb_typeof(v_payload -> 'k') IS DISTINCT FROM 'string'
+            OR jsonb_typeof(v_payload -> 'id') IS DISTINCT FROM 'string' THEN
+        PERFORM cycles._fail('INVALID_REQUEST', 'malformed cursor');
+    END IF;
+    IF v_payload ->> 'f' IS DISTINCT FROM p_filter_hash THEN
+        PERFORM cycles._fail('INVALID_REQUEST', 'cursor was issued for different filters');
+    END IF;
+    RETURN v_payload;
+END;
+$$;
+
+-- The caller's tenant for a read: the key's tenant, with the tenant query
+-- parameter as validation only (FORBIDDEN when it names another tenant); or,
+-- for an admin caller (NULL key), the required tenant parameter.
+-- Errors: UNAUTHORIZED, FORBIDDEN, INVALID_REQUEST.
+CREATE FUNCTION cycles._query_tenant(p_api_key text, p_permission text, p_query jsonb, p_ctx jsonb) RETURNS text
+LANGUAGE plpgsql
+AS $$
+DECLARE
+    v_tenant_id text;
+    v_filter    text := lower(cycles._query_text(p_query, 'tenant'));
+BEGIN
+    IF p_api_key IS NULL THEN
+        PERFORM cycles._require_admin_context(p_ctx, ARRAY['admin', 'admin_on_behalf_of']);
+        IF v_filter IS NULL THEN
+            PERFORM cycles._fail('INVALID_REQUEST',
+                'tenant query parameter is required when using admin key authentication');
+        END IF;
+        RETURN v_filter;
+    END IF;
+    SELECT (p.o_tenant).tenant_id INTO v_tenant_id FROM cycles._runtime_principal(p_api_key, p_permission) AS p;
+    IF v_filter IS NOT NULL AND v_filter <> v_tenant_id THEN
+        PERFORM cycles._fail('FORBIDDEN', 'tenant parameter does not match the API key''s tenant',
+            jsonb_build_object('tenant', v_filter));
+    END IF;
+    RETURN v_tenant_id;
+END;
+$$;
+
+-- Subject filters below the tenant, as lower-cased level:value segments.
+-- Errors: INVALID_REQUEST.
+CREATE FUNCTION cycles._query_segments(p_query jsonb) RETURNS text[]
+LANGUAGE plpgsql IMMUTABLE
+AS $$
+DECLARE
+    v_level    text;
+    v_value    text;
+    v_segments text[] := '{}';
+BEGIN
+    FOREACH v_level IN ARRAY (cycles._scope_levels())[2:] LOOP
+        v_value := lower(cycles._query_text(p_query, v_level));
+        CONTINUE WHEN v_value IS NULL;
+        IF v_value !~ '^[a-z0-9_.-]{1,128}$' THEN
+            PERFORM cycles._fail('INVALID_REQUEST', format('%s must match ^[a-zA-Z0-9_.-]{1,128}$', v_level));
+        END IF;
+        v_segments := v_segments || (v_level || ':' || v_value);
+    END LOOP;
+    RETURN v_segments;
+END;
+$$;
+
+-- cycles.balances: GET /v1/balances.
+--
+-- The balances of the caller's tenant's budgets whose scope contains every
+-- subject segment given (workspace..toolset), optionally under scope_prefix
+-- and in one unit, in (scope byte order, unit) order, paged by an opaque
+-- cursor. include_children is accepted and ignored: matching is by segment,
+-- so descendants are always included.
+--
+-- Locks: none.
+--
+-- Errors: UNAUTHORIZED; FORBIDDEN (permission balances:read, or another
+-- tenant named); INVALID_REQUEST (no subject filter, bad value, limit,
+-- cursor).
+CREATE FUNCTION cycles.balances(p_api_key text, p_query jsonb, p_ctx jsonb DEFAULT '{}') RETURNS jsonb
+LANGUAGE plpgsql
+AS $$
+DECLARE
+    v_query    jsonb := coalesce(p_query, '{}'::jsonb);
+    v_tenant   text;
+    v_segments text[];
+    v_prefix   text := cycles._query_text(v_query, 'scope_prefix');
+    v_unit     text := cycles._query_text(v_query, 'unit');
+    v_limit    integer;
+    v_hash     text;
+    v_cursor   jsonb;
+    v_rows     cycles.budgets[];
+    v_more     boolean;
+    v_last     cycles.budgets;
+    v_response jsonb;
+BEGIN
+    v_tenant := cycles._query_tenant(p_api_key, 'balances:read', v_query, p_ctx);
+    v_segments := cycles._query_segments(v_query);
+    IF cycles._query_text(v_query, 'tenant') IS NULL AND cardinality(v_segments) = 0 AND v_prefix IS NULL THEN
+        PERFORM cycles._fail('INVALID_REQUEST',
+            'at least one of tenant, workspace, app, workflow, agent, toolset is required');
+    END IF;
+    IF v_prefix IS NOT NULL THEN
+        v_prefix := cycles._canonical_scope(v_prefix);
+        IF cycles._scope_tenant(v_prefix) <> v_tenant THEN
+            PERFORM cycles._fail('FORBIDDEN', 'scope_prefix names another tenant',
+                jsonb_build_object('scope_prefix', v_prefix));
+        END IF;
+    END IF;
+    IF v_unit IS NOT NULL THEN
+        PERFORM cycles._require_unit(v_unit);
+    END IF;
+    v_limit := cycles._query_limit(v_query);
+    v_hash := left(md5(jsonb_build_array(v_tenant, v_segments, v_prefix, v_unit)::text), 16);
+    IF cycles._query_text(v_query, 'cursor') IS NOT NULL THEN
+        v_cursor := cycles._cursor_decode(cycles._query_text(v_query, 'cursor'), v_hash);
+    END IF;
+
+    v_rows := ARRAY(
+        SELECT b
+        FROM cycles.budgets AS b
+        WHERE b.tenant_id = v_tenant
+          AND NOT EXISTS (SELECT FROM unnest(v_segments) AS s(segment)
+                          WHERE position('/' || s.segment || '/' IN '/' || b.scope || '/') = 0)
+          AND (v_prefix IS NULL OR b.scope = v_prefix
+               OR left(b.scope, char_length(v_prefix) + 1) = v_prefix || '/')
+          AND (v_unit IS NULL OR b.unit = v_unit)
+          AND (v_cursor IS NULL
+               OR (b.scope COLLATE "C", b.unit) > ((v_cursor ->> 'k') COLLATE "C", v_cursor ->> 'id'))
+        ORDER BY b.scope COLLATE "C", b.unit
+        LIMIT v_limit + 1);
+    v_more := cardinality(v_rows) > v_limit;
+    IF v_more THEN
+        v_rows := v_rows[1:v_limit];
+        v_last := v_rows[v_limit];
+    END IF;
+    v_response := jsonb_build_object('balances', cycles._balances_json(v_rows), 'has_more', v_more);
+    IF v_more THEN
+        v_response := v_response || jsonb_build_object('next_cursor', cycles._cursor_encode(
+            jsonb_build_object('k', v_last.scope, 'id', v_last.unit, 'f', v_hash)));
+    END IF;
+    RETURN v_response;
+END;
+$$;
+
+-- The ReservationSummary / ReservationDetail object of a reservation.
+-- committed only on COMMITTED rows, finalized_at_ms only on COMMITTED and
+-- RELEASED rows; metadata and committed_metadata only when asked for.
+CREATE FUNCTION cycles._reservation_json(
+    p_row cycles.reservations, p_metadata boolean, p_committed_metadata boolean
+) RETURNS jsonb
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+AS $$
+    SELECT jsonb_strip_nulls(jsonb_build_object(
+        'reservation_id', p_row.reservation_id,
+        'status', p_row.status,
+        'idempotency_key', p_row.idempotency_key,
+        'subject', p_row.subject,
+        'action', p_row.action,
+        'reserved', cycles._amount_json(p_row.unit, p_row.estimate),
+        'committed', CASE WHEN p_row.status = 'COMMITTED'
+                          THEN cycles._amount_json(p_row.unit, p_row.committed) END,
+        'created_at_ms', p_row.created_at_ms,
+        'expires_at_ms', p_row.expires_at_ms,
+        'finalized_at_ms', CASE WHEN p_row.status IN ('COMMITTED', 'RELEASED') THEN p_row.finalized_at_ms END,
+        'scope_path', p_row.scope_path,
+        'affected_scopes', to_jsonb(p_row.affected_scopes),
+        'metadata', CASE WHEN p_metadata THEN p_row.metadata END,
+        'committed_metadata', CASE WHEN p_committed_metadata THEN p_row.committed_metadata END))
+$$;
+
+-- cycles.list_reservations: GET /v1/reservations.
+--
+-- The caller's tenant's reservations (an admin caller, NULL key, names the
+-- tenant), filtered by idempotency_key, status, subject fields and three
+-- inclusive time windows (created, expires, finalized; rows without
+-- finalized_at_ms never match a finalized window), sorted by sort_by /
+-- sort_dir with reservation_id as tie-breaker, keyset-paged by an opaque
+-- cursor bound to the filters. include adds metadata / committed_metadata.
+--
+-- Locks: none.
+--
+-- Errors: UNAUTHORIZED; FORBIDDEN (permission reservations:list, or another
+-- tenant named); INVALID_REQUEST (missing admin tenant, bad status, date,
+-- window, sort, limit or cursor).
+CREATE FUNCTION cycles.list_reservations(p_api_key text, p_query jsonb, p_ctx jsonb DEFAULT '{}') RETURNS jsonb
+LANGUAGE plpgsql
+AS $$
+DECLARE
+    v_query      jsonb := coalesce(p_query, '{}'::jsonb);
+    v_tenant     text;
+    v_status     text := upper(cycles._query_text(v_query, 'status'));
+    v_idem_key   text := cycles._query_text(v_query, 'idempotency_key');
+    v_subject    text[] := '{}';
+    v_level      text;
+    v_times      bigint[];
+    v_sort_by    text := coalesce(cycles._query_text(v_query, 'sort_by'), 'created_at_ms');
+    v_sort_dir   text := lower(coalesce(cycles._query_text(v_query, 'sort_dir'), 'desc'));
+    v_sort_expr  text;
+    v_numeric    boolean;
+    v_include    text[];
+    v_limit      integer;
+    v_hash       text;
+    v_cursor     jsonb;
+    v_rows       cycles.reservations[];
+    v_more       boolean;
+    v_last       cycles.reservations;
+    v_response   jsonb;
+BEGIN
+    v_tenant := cycles._query_tenant(p_api_key, 'reservations:list', v_query, p_ctx);
+    IF v_status IS NOT NULL AND v_status NOT IN ('ACTIVE', 'COMMITTED', 'RELEASED', 'EXPIRED') THEN
+        PERFORM cycles._fail('INVALID_REQUEST',
+            format('status must be one of ACTIVE, COMMITTED, RELEASED, EXPIRED, got %L', v_status));
+    END IF;
+    FOREACH v_level IN ARRAY (cycles._scope_levels())[2:] LOOP
+        v_subject := v_subject || lower(cycles._query_text(v_query, v_level));
+    END LOOP;
+    v_times := ARRAY[
+        cycles._query_time_ms(v_query, 'from'), cycles._query_time_ms(v_query, 'to'),
+        cycles._query_time_ms(v_query, 'expires_from'), cycles._query_time_ms(v_query, 'expires_to'),
+        cycles._query_time_ms(v_query, 'finalized_from'), cycles._query_time_ms(v_query, 'finalized_to')];
+    IF v_times[1] > v_times[2] OR v_times[3] > v_times[4] OR v_times[5] > v_times[6] THEN
+        PERFORM cycles._fail('INVALID_REQUEST', 'a window''s lower bound is after its upper bound');
+    END IF;
+    v_sort_expr := CASE v_sort_by
+        WHEN 'reservation_id' THEN 'r.reservation_id COLLATE "C"'
+        WHEN 'tenant' THEN 'r.tenant_id COLLATE "C"'
+        WHEN 'scope_path' THEN 'r.scope_path COLLATE "C"'
+        WHEN 'status' THEN 'r.status COLLATE "C"'
+        WHEN 'reserved' THEN 'r.estimate'
+        WHEN 'created_at_ms' THEN 'r.created_at_ms'
+        WHEN 'expires_at_ms' THEN 'r.expires_at_ms'
+    END;
+    IF v_sort_expr IS NULL THEN
+        PERFORM cycles._fail('INVALID_REQUEST', format(
+            'sort_by must be one of reservation_id, tenant, scope_path, status, reserved, created_at_ms, '
+            'expires_at_ms, got %L', v_sort_by));
+    END IF;
+    IF v_sort_dir NOT IN ('asc', 'desc') THEN
+        PERFORM cycles._fail('INVALID_REQUEST', format('sort_dir must be asc or desc, got %L', v_sort_dir));
+    END IF;
+    v_numeric := v_sort_by IN ('reserved', 'created_at_ms', 'expires_at_ms');
+    v_include := ARRAY(SELECT btrim(t) FROM unnest(string_to_array(coalesce(v_query ->> 'include', ''), ',')) AS t);
+    v_limit := cycles._query_limit(v_query);
+    v_hash := left(md5(jsonb_build_array(
+        v_tenant, v_status, v_idem_key, v_subject, v_times, v_sort_by, v_sort_dir)::text), 16);
+    IF cycles._query_text(v_query, 'cursor') IS NOT NULL THEN
+        v_cursor := cycles._cursor_decode(cycles._query_text(v_query, 'cursor'), v_hash);
+        IF v_numeric AND v_cursor ->> 'k' !~ '^-?[0-9]{1,19}$' THEN
+            PERFORM cycles._fail('INVALID_REQUEST', 'malformed cursor');
+        END IF;
+    END IF;
+
+    EXECUTE format($query$
+        SELECT ARRAY(
+            SELECT r
+            FROM cycles.reservations AS r
+            WHERE r.tenant_id = $1
+              AND ($2::text IS NULL OR r.status = $2)
+              AND ($3::text IS NULL OR r.idempotency_key = $3)
+              AND ($4[1]::text IS NULL OR lower(r.subject ->> 'workspace') = $4[1])
+              AND ($4[2]::text IS NULL OR lower(r.subject ->> 'app') = $4[2])
+              AND ($4[3]::text IS NULL OR lower(r.subject ->> 'workflow') = $4[3])
+              AND ($4[4]::text IS NULL OR lower(r.subject ->> 'agent') = $4[4])
+              AND ($4[5]::text IS NULL OR lower(r.subject ->> 'toolset') = $4[5])
+              AND ($5[1]::bigint IS NULL OR r.created_at_ms >= $5[1])
+              AND ($5[2]::bigint IS NULL OR r.created_at_ms <= $5[2])
+              AND ($5[3]::bigint IS NULL OR r.expires_at_ms >= $5[3])
+              AND ($5[4]::bigint IS NULL OR r.expires_at_ms <= $5[4])
+              AND ($5[5]::bigint IS NULL OR r.finalized_at_ms >= $5[5])
+              AND ($5[6]::bigint IS NULL OR r.finalized_at_ms <= $5[6])
+              AND ($6::text IS NULL OR (%1$s, r.reservation_id COLLATE "C") %3$s ($6::%4$s, $7 COLLATE "C"))
+            ORDER BY %1$s %2$s, r.reservation_id COLLATE "C" %2$s
+            LIMIT $8)
+        $query$,
+        v_sort_expr, v_sort_dir, CASE v_sort_dir WHEN 'asc' THEN '>' ELSE '<' END,
+        CASE WHEN v_numeric THEN 'bigint' ELSE 'text' END)
+    INTO v_rows
+    USING v_tenant, v_status, v_idem_key, v_subject, v_times, v_cursor ->> 'k', v_cursor ->> 'id', v_limit + 1;
+
+    v_more := cardinality(v_rows) > v_limit;
+    IF v_more THEN
+        v_rows := v_rows[1:v_limit];
+        v_last := v_rows[v_limit];
+    END IF;
+    v_response := jsonb_build_object(
+        'reservations', coalesce((
+            SELECT jsonb_agg(cycles._reservation_json(v_rows[i], 'metadata' = ANY (v_include),
+                                                      'committed_metadata' = ANY (v_include)) ORDER BY i)
+            FROM generate_subscripts(v_rows, 1) AS i), '[]'::jsonb),
+        'has_more', v_more);
+    IF v_more THEN
+        v_response := v_response || jsonb_build_object('next_cursor', cycles._cursor_encode(jsonb_build_object(
+            'k', CASE v_sort_by
+                     WHEN 'reservation_id' THEN v_last.reservation_id
+                     WHEN 'tenant' THEN v_last.tenant_id
+                     WHEN 'scope_path' THEN v_last.scope_path
+                     WHEN 'status' THEN v_last.status
+                     WHEN 'reserved' THEN v_last.estimate::text
+                     WHEN 'created_at_ms' THEN v_last.created_at_ms::text
+                     WHEN 'expires_at_ms' THEN v_last.expires_at_ms::text
+                 END,
+            'id', v_last.reservation_id,
+            'f', v_hash)));
+    END IF;
+    RETURN v_response;
+END;
+$$;
+
+-- cycles.get_reservation: GET /v1/reservations/{reservation_id}.
+--
+-- The ReservationDetail of one reservation. A NULL key is an admin caller
+-- and may read any tenant's reservation.
+--
+-- Locks: none.
+--
+-- Errors, in precedence order: UNAUTHORIZED; FORBIDDEN (permission
+-- reservations:list); NOT_FOUND; FORBIDDEN (another tenant's reservation);
+-- RESERVATION_EXPIRED (status EXPIRED).
+CREATE FUNCTION cycles.get_reservation(p_api_key text, p_reservation_id text, p_ctx jsonb DEFAULT '{}') RETURNS jsonb
+LANGUAGE plpgsql
+AS $$
+DECLARE
+    v_tenant_id text;
+    v_row       cycles.reservations;
+BEGIN
+    IF p_api_key IS NULL THEN
+        PERFORM cycles._require_admin_context(p_ctx, ARRAY['admin', 'admin_on_behalf_of']);
+    ELSE
+        SELECT (p.o_tenant).tenant_id INTO v_tenant_id
+        FROM cycles._runtime_principal(p_api_key, 'reservations:list') AS p;
+    END IF;
+    SELECT r.* INTO v_row FROM cycles.reservations AS r WHERE r.reservation_id = p_reservation_id;
+    IF v_row.reservation_id IS NULL THEN
+        PERFORM cycles._fail('NOT_FOUND', format('reservation %s not found', p_reservation_id),
+            jsonb_build_object('reservation_id', p_reservation_id));
+    END IF;
+    IF v_tenant_id IS NOT NULL AND v_row.tenant_id <> v_tenant_id THEN
+        PERFORM cycles._fail('FORBIDDEN', 'reservation belongs to another tenant',
+            jsonb_build_object('reservation_id', p_reservation_id));
+    END IF;
+    IF v_row.status = 'EXPIRED' THEN
+        PERFORM cycles._fail('RESERVATION_EXPIRED', format('reservation %s has expired', p_reservation_id),
+            jsonb_build_object('reservation_id', p_reservation_id, 'expires_at_ms', v_row.expires_at_ms));
+    END IF;
+    RETURN cycles._reservation_json(v_row, true, true);
+END;
+$$;
+
+-- cycles.introspect: GET /v1/auth/introspect.
+--
+-- What a credential may do: its permissions and the dashboard capabilities
+-- derived from them by the published table. A NULL key is the admin key
+-- (verified by the caller): every capability, permissions ["*"]. Tenant keys
+-- never get the admin-plane capabilities, whatever admin:* they carry.
+--
+-- Errors: UNAUTHORIZED.
+CREATE FUNCTION cycles.introspect(p_api_key text) RETURNS jsonb
+LANGUAGE plpgsql
+AS $$
+DECLARE
+    v_key   cycles.api_keys;
+    v_perms text[];
+BEGIN
+    IF p_api_key IS NULL THEN
+        RETURN jsonb_build_object(
+            'authenticated', true, 'auth_type', 'admin', 'permissions', jsonb_build_array('*'),
+            'capabilities', jsonb_build_object(
+                'view_overview', true, 'view_budgets', true, 'view_events', true, 'view_webhooks', true,
+                'view_audit', true, 'view_tenants', true, 'view_api_keys', true, 'view_policies', true,
+                'view_reservations', true, 'manage_budgets', true, 'manage_policies', true,
+                'manage_webhooks', true, 'manage_tenants', true, 'manage_api_keys', true,
+                'manage_reservations', true));
+    END IF;
+    SELECT (a.o_key).* INTO v_key FROM cycles._authenticate(p_api_key) AS a;
+    v_perms := v_key.permissions;
+    RETURN jsonb_build_object(
+        'authenticated', true,
+        'auth_type', 'tenant',
+        'tenant_id', v_key.tenant_id,
+        'key_id', v_key.key_id,
+        'permissions', to_jsonb(v_perms),
+        'capabilities', jsonb_build_object(
+            'view_overview', false,
+            'view_budgets', v_perms && ARRAY['budgets:read', 'admin:read', 'admin:budgets:read'],
+            'view_events', v_perms && ARRAY['events:read', 'admin:read', 'admin:events:read'],
+            'view_webhooks', v_perms && ARRAY['webhooks:read', 'admin:read', 'admin:webhooks:read'],
+            'view_audit', false,
+            'view_tenants', false,
+            'view_api_keys', false,
+            'view_policies', v_perms && ARRAY['policies:read', 'admin:read', 'admin:policies:read'],
+            'view_reservations', v_perms && ARRAY['reservations:list', 'reservations:create',
+                'reservations:commit', 'reservations:release', 'reservations:extend', 'admin:read'],
+            'manage_budgets', v_perms && ARRAY['budgets:write', 'admin:write', 'admin:budgets:write'],
+            'manage_policies', v_perms && ARRAY['policies:write', 'admin:write', 'admin:policies:write'],
+            'manage_webhooks', v_perms && ARRAY['webhooks:write', 'admin:write', 'admin:webhooks:write'],
+            'manage_tenants', false,
+            'manage_api_keys', false,
+            'manage_reservations', v_perms && ARRAY['reservations:create', 'reservations:commit',
+                'reservations:release', 'reservations:extend', 'admin:write']))
+        || CASE WHEN cardinality(v_key.scope_filter) > 0
+                THEN jsonb_build_object('scope_filter', to_jsonb(v_key.scope_filter)) ELSE '{}'::jsonb END;
+END;
+$$;
+
 -- ==== 90_grants.sql ====
 
 -- Privileges: tables are private; clients get functions.
