@@ -171,12 +171,21 @@ def handle_http_exception(request: Request[Any, Any, Any], exc: HTTPException) -
         message = f"no such resource: {request.method} {request.url.path}"
     elif status == 405:
         message = f"method {request.method} is not allowed on {request.url.path}"
-    elif status == 413:
-        message = "request body too large"
     else:
         message = exc.detail
     headers = {key: value for key, value in (exc.headers or {}).items() if key.lower() == "allow"}
+    if status == 413:
+        message = "request body too large"
+    if status == 413 or _declares_body(request):
+        # Refused before its body was read: the unread body is still on the
+        # wire, so this connection cannot carry another request.
+        headers["connection"] = "close"
     return error_response(request, status, error, message, headers=headers or None)
+
+
+def _declares_body(request: Request[Any, Any, Any]) -> bool:
+    headers = request.headers
+    return headers.get("content-length", "0") != "0" or "transfer-encoding" in headers
 
 
 def handle_unexpected(request: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:

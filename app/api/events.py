@@ -20,8 +20,9 @@ _decoder: Final = msgspec.json.Decoder(EventCreateRequest)
 
 @post("/v1/events")
 async def create_event(request: Request[Any, Any, Any]) -> Response[bytes]:
+    raw = await request.body()  # first: a refusal must not leave the body unread
     caller = api_key_caller(request)
-    parsed, body = decode_body(await request.body(), _decoder)
+    parsed, body = decode_body(raw, _decoder)
     check_idempotency_header(request, parsed.idempotency_key)
     return await respond(request, CREATE_EVENT_SQL, {
         "key": caller.api_key, "request": body, "ctx": context_json(request, caller)}, status=201)

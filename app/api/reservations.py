@@ -76,8 +76,9 @@ LIST_QUERY: Final = {
 
 @post("/v1/reservations")
 async def create_reservation(request: Request[Any, Any, Any]) -> Response[bytes]:
+    raw = await request.body()  # first: a refusal must not leave the body unread
     caller = api_key_caller(request)
-    parsed, body = decode_body(await request.body(), _create_decoder)
+    parsed, body = decode_body(raw, _create_decoder)
     check_idempotency_header(request, parsed.idempotency_key)
     return await respond(request, RESERVE_SQL, {
         "key": caller.api_key, "request": body, "ctx": context_json(request, caller)})
@@ -85,9 +86,10 @@ async def create_reservation(request: Request[Any, Any, Any]) -> Response[bytes]
 
 @post("/v1/reservations/{reservation_id:str}/commit")
 async def commit_reservation(request: Request[Any, Any, Any], reservation_id: FromPath[str]) -> Response[bytes]:
+    raw = await request.body()  # first: a refusal must not leave the body unread
     caller = api_key_caller(request)
     path_id = checked_reservation_id(reservation_id)
-    parsed, body = decode_body(await request.body(), _commit_decoder)
+    parsed, body = decode_body(raw, _commit_decoder)
     check_idempotency_header(request, parsed.idempotency_key)
     return await respond(request, COMMIT_SQL, {
         "key": caller.api_key, "id": path_id, "request": body, "ctx": context_json(request, caller)})
@@ -95,9 +97,10 @@ async def commit_reservation(request: Request[Any, Any, Any], reservation_id: Fr
 
 @post("/v1/reservations/{reservation_id:str}/release")
 async def release_reservation(request: Request[Any, Any, Any], reservation_id: FromPath[str]) -> Response[bytes]:
+    raw = await request.body()  # first: a refusal must not leave the body unread
     caller = api_key_or_admin_caller(request)
     path_id = checked_reservation_id(reservation_id)
-    parsed, body = decode_body(await request.body(), _release_decoder)
+    parsed, body = decode_body(raw, _release_decoder)
     check_idempotency_header(request, parsed.idempotency_key)
     return await respond(request, RELEASE_SQL, {
         "key": caller.api_key, "id": path_id, "request": body, "ctx": context_json(request, caller)})
@@ -105,9 +108,10 @@ async def release_reservation(request: Request[Any, Any, Any], reservation_id: F
 
 @post("/v1/reservations/{reservation_id:str}/extend")
 async def extend_reservation(request: Request[Any, Any, Any], reservation_id: FromPath[str]) -> Response[bytes]:
+    raw = await request.body()  # first: a refusal must not leave the body unread
     caller = api_key_caller(request)
     path_id = checked_reservation_id(reservation_id)
-    parsed, body = decode_body(await request.body(), _extend_decoder)
+    parsed, body = decode_body(raw, _extend_decoder)
     check_idempotency_header(request, parsed.idempotency_key)
     return await respond(request, EXTEND_SQL, {
         "key": caller.api_key, "id": path_id, "request": body, "ctx": context_json(request, caller)})
