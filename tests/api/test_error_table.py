@@ -3,9 +3,19 @@ every code gets the HTTP status the specs give it."""
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
+import psycopg
+import pytest
+from litestar.testing import TestClient
+
+from app.config import Settings
 from app.errors import SQLSTATE_ERRORS
+from app.main import create_app
+from app.pgcluster import Cluster
+from tests.api.checks import assert_error
+from tests.api.provision import Tenant, reserve_body
 
 SPEC_STATUS = {
     "INVALID_REQUEST": 400, "UNIT_MISMATCH": 400, "UNAUTHORIZED": 401, "FORBIDDEN": 403, "NOT_FOUND": 404,
@@ -35,3 +45,20 @@ def test_every_sqlstate_of_the_schema_is_mapped(admin_conn: Any) -> None:
 
 def test_statuses_follow_the_spec() -> None:
     assert {code: status for status, code in SQLSTATE_ERRORS.values()} == SPEC_STATUS
+
+
+def test_an_unexpected_database_error_is_a_logged_500(
+    pg_cluster: Cluster, caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A database without the cycles schema: the function call fails with a
+    non-CY SQLSTATE, which is an internal error, in the spec's shape."""
+    with psycopg.connect(pg_cluster.conninfo(), autocommit=True) as conn:
+        conn.execute("DROP DATABASE IF EXISTS cycles_api_noschema")
+        conn.execute("CREATE DATABASE cycles_api_noschema")
+    settings = Settings(database_url=pg_cluster.conninfo("cycles_api_noschema"), pool_min_size=1)
+    tenant = Tenant("acme", "some-key")
+    with TestClient(create_app(settings)) as client, caplog.at_level(logging.ERROR, logger="cycles.api"):
+        response = client.post("/v1/reservations", json=reserve_body(tenant), headers=tenant.headers())
+    body = assert_error(response, 500, "INTERNAL_ERROR")
+    assert "cycles.reserve" not in body["message"]  # no internals leak to the client
+    assert any("InvalidSchemaName" in (record.exc_text or "") for record in caplog.records)
