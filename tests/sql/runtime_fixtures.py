@@ -126,6 +126,7 @@ def ledger_mismatches(db: psycopg.Connection) -> list[tuple[Any, ...]]:
 
 def assert_ledger_consistent(db: psycopg.Connection) -> None:
     assert ledger_mismatches(db) == []
+    assert db.execute("SELECT count(*) FROM cycles.verify_ledger()").fetchone() == (0,)
 
 
 def events(db: psycopg.Connection, event_type: str | None = None) -> list[dict[str, Any]]:

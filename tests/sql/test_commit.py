@@ -7,7 +7,8 @@ import uuid
 from typing import Any
 
 import psycopg
-from runtime_fixtures import (
+
+from tests.sql.runtime_fixtures import (
     age_reservation,
     assert_ledger_consistent,
     budget,
@@ -62,8 +63,12 @@ def test_commit_replay_and_mismatch(db: psycopg.Connection) -> None:
     rid = reserve(db, fx.ka, 1000)
     request = commit_request(600)
     first = call(db, "commit", fx.ka, rid, request)
+    ledger_rows = db.execute("SELECT count(*) FROM cycles.ledger_entries").fetchone()
+    event_rows = len(events(db))
     assert call(db, "commit", fx.ka, rid, request) == first
     assert budget(db, W1)["spent"] == 600
+    assert db.execute("SELECT count(*) FROM cycles.ledger_entries").fetchone() == ledger_rows
+    assert len(events(db)) == event_rows
     with raises("IDEMPOTENCY_MISMATCH"):
         call(db, "commit", fx.ka, rid, {**request, "actual": {"unit": "USD_MICROCENTS", "amount": 700}})
     # On the committed reservation: a new key, a release, an extend.

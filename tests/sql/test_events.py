@@ -7,7 +7,8 @@ import uuid
 from typing import Any
 
 import psycopg
-from runtime_fixtures import (
+
+from tests.sql.runtime_fixtures import (
     assert_ledger_consistent,
     budget,
     call,

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import psycopg
-from runtime_fixtures import (
+
+from tests.sql.runtime_fixtures import (
     age_reservation,
     call,
     create_budget,

@@ -4,7 +4,8 @@ remaining_ttl_ms), mismatches are refused, namespaces are separate."""
 from __future__ import annotations
 
 import psycopg
-from runtime_fixtures import (
+
+from tests.sql.runtime_fixtures import (
     assert_ledger_consistent,
     budget,
     call,

@@ -7,7 +7,8 @@ from typing import Any
 
 import psycopg
 import pytest
-from runtime_fixtures import (
+
+from tests.sql.runtime_fixtures import (
     call,
     create_budget,
     create_key,
@@ -129,6 +130,20 @@ def test_list_filters_and_pages(db: psycopg.Connection) -> None:
     with raises("INVALID_REQUEST"):
         call(db, "list_reservations", fx.ka, {"sort_by": "reserved", "sort_dir": "asc", "limit": 3,
                                               "from": "2000-01-01T00:00:00Z", "cursor": by_amount["next_cursor"]})
+
+    for sort_by in ("reservation_id", "scope_path", "status", "expires_at_ms"):
+        for sort_dir in ("asc", "desc"):
+            ordered: list[str] = []
+            query = {"sort_by": sort_by, "sort_dir": sort_dir, "limit": 2}
+            while True:
+                page = call(db, "list_reservations", fx.ka, query)
+                ordered += [r["reservation_id"] for r in page["reservations"]]
+                if not page["has_more"]:
+                    break
+                query = {"sort_by": sort_by, "sort_dir": sort_dir, "limit": 2, "cursor": page["next_cursor"]}
+            assert sorted(ordered) == sorted(ids), (sort_by, sort_dir)
+            if sort_by == "reservation_id":
+                assert ordered == sorted(ids, reverse=sort_dir == "desc")
 
 
 def test_list_windows_and_include(db: psycopg.Connection) -> None:

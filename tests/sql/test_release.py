@@ -4,7 +4,8 @@ finalized and expired reservations."""
 from __future__ import annotations
 
 import psycopg
-from runtime_fixtures import (
+
+from tests.sql.runtime_fixtures import (
     age_reservation,
     assert_ledger_consistent,
     budget,

@@ -7,7 +7,8 @@ import re
 
 import psycopg
 import pytest
-from runtime_fixtures import (
+
+from tests.sql.runtime_fixtures import (
     assert_ledger_consistent,
     budget,
     call,

@@ -14,7 +14,8 @@ from typing import Any
 
 import psycopg
 from psycopg.types.json import Jsonb
-from runtime_fixtures import (
+
+from tests.sql.runtime_fixtures import (
     assert_ledger_consistent,
     budget,
     create_budget,
