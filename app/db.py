@@ -72,6 +72,11 @@ class Database:
         result: bytes = row[0]
         return result
 
-    async def execute(self, sql: str) -> None:
+    async def fetch_int(self, sql: str) -> int:
+        """Run one statement returning one integer."""
         async with self.pool.connection(timeout=CONNECTION_TIMEOUT_S) as conn:
-            await conn.execute(sql)
+            cursor = await conn.execute(sql)
+            row = await cursor.fetchone()
+        if row is None or not isinstance(row[0], int):
+            raise RuntimeError(f"statement returned no integer: {sql}")
+        return row[0]

@@ -7,6 +7,7 @@ tenant may act or a budget suffices is decided by the SQL function.
 
 from __future__ import annotations
 
+import contextlib
 import hmac
 import re
 from collections.abc import Callable, Mapping
@@ -110,7 +111,13 @@ def decode_body(body: bytes, decoder: msgspec.json.Decoder[T]) -> tuple[T, str]:
 def check_idempotency_header(request: Request[Any, Any, Any], body_key: str) -> None:
     """X-Idempotency-Key is optional; when sent it must equal the body's key."""
     header_key = request.headers.get(IDEMPOTENCY_KEY_HEADER)
-    if header_key is not None and header_key != body_key:
+    if header_key is None:
+        return
+    # Header values arrive as latin-1; a client sending a non-ASCII key sends
+    # its UTF-8 bytes, which is what the body's key is compared against.
+    with contextlib.suppress(UnicodeError):
+        header_key = header_key.encode("latin-1").decode("utf-8")
+    if header_key != body_key:
         raise invalid_request(
             "X-Idempotency-Key header does not match the body's idempotency_key",
             {"header_idempotency_key": header_key[:256], "idempotency_key": body_key})

@@ -317,3 +317,10 @@ def test_bad_balances_query(http: httpx.Client, tenant: Tenant, query: str) -> N
     name = query.split("=")[0]
     response = http.get(f"/v1/balances?tenant={tenant.tenant_id}&{query}", headers=tenant.headers())
     assert_error(response, 400, "INVALID_REQUEST", name)
+
+
+def test_non_ascii_idempotency_header_matches_its_utf8_body_key(http: httpx.Client, tenant: Tenant) -> None:
+    body = reserve_body(tenant, idempotency_key=unique("ключ-"))
+    response = http.post("/v1/reservations", json=body, headers={
+        "X-Cycles-API-Key": tenant.api_key, "X-Idempotency-Key": body["idempotency_key"].encode()})
+    assert response.status_code == 200, response.text
