@@ -33,7 +33,8 @@ def _configure_logging(level: str) -> None:
     root = logging.getLogger()
     if not root.handlers:
         logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("cycles").setLevel(level.upper())
+    known = logging.getLevelNamesMapping()
+    logging.getLogger("cycles").setLevel(known.get(level.upper(), logging.INFO))
 
 
 def create_app(settings: Settings | None = None) -> Litestar:
