@@ -7,33 +7,37 @@
 -- SQLSTATE to the HTTP status; a test asserts that map and this one agree.
 
 CREATE FUNCTION cycles._error_sqlstate(p_error text) RETURNS text
-LANGUAGE sql IMMUTABLE PARALLEL SAFE
+LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE
 AS $$
-    SELECT CASE p_error
-        WHEN 'INVALID_REQUEST'          THEN 'CY400'
-        WHEN 'UNAUTHORIZED'             THEN 'CY401'
-        WHEN 'FORBIDDEN'                THEN 'CY403'
-        WHEN 'NOT_FOUND'                THEN 'CY404'
-        WHEN 'RESERVATION_EXPIRED'      THEN 'CY410'
-        WHEN 'UNIT_MISMATCH'            THEN 'CY4UM'
-        WHEN 'BUDGET_EXCEEDED'          THEN 'CY901'
-        WHEN 'BUDGET_FROZEN'            THEN 'CY902'
-        WHEN 'BUDGET_CLOSED'            THEN 'CY903'
-        WHEN 'OVERDRAFT_LIMIT_EXCEEDED' THEN 'CY904'
-        WHEN 'DEBT_OUTSTANDING'         THEN 'CY905'
-        WHEN 'RESERVATION_FINALIZED'    THEN 'CY906'
-        WHEN 'IDEMPOTENCY_MISMATCH'     THEN 'CY907'
-        WHEN 'MAX_EXTENSIONS_EXCEEDED'  THEN 'CY908'
-        WHEN 'TENANT_CLOSED'            THEN 'CY909'
-        WHEN 'TENANT_SUSPENDED'         THEN 'CY910'
-        WHEN 'DUPLICATE_RESOURCE'       THEN 'CY911'
-        WHEN 'INVALID_TRANSITION'       THEN 'CY912'
-        WHEN 'KEY_REVOKED'              THEN 'CY913'
-        WHEN 'TENANT_NOT_FOUND'         THEN 'CY4TN'
-        WHEN 'BUDGET_NOT_FOUND'         THEN 'CY4BN'
-        WHEN 'INSUFFICIENT_PERMISSIONS' THEN 'CY4IP'
-        WHEN 'LIMIT_EXCEEDED'           THEN 'CY429'
-    END
+BEGIN
+    RETURN (
+        SELECT CASE p_error
+            WHEN 'INVALID_REQUEST'          THEN 'CY400'
+            WHEN 'UNAUTHORIZED'             THEN 'CY401'
+            WHEN 'FORBIDDEN'                THEN 'CY403'
+            WHEN 'NOT_FOUND'                THEN 'CY404'
+            WHEN 'RESERVATION_EXPIRED'      THEN 'CY410'
+            WHEN 'UNIT_MISMATCH'            THEN 'CY4UM'
+            WHEN 'BUDGET_EXCEEDED'          THEN 'CY901'
+            WHEN 'BUDGET_FROZEN'            THEN 'CY902'
+            WHEN 'BUDGET_CLOSED'            THEN 'CY903'
+            WHEN 'OVERDRAFT_LIMIT_EXCEEDED' THEN 'CY904'
+            WHEN 'DEBT_OUTSTANDING'         THEN 'CY905'
+            WHEN 'RESERVATION_FINALIZED'    THEN 'CY906'
+            WHEN 'IDEMPOTENCY_MISMATCH'     THEN 'CY907'
+            WHEN 'MAX_EXTENSIONS_EXCEEDED'  THEN 'CY908'
+            WHEN 'TENANT_CLOSED'            THEN 'CY909'
+            WHEN 'TENANT_SUSPENDED'         THEN 'CY910'
+            WHEN 'DUPLICATE_RESOURCE'       THEN 'CY911'
+            WHEN 'INVALID_TRANSITION'       THEN 'CY912'
+            WHEN 'KEY_REVOKED'              THEN 'CY913'
+            WHEN 'TENANT_NOT_FOUND'         THEN 'CY4TN'
+            WHEN 'BUDGET_NOT_FOUND'         THEN 'CY4BN'
+            WHEN 'INSUFFICIENT_PERMISSIONS' THEN 'CY4IP'
+            WHEN 'LIMIT_EXCEEDED'           THEN 'CY429'
+        END
+    );
+END;
 $$;
 
 CREATE FUNCTION cycles._fail(p_error text, p_message text, p_details jsonb DEFAULT NULL) RETURNS void
@@ -57,21 +61,33 @@ $$;
 -- deadline must be judged at the moment the row is locked.
 
 CREATE FUNCTION cycles._now_ms() RETURNS bigint
-LANGUAGE sql VOLATILE PARALLEL SAFE
+LANGUAGE plpgsql VOLATILE PARALLEL SAFE
 AS $$
-    SELECT floor(extract(epoch FROM clock_timestamp()) * 1000)::bigint
+BEGIN
+    RETURN (
+        SELECT floor(extract(epoch FROM clock_timestamp()) * 1000)::bigint
+    );
+END;
 $$;
 
 CREATE FUNCTION cycles._ms_to_timestamptz(p_ms bigint) RETURNS timestamptz
-LANGUAGE sql IMMUTABLE PARALLEL SAFE
+LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE
 AS $$
-    SELECT to_timestamp(p_ms / 1000.0)
+BEGIN
+    RETURN (
+        SELECT to_timestamp(p_ms / 1000.0)
+    );
+END;
 $$;
 
 CREATE FUNCTION cycles._new_id(p_prefix text, p_hex_length integer DEFAULT 32) RETURNS text
-LANGUAGE sql VOLATILE PARALLEL SAFE
+LANGUAGE plpgsql VOLATILE PARALLEL SAFE
 AS $$
-    SELECT p_prefix || left(replace(gen_random_uuid()::text, '-', ''), p_hex_length)
+BEGIN
+    RETURN (
+        SELECT p_prefix || left(replace(gen_random_uuid()::text, '-', ''), p_hex_length)
+    );
+END;
 $$;
 
 -- Input validation ---------------------------------------------------------
@@ -119,9 +135,13 @@ $$;
 -- the tenant. Values are lower-cased and must match ^[a-z0-9_.-]{1,128}$.
 
 CREATE FUNCTION cycles._scope_levels() RETURNS text[]
-LANGUAGE sql IMMUTABLE PARALLEL SAFE
+LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE
 AS $$
-    SELECT ARRAY['tenant', 'workspace', 'app', 'workflow', 'agent', 'toolset']
+BEGIN
+    RETURN (
+        SELECT ARRAY['tenant', 'workspace', 'app', 'workflow', 'agent', 'toolset']
+    );
+END;
 $$;
 
 CREATE FUNCTION cycles._canonical_scope(p_scope text) RETURNS text
@@ -168,9 +188,13 @@ END;
 $$;
 
 CREATE FUNCTION cycles._scope_tenant(p_canonical_scope text) RETURNS text
-LANGUAGE sql IMMUTABLE PARALLEL SAFE
+LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE
 AS $$
-    SELECT substr(split_part(p_canonical_scope, '/', 1), 8)
+BEGIN
+    RETURN (
+        SELECT substr(split_part(p_canonical_scope, '/', 1), 8)
+    );
+END;
 $$;
 
 -- Ledger rows --------------------------------------------------------------
@@ -197,19 +221,21 @@ CREATE FUNCTION cycles._append_ledger(
     p_request_id      text DEFAULT NULL,
     p_trace_id        text DEFAULT NULL
 ) RETURNS void
-LANGUAGE sql
+LANGUAGE plpgsql
 AS $$
-    INSERT INTO cycles.ledger_entries (
-        tenant_id, budget_id, scope, unit, operation,
-        allocated_delta, spent_delta, reserved_delta, debt_delta,
-        reservation_id, event_id, action_kind, action_name, subject,
-        idempotency_key, reason, request_id, trace_id, actor_type, actor_key_id)
-    VALUES (
-        p_tenant_id, p_budget_id, p_scope, p_unit, p_operation,
-        p_allocated_delta, p_spent_delta, p_reserved_delta, p_debt_delta,
-        p_reservation_id, p_event_id, p_action ->> 'kind', p_action ->> 'name', p_subject,
-        p_idempotency_key, p_reason, p_request_id, p_trace_id,
-        coalesce(p_actor ->> 'type', 'admin'), p_actor ->> 'key_id')
+BEGIN
+        INSERT INTO cycles.ledger_entries (
+            tenant_id, budget_id, scope, unit, operation,
+            allocated_delta, spent_delta, reserved_delta, debt_delta,
+            reservation_id, event_id, action_kind, action_name, subject,
+            idempotency_key, reason, request_id, trace_id, actor_type, actor_key_id)
+        VALUES (
+            p_tenant_id, p_budget_id, p_scope, p_unit, p_operation,
+            p_allocated_delta, p_spent_delta, p_reserved_delta, p_debt_delta,
+            p_reservation_id, p_event_id, p_action ->> 'kind', p_action ->> 'name', p_subject,
+            p_idempotency_key, p_reason, p_request_id, p_trace_id,
+            coalesce(p_actor ->> 'type', 'admin'), p_actor ->> 'key_id');
+END;
 $$;
 
 -- Outbox events ------------------------------------------------------------
@@ -247,31 +273,43 @@ $$;
 -- Actor of an operation, as stored on ledger rows and events: {type, key_id}.
 -- psql callers pass nothing and are recorded as admin.
 CREATE FUNCTION cycles._actor(p_ctx jsonb) RETURNS jsonb
-LANGUAGE sql IMMUTABLE PARALLEL SAFE
+LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE
 AS $$
-    SELECT jsonb_strip_nulls(jsonb_build_object(
-        'type', coalesce(p_ctx ->> 'actor_type', 'admin'),
-        'key_id', p_ctx ->> 'key_id',
-        'source_ip', p_ctx ->> 'source_ip'))
+BEGIN
+    RETURN (
+        SELECT jsonb_strip_nulls(jsonb_build_object(
+            'type', coalesce(p_ctx ->> 'actor_type', 'admin'),
+            'key_id', p_ctx ->> 'key_id',
+            'source_ip', p_ctx ->> 'source_ip'))
+    );
+END;
 $$;
 
 -- API keys -----------------------------------------------------------------
 -- Secrets are never stored: a key is found by the SHA-256 of its secret.
 
 CREATE FUNCTION cycles._hash_secret(p_secret text) RETURNS bytea
-LANGUAGE sql IMMUTABLE PARALLEL SAFE
+LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE
 AS $$
-    SELECT sha256(convert_to(p_secret, 'UTF8'))
+BEGIN
+    RETURN (
+        SELECT sha256(convert_to(p_secret, 'UTF8'))
+    );
+END;
 $$;
 
 -- A new secret: cyc_live_ + 43 url-safe characters (256 bits drawn from two
 -- v4 UUIDs, i.e. 244 random bits, from the server's strong random source).
 CREATE FUNCTION cycles._new_secret() RETURNS text
-LANGUAGE sql VOLATILE
+LANGUAGE plpgsql VOLATILE
 AS $$
-    SELECT 'cyc_live_' || rtrim(translate(encode(
-        decode(replace(gen_random_uuid()::text, '-', '') || replace(gen_random_uuid()::text, '-', ''), 'hex'),
-        'base64'), '+/', '-_'), '=')
+BEGIN
+    RETURN (
+        SELECT 'cyc_live_' || rtrim(translate(encode(
+            decode(replace(gen_random_uuid()::text, '-', '') || replace(gen_random_uuid()::text, '-', ''), 'hex'),
+            'base64'), '+/', '-_'), '=')
+    );
+END;
 $$;
 
 -- The ACTIVE, unexpired key whose secret this is, with its tenant's status;
@@ -294,9 +332,13 @@ $$;
 -- Whether a key's permission list grants p_permission. admin:write grants
 -- every *:write, admin:read every *:read (never a write).
 CREATE FUNCTION cycles._has_permission(p_permissions text[], p_permission text) RETURNS boolean
-LANGUAGE sql IMMUTABLE PARALLEL SAFE
+LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE
 AS $$
-    SELECT p_permission = ANY (p_permissions)
-        OR (p_permission LIKE '%:write' AND 'admin:write' = ANY (p_permissions))
-        OR (p_permission LIKE '%:read' AND 'admin:read' = ANY (p_permissions))
+BEGIN
+    RETURN (
+        SELECT p_permission = ANY (p_permissions)
+            OR (p_permission LIKE '%:write' AND 'admin:write' = ANY (p_permissions))
+            OR (p_permission LIKE '%:read' AND 'admin:read' = ANY (p_permissions))
+    );
+END;
 $$;

@@ -19,9 +19,13 @@
 -- ISO-8601 UTC timestamp with millisecond precision, as every admin response
 -- and event payload renders it (independent of the session's TimeZone).
 CREATE FUNCTION cycles._iso8601(p_ts timestamptz) RETURNS text
-LANGUAGE sql IMMUTABLE PARALLEL SAFE
+LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE
 AS $$
-    SELECT to_char(p_ts AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"')
+BEGIN
+    RETURN (
+        SELECT to_char(p_ts AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"')
+    );
+END;
 $$;
 
 -- The page size of a list call: 1..100, default 50 (spec: limit).
@@ -146,44 +150,52 @@ $$;
 
 -- The spec's Tenant object, nulls omitted.
 CREATE FUNCTION cycles._tenant_json(p_tenant cycles.tenants) RETURNS jsonb
-LANGUAGE sql STABLE
+LANGUAGE plpgsql STABLE
 AS $$
-    SELECT jsonb_strip_nulls(jsonb_build_object(
-        'tenant_id', p_tenant.tenant_id,
-        'name', p_tenant.name,
-        'status', p_tenant.status,
-        'parent_tenant_id', p_tenant.parent_tenant_id,
-        'default_commit_overage_policy', p_tenant.default_commit_overage_policy,
-        'default_reservation_ttl_ms', p_tenant.default_reservation_ttl_ms,
-        'max_reservation_ttl_ms', p_tenant.max_reservation_ttl_ms,
-        'max_reservation_extensions', p_tenant.max_reservation_extensions,
-        'metadata', p_tenant.metadata,
-        'created_at', cycles._iso8601(p_tenant.created_at),
-        'updated_at', cycles._iso8601(p_tenant.updated_at),
-        'suspended_at', cycles._iso8601(p_tenant.suspended_at),
-        'closed_at', cycles._iso8601(p_tenant.closed_at)))
+BEGIN
+    RETURN (
+        SELECT jsonb_strip_nulls(jsonb_build_object(
+            'tenant_id', p_tenant.tenant_id,
+            'name', p_tenant.name,
+            'status', p_tenant.status,
+            'parent_tenant_id', p_tenant.parent_tenant_id,
+            'default_commit_overage_policy', p_tenant.default_commit_overage_policy,
+            'default_reservation_ttl_ms', p_tenant.default_reservation_ttl_ms,
+            'max_reservation_ttl_ms', p_tenant.max_reservation_ttl_ms,
+            'max_reservation_extensions', p_tenant.max_reservation_extensions,
+            'metadata', p_tenant.metadata,
+            'created_at', cycles._iso8601(p_tenant.created_at),
+            'updated_at', cycles._iso8601(p_tenant.updated_at),
+            'suspended_at', cycles._iso8601(p_tenant.suspended_at),
+            'closed_at', cycles._iso8601(p_tenant.closed_at)))
+    );
+END;
 $$;
 
 CREATE FUNCTION cycles._tenant_lifecycle_event(
     p_tenant cycles.tenants, p_event_type text, p_previous_status text, p_ctx jsonb,
     p_correlation_id text DEFAULT NULL
 ) RETURNS text
-LANGUAGE sql
+LANGUAGE plpgsql
 AS $$
-    SELECT cycles._emit_event(
-        p_tenant_id => p_tenant.tenant_id,
-        p_event_type => p_event_type,
-        p_source => 'cycles-admin',
-        p_actor => cycles._actor(p_ctx),
-        p_data => jsonb_build_object(
-            'tenant_id', p_tenant.tenant_id,
-            'previous_status', p_previous_status,
-            'new_status', p_tenant.status,
-            'changed_fields', CASE WHEN p_previous_status IS NULL THEN '[]'::jsonb ELSE '["status"]'::jsonb END),
-        p_scope => 'tenant:' || p_tenant.tenant_id,
-        p_request_id => p_ctx ->> 'request_id',
-        p_trace_id => p_ctx ->> 'trace_id',
-        p_correlation_id => p_correlation_id)
+BEGIN
+    RETURN (
+        SELECT cycles._emit_event(
+            p_tenant_id => p_tenant.tenant_id,
+            p_event_type => p_event_type,
+            p_source => 'cycles-admin',
+            p_actor => cycles._actor(p_ctx),
+            p_data => jsonb_build_object(
+                'tenant_id', p_tenant.tenant_id,
+                'previous_status', p_previous_status,
+                'new_status', p_tenant.status,
+                'changed_fields', CASE WHEN p_previous_status IS NULL THEN '[]'::jsonb ELSE '["status"]'::jsonb END),
+            p_scope => 'tenant:' || p_tenant.tenant_id,
+            p_request_id => p_ctx ->> 'request_id',
+            p_trace_id => p_ctx ->> 'trace_id',
+            p_correlation_id => p_correlation_id)
+    );
+END;
 $$;
 
 -- cycles.create_tenant ---------------------------------------------------------

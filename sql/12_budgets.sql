@@ -22,9 +22,13 @@
 
 -- The spec's Amount / SignedAmount object.
 CREATE FUNCTION cycles._amount_json(p_unit text, p_amount bigint) RETURNS jsonb
-LANGUAGE sql IMMUTABLE PARALLEL SAFE
+LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE
 AS $$
-    SELECT jsonb_build_object('unit', p_unit, 'amount', p_amount)
+BEGIN
+    RETURN (
+        SELECT jsonb_build_object('unit', p_unit, 'amount', p_amount)
+    );
+END;
 $$;
 
 -- p_value as bigint, or INVALID_REQUEST naming p_what when it does not fit.
@@ -42,34 +46,42 @@ $$;
 
 -- The spec's BudgetLedger object, nulls omitted. ledger_id is the budget id.
 CREATE FUNCTION cycles._budget_json(p_budget cycles.budgets) RETURNS jsonb
-LANGUAGE sql STABLE
+LANGUAGE plpgsql STABLE
 AS $$
-    SELECT jsonb_strip_nulls(jsonb_build_object(
-        'ledger_id', p_budget.budget_id::text,
-        'tenant_id', p_budget.tenant_id,
-        'scope', p_budget.scope,
-        'scope_path', p_budget.scope,
-        'unit', p_budget.unit,
-        'allocated', cycles._amount_json(p_budget.unit, p_budget.allocated),
-        'remaining', cycles._amount_json(p_budget.unit, p_budget.remaining),
-        'reserved', cycles._amount_json(p_budget.unit, p_budget.reserved),
-        'spent', cycles._amount_json(p_budget.unit, p_budget.spent),
-        'debt', cycles._amount_json(p_budget.unit, p_budget.debt),
-        'overdraft_limit', cycles._amount_json(p_budget.unit, p_budget.overdraft_limit),
-        'is_over_limit', p_budget.is_over_limit,
-        'commit_overage_policy', p_budget.commit_overage_policy,
-        'status', p_budget.status,
-        'created_at', cycles._iso8601(p_budget.created_at),
-        'updated_at', cycles._iso8601(p_budget.updated_at)))
+BEGIN
+    RETURN (
+        SELECT jsonb_strip_nulls(jsonb_build_object(
+            'ledger_id', p_budget.budget_id::text,
+            'tenant_id', p_budget.tenant_id,
+            'scope', p_budget.scope,
+            'scope_path', p_budget.scope,
+            'unit', p_budget.unit,
+            'allocated', cycles._amount_json(p_budget.unit, p_budget.allocated),
+            'remaining', cycles._amount_json(p_budget.unit, p_budget.remaining),
+            'reserved', cycles._amount_json(p_budget.unit, p_budget.reserved),
+            'spent', cycles._amount_json(p_budget.unit, p_budget.spent),
+            'debt', cycles._amount_json(p_budget.unit, p_budget.debt),
+            'overdraft_limit', cycles._amount_json(p_budget.unit, p_budget.overdraft_limit),
+            'is_over_limit', p_budget.is_over_limit,
+            'commit_overage_policy', p_budget.commit_overage_policy,
+            'status', p_budget.status,
+            'created_at', cycles._iso8601(p_budget.created_at),
+            'updated_at', cycles._iso8601(p_budget.updated_at)))
+    );
+END;
 $$;
 
 -- The previous_state / new_state snapshot of EventDataBudgetLifecycle.
 CREATE FUNCTION cycles._budget_state(p_budget cycles.budgets) RETURNS jsonb
-LANGUAGE sql IMMUTABLE PARALLEL SAFE
+LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE
 AS $$
-    SELECT jsonb_build_object(
-        'allocated', p_budget.allocated, 'remaining', p_budget.remaining, 'debt', p_budget.debt,
-        'spent', p_budget.spent, 'reserved', p_budget.reserved, 'status', p_budget.status)
+BEGIN
+    RETURN (
+        SELECT jsonb_build_object(
+            'allocated', p_budget.allocated, 'remaining', p_budget.remaining, 'debt', p_budget.debt,
+            'spent', p_budget.spent, 'reserved', p_budget.reserved, 'status', p_budget.status)
+    );
+END;
 $$;
 
 -- A budget lifecycle event (EventDataBudgetLifecycle), plus the over-limit
@@ -446,17 +458,25 @@ $$;
 CREATE FUNCTION cycles.freeze_budget(
     p_scope text, p_unit text, p_reason text DEFAULT NULL, p_ctx jsonb DEFAULT '{}'
 ) RETURNS jsonb
-LANGUAGE sql
+LANGUAGE plpgsql
 AS $$
-    SELECT cycles._set_budget_frozen(p_scope, p_unit, true, p_reason, coalesce(p_ctx, '{}'::jsonb))
+BEGIN
+    RETURN (
+        SELECT cycles._set_budget_frozen(p_scope, p_unit, true, p_reason, coalesce(p_ctx, '{}'::jsonb))
+    );
+END;
 $$;
 
 CREATE FUNCTION cycles.unfreeze_budget(
     p_scope text, p_unit text, p_reason text DEFAULT NULL, p_ctx jsonb DEFAULT '{}'
 ) RETURNS jsonb
-LANGUAGE sql
+LANGUAGE plpgsql
 AS $$
-    SELECT cycles._set_budget_frozen(p_scope, p_unit, false, p_reason, coalesce(p_ctx, '{}'::jsonb))
+BEGIN
+    RETURN (
+        SELECT cycles._set_budget_frozen(p_scope, p_unit, false, p_reason, coalesce(p_ctx, '{}'::jsonb))
+    );
+END;
 $$;
 
 -- cycles.close_budget --------------------------------------------------------

@@ -46,13 +46,17 @@ $$;
 -- Actor recorded on ledger rows and events of a runtime call: the API key
 -- that made it, or the admin context when there is no key.
 CREATE FUNCTION cycles._runtime_actor(p_ctx jsonb, p_key_id text) RETURNS jsonb
-LANGUAGE sql IMMUTABLE PARALLEL SAFE
+LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE
 AS $$
-    SELECT CASE
-        WHEN p_key_id IS NOT NULL THEN jsonb_strip_nulls(jsonb_build_object(
-            'type', 'api_key', 'key_id', p_key_id, 'source_ip', p_ctx ->> 'source_ip'))
-        ELSE cycles._actor(p_ctx)
-    END
+BEGIN
+    RETURN (
+        SELECT CASE
+            WHEN p_key_id IS NOT NULL THEN jsonb_strip_nulls(jsonb_build_object(
+                'type', 'api_key', 'key_id', p_key_id, 'source_ip', p_ctx ->> 'source_ip'))
+            ELSE cycles._actor(p_ctx)
+        END
+    );
+END;
 $$;
 
 -- Request validation -------------------------------------------------------
@@ -265,9 +269,13 @@ $$;
 -- Whether some derived scope has a budget (in any unit): decide and dry_run
 -- turn "none at all" into DENY BUDGET_NOT_FOUND, and a unit mismatch into 400.
 CREATE FUNCTION cycles._any_budget(p_scopes text[]) RETURNS boolean
-LANGUAGE sql STABLE
+LANGUAGE plpgsql STABLE
 AS $$
-    SELECT EXISTS (SELECT FROM cycles.budgets AS b WHERE b.scope = ANY (p_scopes))
+BEGIN
+    RETURN (
+        SELECT EXISTS (SELECT FROM cycles.budgets AS b WHERE b.scope = ANY (p_scopes))
+    );
+END;
 $$;
 
 -- Checks -------------------------------------------------------------------
@@ -376,8 +384,11 @@ CREATE FUNCTION cycles._apply_charge(
     p_delta   bigint,
     p_policy  text
 ) RETURNS cycles.budgets[]
-LANGUAGE sql
+LANGUAGE plpgsql
 AS $$
+DECLARE
+    v_after cycles.budgets[];
+BEGIN
     WITH changed AS (
         UPDATE cycles.budgets AS b SET
             reserved = b.reserved - p_release,
@@ -392,7 +403,9 @@ AS $$
         WHERE b.budget_id = ANY (p_ids)
         RETURNING b AS row
     )
-    SELECT array_agg(c.row ORDER BY (c.row).scope COLLATE "C") FROM changed AS c
+    SELECT array_agg(c.row ORDER BY (c.row).scope COLLATE "C") INTO v_after FROM changed AS c;
+    RETURN v_after;
+END;
 $$;
 
 -- Balances -----------------------------------------------------------------
@@ -401,43 +414,55 @@ $$;
 -- again rather than calling cycles._balance_json per row: this runs on every
 -- reserve and commit, and a per-row function call costs more than the rest.
 CREATE FUNCTION cycles._balances_json(p_rows cycles.budgets[]) RETURNS jsonb
-LANGUAGE sql IMMUTABLE PARALLEL SAFE
+LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE
 AS $$
-    SELECT coalesce(jsonb_agg(jsonb_build_object(
-        'scope', r.scope,
-        'scope_path', r.scope,
-        'remaining', jsonb_build_object('unit', r.unit, 'amount', r.remaining),
-        'reserved', jsonb_build_object('unit', r.unit, 'amount', r.reserved),
-        'spent', jsonb_build_object('unit', r.unit, 'amount', r.spent),
-        'allocated', jsonb_build_object('unit', r.unit, 'amount', r.allocated),
-        'debt', jsonb_build_object('unit', r.unit, 'amount', r.debt),
-        'overdraft_limit', jsonb_build_object('unit', r.unit, 'amount', r.overdraft_limit),
-        'is_over_limit', r.is_over_limit) ORDER BY r.scope COLLATE "C", r.unit), '[]'::jsonb)
-    FROM unnest(p_rows) AS r
+BEGIN
+    RETURN (
+        SELECT coalesce(jsonb_agg(jsonb_build_object(
+            'scope', r.scope,
+            'scope_path', r.scope,
+            'remaining', jsonb_build_object('unit', r.unit, 'amount', r.remaining),
+            'reserved', jsonb_build_object('unit', r.unit, 'amount', r.reserved),
+            'spent', jsonb_build_object('unit', r.unit, 'amount', r.spent),
+            'allocated', jsonb_build_object('unit', r.unit, 'amount', r.allocated),
+            'debt', jsonb_build_object('unit', r.unit, 'amount', r.debt),
+            'overdraft_limit', jsonb_build_object('unit', r.unit, 'amount', r.overdraft_limit),
+            'is_over_limit', r.is_over_limit) ORDER BY r.scope COLLATE "C", r.unit), '[]'::jsonb)
+        FROM unnest(p_rows) AS r
+    );
+END;
 $$;
 
 -- The derived scopes' budget rows in p_unit, locked FOR UPDATE in the global
 -- lock order (scope byte order = hierarchy order), as a sorted array.
 CREATE FUNCTION cycles._lock_budgets(p_scopes text[], p_unit text) RETURNS cycles.budgets[]
-LANGUAGE sql
+LANGUAGE plpgsql
 AS $$
-    SELECT array_agg(locked.row ORDER BY (locked.row).scope COLLATE "C")
-    FROM (
-        SELECT b AS row
-        FROM cycles.budgets AS b
-        WHERE b.scope = ANY (p_scopes) AND b.unit = p_unit
-        ORDER BY b.scope COLLATE "C"
-        FOR UPDATE
-    ) AS locked
+BEGIN
+    RETURN (
+        SELECT array_agg(locked.row ORDER BY (locked.row).scope COLLATE "C")
+        FROM (
+            SELECT b AS row
+            FROM cycles.budgets AS b
+            WHERE b.scope = ANY (p_scopes) AND b.unit = p_unit
+            ORDER BY b.scope COLLATE "C"
+            FOR UPDATE
+        ) AS locked
+    );
+END;
 $$;
 
 -- The same rows without locks, for read-only evaluations and snapshots.
 CREATE FUNCTION cycles._read_budgets(p_scopes text[], p_unit text) RETURNS cycles.budgets[]
-LANGUAGE sql STABLE
+LANGUAGE plpgsql STABLE
 AS $$
-    SELECT array_agg(b ORDER BY b.scope COLLATE "C")
-    FROM cycles.budgets AS b
-    WHERE b.scope = ANY (p_scopes) AND b.unit = p_unit
+BEGIN
+    RETURN (
+        SELECT array_agg(b ORDER BY b.scope COLLATE "C")
+        FROM cycles.budgets AS b
+        WHERE b.scope = ANY (p_scopes) AND b.unit = p_unit
+    );
+END;
 $$;
 
 -- Idempotency --------------------------------------------------------------
@@ -448,25 +473,33 @@ $$;
 -- SHA-256 of the request as jsonb text (key order and spacing normalised),
 -- plus the reservation id for the per-reservation endpoints.
 CREATE FUNCTION cycles._request_hash(p_request jsonb, p_reservation_id text DEFAULT NULL) RETURNS bytea
-LANGUAGE sql IMMUTABLE PARALLEL SAFE
+LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE
 AS $$
-    SELECT sha256(convert_to(p_request::text || coalesce(chr(30) || p_reservation_id, ''), 'UTF8'))
+BEGIN
+    RETURN (
+        SELECT sha256(convert_to(p_request::text || coalesce(chr(30) || p_reservation_id, ''), 'UTF8'))
+    );
+END;
 $$;
 
 -- A stored response as it is replayed: verbatim, except remaining_ttl_ms,
 -- which is recomputed from the response's expires_at_ms (0 once the
 -- reservation is no longer ACTIVE).
 CREATE FUNCTION cycles._replay_response(p_response jsonb, p_reservation_id text) RETURNS jsonb
-LANGUAGE sql STABLE
+LANGUAGE plpgsql STABLE
 AS $$
-    SELECT CASE
-        WHEN p_response ? 'remaining_ttl_ms' THEN jsonb_set(p_response, '{remaining_ttl_ms}', to_jsonb(
-            coalesce((SELECT CASE WHEN r.status = 'ACTIVE'
-                                  THEN greatest(0, (p_response ->> 'expires_at_ms')::bigint - cycles._now_ms())
-                                  ELSE 0 END
-                      FROM cycles.reservations AS r WHERE r.reservation_id = p_reservation_id), 0)))
-        ELSE p_response
-    END
+BEGIN
+    RETURN (
+        SELECT CASE
+            WHEN p_response ? 'remaining_ttl_ms' THEN jsonb_set(p_response, '{remaining_ttl_ms}', to_jsonb(
+                coalesce((SELECT CASE WHEN r.status = 'ACTIVE'
+                                      THEN greatest(0, (p_response ->> 'expires_at_ms')::bigint - cycles._now_ms())
+                                      ELSE 0 END
+                          FROM cycles.reservations AS r WHERE r.reservation_id = p_reservation_id), 0)))
+            ELSE p_response
+        END
+    );
+END;
 $$;
 
 -- The replayed response of an earlier success with this key, or NULL when
@@ -518,20 +551,22 @@ CREATE FUNCTION cycles._idempotent_store(
     p_reservation_id text DEFAULT NULL,
     p_keep_until_ms  bigint DEFAULT NULL
 ) RETURNS void
-LANGUAGE sql
+LANGUAGE plpgsql
 AS $$
-    INSERT INTO cycles.idempotency_records AS i (
-        tenant_id, endpoint, idempotency_key, request_hash, response, reservation_id, expires_at)
-    VALUES (
-        p_tenant_id, p_endpoint, p_key, p_hash, p_response, p_reservation_id,
-        greatest(clock_timestamp() + interval '7 days',
-                 cycles._ms_to_timestamptz(coalesce(p_keep_until_ms, 0))))
-    ON CONFLICT ON CONSTRAINT idempotency_records_pkey DO UPDATE SET
-        request_hash = excluded.request_hash,
-        response = excluded.response,
-        reservation_id = excluded.reservation_id,
-        created_at = clock_timestamp(),
-        expires_at = excluded.expires_at
+BEGIN
+        INSERT INTO cycles.idempotency_records AS i (
+            tenant_id, endpoint, idempotency_key, request_hash, response, reservation_id, expires_at)
+        VALUES (
+            p_tenant_id, p_endpoint, p_key, p_hash, p_response, p_reservation_id,
+            greatest(clock_timestamp() + interval '7 days',
+                     cycles._ms_to_timestamptz(coalesce(p_keep_until_ms, 0))))
+        ON CONFLICT ON CONSTRAINT idempotency_records_pkey DO UPDATE SET
+            request_hash = excluded.request_hash,
+            response = excluded.response,
+            reservation_id = excluded.reservation_id,
+            created_at = clock_timestamp(),
+            expires_at = excluded.expires_at;
+END;
 $$;
 
 -- Ledger rows and budget signals ---------------------------------------------

@@ -84,20 +84,22 @@ CREATE FUNCTION cycles._emit_denied(
     p_actor     jsonb,
     p_ctx       jsonb
 ) RETURNS void
-LANGUAGE sql
+LANGUAGE plpgsql
 AS $$
-    SELECT cycles._emit_event(
-        p_tenant_id, 'reservation.denied', 'cycles-server', p_actor,
-        jsonb_build_object(
-            'scope', coalesce(p_row.scope, p_parsed.scope_path),
-            'unit', p_parsed.unit,
-            'reason_code', p_reason,
-            'requested_amount', p_parsed.estimate,
-            'remaining', p_row.remaining,
-            'action', p_parsed.action,
-            'subject', p_parsed.subject),
-        coalesce(p_row.scope, p_parsed.scope_path),
-        p_ctx ->> 'request_id', p_ctx ->> 'trace_id');
+BEGIN
+    PERFORM cycles._emit_event(
+            p_tenant_id, 'reservation.denied', 'cycles-server', p_actor,
+            jsonb_build_object(
+                'scope', coalesce(p_row.scope, p_parsed.scope_path),
+                'unit', p_parsed.unit,
+                'reason_code', p_reason,
+                'requested_amount', p_parsed.estimate,
+                'remaining', p_row.remaining,
+                'action', p_parsed.action,
+                'subject', p_parsed.subject),
+            coalesce(p_row.scope, p_parsed.scope_path),
+            p_ctx ->> 'request_id', p_ctx ->> 'trace_id');
+END;
 $$;
 
 -- cycles.reserve: POST /v1/reservations.

@@ -5,9 +5,13 @@
 -- value means the parameter was not set.
 
 CREATE FUNCTION cycles._query_text(p_query jsonb, p_field text) RETURNS text
-LANGUAGE sql IMMUTABLE PARALLEL SAFE
+LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE
 AS $$
-    SELECT nullif(btrim(p_query ->> p_field), '')
+BEGIN
+    RETURN (
+        SELECT nullif(btrim(p_query ->> p_field), '')
+    );
+END;
 $$;
 
 -- limit: 1..200, default 50. Errors: INVALID_REQUEST.
@@ -56,10 +60,14 @@ $$;
 -- Opaque page cursors: url-safe base64 of a small JSON object that carries
 -- the last row's sort key and a hash of the filters it was made under.
 CREATE FUNCTION cycles._cursor_encode(p_payload jsonb) RETURNS text
-LANGUAGE sql IMMUTABLE PARALLEL SAFE
+LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE
 AS $$
-    SELECT rtrim(translate(replace(encode(convert_to(p_payload::text, 'UTF8'), 'base64'), E'\n', ''),
-                           '+/', '-_'), '=')
+BEGIN
+    RETURN (
+        SELECT rtrim(translate(replace(encode(convert_to(p_payload::text, 'UTF8'), 'base64'), E'\n', ''),
+                               '+/', '-_'), '=')
+    );
+END;
 $$;
 
 -- The cursor's payload, checked against the filters of this request.
@@ -224,24 +232,28 @@ $$;
 CREATE FUNCTION cycles._reservation_json(
     p_row cycles.reservations, p_metadata boolean, p_committed_metadata boolean
 ) RETURNS jsonb
-LANGUAGE sql IMMUTABLE PARALLEL SAFE
+LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE
 AS $$
-    SELECT jsonb_strip_nulls(jsonb_build_object(
-        'reservation_id', p_row.reservation_id,
-        'status', p_row.status,
-        'idempotency_key', p_row.idempotency_key,
-        'subject', p_row.subject,
-        'action', p_row.action,
-        'reserved', cycles._amount_json(p_row.unit, p_row.estimate),
-        'committed', CASE WHEN p_row.status = 'COMMITTED'
-                          THEN cycles._amount_json(p_row.unit, p_row.committed) END,
-        'created_at_ms', p_row.created_at_ms,
-        'expires_at_ms', p_row.expires_at_ms,
-        'finalized_at_ms', CASE WHEN p_row.status IN ('COMMITTED', 'RELEASED') THEN p_row.finalized_at_ms END,
-        'scope_path', p_row.scope_path,
-        'affected_scopes', to_jsonb(p_row.affected_scopes),
-        'metadata', CASE WHEN p_metadata THEN p_row.metadata END,
-        'committed_metadata', CASE WHEN p_committed_metadata THEN p_row.committed_metadata END))
+BEGIN
+    RETURN (
+        SELECT jsonb_strip_nulls(jsonb_build_object(
+            'reservation_id', p_row.reservation_id,
+            'status', p_row.status,
+            'idempotency_key', p_row.idempotency_key,
+            'subject', p_row.subject,
+            'action', p_row.action,
+            'reserved', cycles._amount_json(p_row.unit, p_row.estimate),
+            'committed', CASE WHEN p_row.status = 'COMMITTED'
+                              THEN cycles._amount_json(p_row.unit, p_row.committed) END,
+            'created_at_ms', p_row.created_at_ms,
+            'expires_at_ms', p_row.expires_at_ms,
+            'finalized_at_ms', CASE WHEN p_row.status IN ('COMMITTED', 'RELEASED') THEN p_row.finalized_at_ms END,
+            'scope_path', p_row.scope_path,
+            'affected_scopes', to_jsonb(p_row.affected_scopes),
+            'metadata', CASE WHEN p_metadata THEN p_row.metadata END,
+            'committed_metadata', CASE WHEN p_committed_metadata THEN p_row.committed_metadata END))
+    );
+END;
 $$;
 
 -- cycles.list_reservations: GET /v1/reservations.

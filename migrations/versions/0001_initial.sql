@@ -308,33 +308,37 @@ CREATE INDEX events_type_idx ON cycles.events (event_type, created_at);
 -- SQLSTATE to the HTTP status; a test asserts that map and this one agree.
 
 CREATE FUNCTION cycles._error_sqlstate(p_error text) RETURNS text
-LANGUAGE sql IMMUTABLE PARALLEL SAFE
+LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE
 AS $$
-    SELECT CASE p_error
-        WHEN 'INVALID_REQUEST'          THEN 'CY400'
-        WHEN 'UNAUTHORIZED'             THEN 'CY401'
-        WHEN 'FORBIDDEN'                THEN 'CY403'
-        WHEN 'NOT_FOUND'                THEN 'CY404'
-        WHEN 'RESERVATION_EXPIRED'      THEN 'CY410'
-        WHEN 'UNIT_MISMATCH'            THEN 'CY4UM'
-        WHEN 'BUDGET_EXCEEDED'          THEN 'CY901'
-        WHEN 'BUDGET_FROZEN'            THEN 'CY902'
-        WHEN 'BUDGET_CLOSED'            THEN 'CY903'
-        WHEN 'OVERDRAFT_LIMIT_EXCEEDED' THEN 'CY904'
-        WHEN 'DEBT_OUTSTANDING'         THEN 'CY905'
-        WHEN 'RESERVATION_FINALIZED'    THEN 'CY906'
-        WHEN 'IDEMPOTENCY_MISMATCH'     THEN 'CY907'
-        WHEN 'MAX_EXTENSIONS_EXCEEDED'  THEN 'CY908'
-        WHEN 'TENANT_CLOSED'            THEN 'CY909'
-        WHEN 'TENANT_SUSPENDED'         THEN 'CY910'
-        WHEN 'DUPLICATE_RESOURCE'       THEN 'CY911'
-        WHEN 'INVALID_TRANSITION'       THEN 'CY912'
-        WHEN 'KEY_REVOKED'              THEN 'CY913'
-        WHEN 'TENANT_NOT_FOUND'         THEN 'CY4TN'
-        WHEN 'BUDGET_NOT_FOUND'         THEN 'CY4BN'
-        WHEN 'INSUFFICIENT_PERMISSIONS' THEN 'CY4IP'
-        WHEN 'LIMIT_EXCEEDED'           THEN 'CY429'
-    END
+BEGIN
+    RETURN (
+        SELECT CASE p_error
+            WHEN 'INVALID_REQUEST'          THEN 'CY400'
+            WHEN 'UNAUTHORIZED'             THEN 'CY401'
+            WHEN 'FORBIDDEN'                THEN 'CY403'
+            WHEN 'NOT_FOUND'                THEN 'CY404'
+            WHEN 'RESERVATION_EXPIRED'      THEN 'CY410'
+            WHEN 'UNIT_MISMATCH'            THEN 'CY4UM'
+            WHEN 'BUDGET_EXCEEDED'          THEN 'CY901'
+            WHEN 'BUDGET_FROZEN'            THEN 'CY902'
+            WHEN 'BUDGET_CLOSED'            THEN 'CY903'
+            WHEN 'OVERDRAFT_LIMIT_EXCEEDED' THEN 'CY904'
+            WHEN 'DEBT_OUTSTANDING'         THEN 'CY905'
+            WHEN 'RESERVATION_FINALIZED'    THEN 'CY906'
+            WHEN 'IDEMPOTENCY_MISMATCH'     THEN 'CY907'
+            WHEN 'MAX_EXTENSIONS_EXCEEDED'  THEN 'CY908'
+            WHEN 'TENANT_CLOSED'            THEN 'CY909'
+            WHEN 'TENANT_SUSPENDED'         THEN 'CY910'
+            WHEN 'DUPLICATE_RESOURCE'       THEN 'CY911'
+            WHEN 'INVALID_TRANSITION'       THEN 'CY912'
+            WHEN 'KEY_REVOKED'              THEN 'CY913'
+            WHEN 'TENANT_NOT_FOUND'         THEN 'CY4TN'
+            WHEN 'BUDGET_NOT_FOUND'         THEN 'CY4BN'
+            WHEN 'INSUFFICIENT_PERMISSIONS' THEN 'CY4IP'
+            WHEN 'LIMIT_EXCEEDED'           THEN 'CY429'
+        END
+    );
+END;
 $$;
 
 CREATE FUNCTION cycles._fail(p_error text, p_message text, p_details jsonb DEFAULT NULL) RETURNS void
@@ -358,21 +362,33 @@ $$;
 -- deadline must be judged at the moment the row is locked.
 
 CREATE FUNCTION cycles._now_ms() RETURNS bigint
-LANGUAGE sql VOLATILE PARALLEL SAFE
+LANGUAGE plpgsql VOLATILE PARALLEL SAFE
 AS $$
-    SELECT floor(extract(epoch FROM clock_timestamp()) * 1000)::bigint
+BEGIN
+    RETURN (
+        SELECT floor(extract(epoch FROM clock_timestamp()) * 1000)::bigint
+    );
+END;
 $$;
 
 CREATE FUNCTION cycles._ms_to_timestamptz(p_ms bigint) RETURNS timestamptz
-LANGUAGE sql IMMUTABLE PARALLEL SAFE
+LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE
 AS $$
-    SELECT to_timestamp(p_ms / 1000.0)
+BEGIN
+    RETURN (
+        SELECT to_timestamp(p_ms / 1000.0)
+    );
+END;
 $$;
 
 CREATE FUNCTION cycles._new_id(p_prefix text, p_hex_length integer DEFAULT 32) RETURNS text
-LANGUAGE sql VOLATILE PARALLEL SAFE
+LANGUAGE plpgsql VOLATILE PARALLEL SAFE
 AS $$
-    SELECT p_prefix || left(replace(gen_random_uuid()::text, '-', ''), p_hex_length)
+BEGIN
+    RETURN (
+        SELECT p_prefix || left(replace(gen_random_uuid()::text, '-', ''), p_hex_length)
+    );
+END;
 $$;
 
 -- Input validation ---------------------------------------------------------
@@ -420,9 +436,13 @@ $$;
 -- the tenant. Values are lower-cased and must match ^[a-z0-9_.-]{1,128}$.
 
 CREATE FUNCTION cycles._scope_levels() RETURNS text[]
-LANGUAGE sql IMMUTABLE PARALLEL SAFE
+LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE
 AS $$
-    SELECT ARRAY['tenant', 'workspace', 'app', 'workflow', 'agent', 'toolset']
+BEGIN
+    RETURN (
+        SELECT ARRAY['tenant', 'workspace', 'app', 'workflow', 'agent', 'toolset']
+    );
+END;
 $$;
 
 CREATE FUNCTION cycles._canonical_scope(p_scope text) RETURNS text
@@ -469,9 +489,13 @@ END;
 $$;
 
 CREATE FUNCTION cycles._scope_tenant(p_canonical_scope text) RETURNS text
-LANGUAGE sql IMMUTABLE PARALLEL SAFE
+LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE
 AS $$
-    SELECT substr(split_part(p_canonical_scope, '/', 1), 8)
+BEGIN
+    RETURN (
+        SELECT substr(split_part(p_canonical_scope, '/', 1), 8)
+    );
+END;
 $$;
 
 -- Ledger rows --------------------------------------------------------------
@@ -498,19 +522,21 @@ CREATE FUNCTION cycles._append_ledger(
     p_request_id      text DEFAULT NULL,
     p_trace_id        text DEFAULT NULL
 ) RETURNS void
-LANGUAGE sql
+LANGUAGE plpgsql
 AS $$
-    INSERT INTO cycles.ledger_entries (
-        tenant_id, budget_id, scope, unit, operation,
-        allocated_delta, spent_delta, reserved_delta, debt_delta,
-        reservation_id, event_id, action_kind, action_name, subject,
-        idempotency_key, reason, request_id, trace_id, actor_type, actor_key_id)
-    VALUES (
-        p_tenant_id, p_budget_id, p_scope, p_unit, p_operation,
-        p_allocated_delta, p_spent_delta, p_reserved_delta, p_debt_delta,
-        p_reservation_id, p_event_id, p_action ->> 'kind', p_action ->> 'name', p_subject,
-        p_idempotency_key, p_reason, p_request_id, p_trace_id,
-        coalesce(p_actor ->> 'type', 'admin'), p_actor ->> 'key_id')
+BEGIN
+        INSERT INTO cycles.ledger_entries (
+            tenant_id, budget_id, scope, unit, operation,
+            allocated_delta, spent_delta, reserved_delta, debt_delta,
+            reservation_id, event_id, action_kind, action_name, subject,
+            idempotency_key, reason, request_id, trace_id, actor_type, actor_key_id)
+        VALUES (
+            p_tenant_id, p_budget_id, p_scope, p_unit, p_operation,
+            p_allocated_delta, p_spent_delta, p_reserved_delta, p_debt_delta,
+            p_reservation_id, p_event_id, p_action ->> 'kind', p_action ->> 'name', p_subject,
+            p_idempotency_key, p_reason, p_request_id, p_trace_id,
+            coalesce(p_actor ->> 'type', 'admin'), p_actor ->> 'key_id');
+END;
 $$;
 
 -- Outbox events ------------------------------------------------------------
@@ -548,31 +574,43 @@ $$;
 -- Actor of an operation, as stored on ledger rows and events: {type, key_id}.
 -- psql callers pass nothing and are recorded as admin.
 CREATE FUNCTION cycles._actor(p_ctx jsonb) RETURNS jsonb
-LANGUAGE sql IMMUTABLE PARALLEL SAFE
+LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE
 AS $$
-    SELECT jsonb_strip_nulls(jsonb_build_object(
-        'type', coalesce(p_ctx ->> 'actor_type', 'admin'),
-        'key_id', p_ctx ->> 'key_id',
-        'source_ip', p_ctx ->> 'source_ip'))
+BEGIN
+    RETURN (
+        SELECT jsonb_strip_nulls(jsonb_build_object(
+            'type', coalesce(p_ctx ->> 'actor_type', 'admin'),
+            'key_id', p_ctx ->> 'key_id',
+            'source_ip', p_ctx ->> 'source_ip'))
+    );
+END;
 $$;
 
 -- API keys -----------------------------------------------------------------
 -- Secrets are never stored: a key is found by the SHA-256 of its secret.
 
 CREATE FUNCTION cycles._hash_secret(p_secret text) RETURNS bytea
-LANGUAGE sql IMMUTABLE PARALLEL SAFE
+LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE
 AS $$
-    SELECT sha256(convert_to(p_secret, 'UTF8'))
+BEGIN
+    RETURN (
+        SELECT sha256(convert_to(p_secret, 'UTF8'))
+    );
+END;
 $$;
 
 -- A new secret: cyc_live_ + 43 url-safe characters (256 bits drawn from two
 -- v4 UUIDs, i.e. 244 random bits, from the server's strong random source).
 CREATE FUNCTION cycles._new_secret() RETURNS text
-LANGUAGE sql VOLATILE
+LANGUAGE plpgsql VOLATILE
 AS $$
-    SELECT 'cyc_live_' || rtrim(translate(encode(
-        decode(replace(gen_random_uuid()::text, '-', '') || replace(gen_random_uuid()::text, '-', ''), 'hex'),
-        'base64'), '+/', '-_'), '=')
+BEGIN
+    RETURN (
+        SELECT 'cyc_live_' || rtrim(translate(encode(
+            decode(replace(gen_random_uuid()::text, '-', '') || replace(gen_random_uuid()::text, '-', ''), 'hex'),
+            'base64'), '+/', '-_'), '=')
+    );
+END;
 $$;
 
 -- The ACTIVE, unexpired key whose secret this is, with its tenant's status;
@@ -595,11 +633,15 @@ $$;
 -- Whether a key's permission list grants p_permission. admin:write grants
 -- every *:write, admin:read every *:read (never a write).
 CREATE FUNCTION cycles._has_permission(p_permissions text[], p_permission text) RETURNS boolean
-LANGUAGE sql IMMUTABLE PARALLEL SAFE
+LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE
 AS $$
-    SELECT p_permission = ANY (p_permissions)
-        OR (p_permission LIKE '%:write' AND 'admin:write' = ANY (p_permissions))
-        OR (p_permission LIKE '%:read' AND 'admin:read' = ANY (p_permissions))
+BEGIN
+    RETURN (
+        SELECT p_permission = ANY (p_permissions)
+            OR (p_permission LIKE '%:write' AND 'admin:write' = ANY (p_permissions))
+            OR (p_permission LIKE '%:read' AND 'admin:read' = ANY (p_permissions))
+    );
+END;
 $$;
 
 -- ==== 10_tenants.sql ====
@@ -625,9 +667,13 @@ $$;
 -- ISO-8601 UTC timestamp with millisecond precision, as every admin response
 -- and event payload renders it (independent of the session's TimeZone).
 CREATE FUNCTION cycles._iso8601(p_ts timestamptz) RETURNS text
-LANGUAGE sql IMMUTABLE PARALLEL SAFE
+LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE
 AS $$
-    SELECT to_char(p_ts AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"')
+BEGIN
+    RETURN (
+        SELECT to_char(p_ts AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"')
+    );
+END;
 $$;
 
 -- The page size of a list call: 1..100, default 50 (spec: limit).
@@ -752,44 +798,52 @@ $$;
 
 -- The spec's Tenant object, nulls omitted.
 CREATE FUNCTION cycles._tenant_json(p_tenant cycles.tenants) RETURNS jsonb
-LANGUAGE sql STABLE
+LANGUAGE plpgsql STABLE
 AS $$
-    SELECT jsonb_strip_nulls(jsonb_build_object(
-        'tenant_id', p_tenant.tenant_id,
-        'name', p_tenant.name,
-        'status', p_tenant.status,
-        'parent_tenant_id', p_tenant.parent_tenant_id,
-        'default_commit_overage_policy', p_tenant.default_commit_overage_policy,
-        'default_reservation_ttl_ms', p_tenant.default_reservation_ttl_ms,
-        'max_reservation_ttl_ms', p_tenant.max_reservation_ttl_ms,
-        'max_reservation_extensions', p_tenant.max_reservation_extensions,
-        'metadata', p_tenant.metadata,
-        'created_at', cycles._iso8601(p_tenant.created_at),
-        'updated_at', cycles._iso8601(p_tenant.updated_at),
-        'suspended_at', cycles._iso8601(p_tenant.suspended_at),
-        'closed_at', cycles._iso8601(p_tenant.closed_at)))
+BEGIN
+    RETURN (
+        SELECT jsonb_strip_nulls(jsonb_build_object(
+            'tenant_id', p_tenant.tenant_id,
+            'name', p_tenant.name,
+            'status', p_tenant.status,
+            'parent_tenant_id', p_tenant.parent_tenant_id,
+            'default_commit_overage_policy', p_tenant.default_commit_overage_policy,
+            'default_reservation_ttl_ms', p_tenant.default_reservation_ttl_ms,
+            'max_reservation_ttl_ms', p_tenant.max_reservation_ttl_ms,
+            'max_reservation_extensions', p_tenant.max_reservation_extensions,
+            'metadata', p_tenant.metadata,
+            'created_at', cycles._iso8601(p_tenant.created_at),
+            'updated_at', cycles._iso8601(p_tenant.updated_at),
+            'suspended_at', cycles._iso8601(p_tenant.suspended_at),
+            'closed_at', cycles._iso8601(p_tenant.closed_at)))
+    );
+END;
 $$;
 
 CREATE FUNCTION cycles._tenant_lifecycle_event(
     p_tenant cycles.tenants, p_event_type text, p_previous_status text, p_ctx jsonb,
     p_correlation_id text DEFAULT NULL
 ) RETURNS text
-LANGUAGE sql
+LANGUAGE plpgsql
 AS $$
-    SELECT cycles._emit_event(
-        p_tenant_id => p_tenant.tenant_id,
-        p_event_type => p_event_type,
-        p_source => 'cycles-admin',
-        p_actor => cycles._actor(p_ctx),
-        p_data => jsonb_build_object(
-            'tenant_id', p_tenant.tenant_id,
-            'previous_status', p_previous_status,
-            'new_status', p_tenant.status,
-            'changed_fields', CASE WHEN p_previous_status IS NULL THEN '[]'::jsonb ELSE '["status"]'::jsonb END),
-        p_scope => 'tenant:' || p_tenant.tenant_id,
-        p_request_id => p_ctx ->> 'request_id',
-        p_trace_id => p_ctx ->> 'trace_id',
-        p_correlation_id => p_correlation_id)
+BEGIN
+    RETURN (
+        SELECT cycles._emit_event(
+            p_tenant_id => p_tenant.tenant_id,
+            p_event_type => p_event_type,
+            p_source => 'cycles-admin',
+            p_actor => cycles._actor(p_ctx),
+            p_data => jsonb_build_object(
+                'tenant_id', p_tenant.tenant_id,
+                'previous_status', p_previous_status,
+                'new_status', p_tenant.status,
+                'changed_fields', CASE WHEN p_previous_status IS NULL THEN '[]'::jsonb ELSE '["status"]'::jsonb END),
+            p_scope => 'tenant:' || p_tenant.tenant_id,
+            p_request_id => p_ctx ->> 'request_id',
+            p_trace_id => p_ctx ->> 'trace_id',
+            p_correlation_id => p_correlation_id)
+    );
+END;
 $$;
 
 -- cycles.create_tenant ---------------------------------------------------------
@@ -1205,50 +1259,62 @@ $$;
 
 -- The spec's Permission enum (normative), in its order.
 CREATE FUNCTION cycles._permissions() RETURNS text[]
-LANGUAGE sql IMMUTABLE PARALLEL SAFE
+LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE
 AS $$
-    SELECT ARRAY[
-        'reservations:create', 'reservations:commit', 'reservations:release', 'reservations:extend',
-        'reservations:list', 'balances:read', 'budgets:read', 'budgets:write', 'policies:read',
-        'policies:write', 'webhooks:read', 'webhooks:write', 'events:read',
-        'admin:read', 'admin:write',
-        'admin:tenants:read', 'admin:tenants:write', 'admin:budgets:read', 'admin:budgets:write',
-        'admin:policies:read', 'admin:policies:write', 'admin:apikeys:read', 'admin:apikeys:write',
-        'admin:webhooks:read', 'admin:webhooks:write', 'admin:events:read', 'admin:audit:read']
+BEGIN
+    RETURN (
+        SELECT ARRAY[
+            'reservations:create', 'reservations:commit', 'reservations:release', 'reservations:extend',
+            'reservations:list', 'balances:read', 'budgets:read', 'budgets:write', 'policies:read',
+            'policies:write', 'webhooks:read', 'webhooks:write', 'events:read',
+            'admin:read', 'admin:write',
+            'admin:tenants:read', 'admin:tenants:write', 'admin:budgets:read', 'admin:budgets:write',
+            'admin:policies:read', 'admin:policies:write', 'admin:apikeys:read', 'admin:apikeys:write',
+            'admin:webhooks:read', 'admin:webhooks:write', 'admin:events:read', 'admin:audit:read']
+    );
+END;
 $$;
 
 -- What a tenant key gets when the caller names no permissions (the spec's
 -- ten; webhook and event permissions must always be granted explicitly).
 CREATE FUNCTION cycles._default_permissions() RETURNS text[]
-LANGUAGE sql IMMUTABLE PARALLEL SAFE
+LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE
 AS $$
-    SELECT ARRAY[
-        'reservations:create', 'reservations:commit', 'reservations:release', 'reservations:extend',
-        'reservations:list', 'balances:read', 'budgets:read', 'budgets:write', 'policies:read',
-        'policies:write']
+BEGIN
+    RETURN (
+        SELECT ARRAY[
+            'reservations:create', 'reservations:commit', 'reservations:release', 'reservations:extend',
+            'reservations:list', 'balances:read', 'budgets:read', 'budgets:write', 'policies:read',
+            'policies:write']
+    );
+END;
 $$;
 
 -- The spec's ApiKey object, nulls omitted; never the hash. An ACTIVE key past
 -- its expiry is shown as EXPIRED (the stored status only records revocation).
 CREATE FUNCTION cycles._api_key_json(p_key cycles.api_keys) RETURNS jsonb
-LANGUAGE sql STABLE
+LANGUAGE plpgsql STABLE
 AS $$
-    SELECT jsonb_strip_nulls(jsonb_build_object(
-        'key_id', p_key.key_id,
-        'tenant_id', p_key.tenant_id,
-        'key_prefix', p_key.key_prefix,
-        'name', p_key.name,
-        'description', p_key.description,
-        'permissions', to_jsonb(p_key.permissions),
-        'scope_filter', to_jsonb(p_key.scope_filter),
-        'status', CASE WHEN p_key.status = 'ACTIVE' AND p_key.expires_at <= clock_timestamp()
-                       THEN 'EXPIRED' ELSE p_key.status END,
-        'created_at', cycles._iso8601(p_key.created_at),
-        'last_used_at', cycles._iso8601(p_key.last_used_at),
-        'expires_at', cycles._iso8601(p_key.expires_at),
-        'revoked_at', cycles._iso8601(p_key.revoked_at),
-        'revoked_reason', p_key.revoked_reason,
-        'metadata', p_key.metadata))
+BEGIN
+    RETURN (
+        SELECT jsonb_strip_nulls(jsonb_build_object(
+            'key_id', p_key.key_id,
+            'tenant_id', p_key.tenant_id,
+            'key_prefix', p_key.key_prefix,
+            'name', p_key.name,
+            'description', p_key.description,
+            'permissions', to_jsonb(p_key.permissions),
+            'scope_filter', to_jsonb(p_key.scope_filter),
+            'status', CASE WHEN p_key.status = 'ACTIVE' AND p_key.expires_at <= clock_timestamp()
+                           THEN 'EXPIRED' ELSE p_key.status END,
+            'created_at', cycles._iso8601(p_key.created_at),
+            'last_used_at', cycles._iso8601(p_key.last_used_at),
+            'expires_at', cycles._iso8601(p_key.expires_at),
+            'revoked_at', cycles._iso8601(p_key.revoked_at),
+            'revoked_reason', p_key.revoked_reason,
+            'metadata', p_key.metadata))
+    );
+END;
 $$;
 
 -- cycles.create_api_key --------------------------------------------------------
@@ -1503,9 +1569,13 @@ $$;
 
 -- The spec's Amount / SignedAmount object.
 CREATE FUNCTION cycles._amount_json(p_unit text, p_amount bigint) RETURNS jsonb
-LANGUAGE sql IMMUTABLE PARALLEL SAFE
+LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE
 AS $$
-    SELECT jsonb_build_object('unit', p_unit, 'amount', p_amount)
+BEGIN
+    RETURN (
+        SELECT jsonb_build_object('unit', p_unit, 'amount', p_amount)
+    );
+END;
 $$;
 
 -- p_value as bigint, or INVALID_REQUEST naming p_what when it does not fit.
@@ -1523,34 +1593,42 @@ $$;
 
 -- The spec's BudgetLedger object, nulls omitted. ledger_id is the budget id.
 CREATE FUNCTION cycles._budget_json(p_budget cycles.budgets) RETURNS jsonb
-LANGUAGE sql STABLE
+LANGUAGE plpgsql STABLE
 AS $$
-    SELECT jsonb_strip_nulls(jsonb_build_object(
-        'ledger_id', p_budget.budget_id::text,
-        'tenant_id', p_budget.tenant_id,
-        'scope', p_budget.scope,
-        'scope_path', p_budget.scope,
-        'unit', p_budget.unit,
-        'allocated', cycles._amount_json(p_budget.unit, p_budget.allocated),
-        'remaining', cycles._amount_json(p_budget.unit, p_budget.remaining),
-        'reserved', cycles._amount_json(p_budget.unit, p_budget.reserved),
-        'spent', cycles._amount_json(p_budget.unit, p_budget.spent),
-        'debt', cycles._amount_json(p_budget.unit, p_budget.debt),
-        'overdraft_limit', cycles._amount_json(p_budget.unit, p_budget.overdraft_limit),
-        'is_over_limit', p_budget.is_over_limit,
-        'commit_overage_policy', p_budget.commit_overage_policy,
-        'status', p_budget.status,
-        'created_at', cycles._iso8601(p_budget.created_at),
-        'updated_at', cycles._iso8601(p_budget.updated_at)))
+BEGIN
+    RETURN (
+        SELECT jsonb_strip_nulls(jsonb_build_object(
+            'ledger_id', p_budget.budget_id::text,
+            'tenant_id', p_budget.tenant_id,
+            'scope', p_budget.scope,
+            'scope_path', p_budget.scope,
+            'unit', p_budget.unit,
+            'allocated', cycles._amount_json(p_budget.unit, p_budget.allocated),
+            'remaining', cycles._amount_json(p_budget.unit, p_budget.remaining),
+            'reserved', cycles._amount_json(p_budget.unit, p_budget.reserved),
+            'spent', cycles._amount_json(p_budget.unit, p_budget.spent),
+            'debt', cycles._amount_json(p_budget.unit, p_budget.debt),
+            'overdraft_limit', cycles._amount_json(p_budget.unit, p_budget.overdraft_limit),
+            'is_over_limit', p_budget.is_over_limit,
+            'commit_overage_policy', p_budget.commit_overage_policy,
+            'status', p_budget.status,
+            'created_at', cycles._iso8601(p_budget.created_at),
+            'updated_at', cycles._iso8601(p_budget.updated_at)))
+    );
+END;
 $$;
 
 -- The previous_state / new_state snapshot of EventDataBudgetLifecycle.
 CREATE FUNCTION cycles._budget_state(p_budget cycles.budgets) RETURNS jsonb
-LANGUAGE sql IMMUTABLE PARALLEL SAFE
+LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE
 AS $$
-    SELECT jsonb_build_object(
-        'allocated', p_budget.allocated, 'remaining', p_budget.remaining, 'debt', p_budget.debt,
-        'spent', p_budget.spent, 'reserved', p_budget.reserved, 'status', p_budget.status)
+BEGIN
+    RETURN (
+        SELECT jsonb_build_object(
+            'allocated', p_budget.allocated, 'remaining', p_budget.remaining, 'debt', p_budget.debt,
+            'spent', p_budget.spent, 'reserved', p_budget.reserved, 'status', p_budget.status)
+    );
+END;
 $$;
 
 -- A budget lifecycle event (EventDataBudgetLifecycle), plus the over-limit
@@ -1927,17 +2005,25 @@ $$;
 CREATE FUNCTION cycles.freeze_budget(
     p_scope text, p_unit text, p_reason text DEFAULT NULL, p_ctx jsonb DEFAULT '{}'
 ) RETURNS jsonb
-LANGUAGE sql
+LANGUAGE plpgsql
 AS $$
-    SELECT cycles._set_budget_frozen(p_scope, p_unit, true, p_reason, coalesce(p_ctx, '{}'::jsonb))
+BEGIN
+    RETURN (
+        SELECT cycles._set_budget_frozen(p_scope, p_unit, true, p_reason, coalesce(p_ctx, '{}'::jsonb))
+    );
+END;
 $$;
 
 CREATE FUNCTION cycles.unfreeze_budget(
     p_scope text, p_unit text, p_reason text DEFAULT NULL, p_ctx jsonb DEFAULT '{}'
 ) RETURNS jsonb
-LANGUAGE sql
+LANGUAGE plpgsql
 AS $$
-    SELECT cycles._set_budget_frozen(p_scope, p_unit, false, p_reason, coalesce(p_ctx, '{}'::jsonb))
+BEGIN
+    RETURN (
+        SELECT cycles._set_budget_frozen(p_scope, p_unit, false, p_reason, coalesce(p_ctx, '{}'::jsonb))
+    );
+END;
 $$;
 
 -- cycles.close_budget --------------------------------------------------------
@@ -2226,13 +2312,17 @@ $$;
 -- Actor recorded on ledger rows and events of a runtime call: the API key
 -- that made it, or the admin context when there is no key.
 CREATE FUNCTION cycles._runtime_actor(p_ctx jsonb, p_key_id text) RETURNS jsonb
-LANGUAGE sql IMMUTABLE PARALLEL SAFE
+LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE
 AS $$
-    SELECT CASE
-        WHEN p_key_id IS NOT NULL THEN jsonb_strip_nulls(jsonb_build_object(
-            'type', 'api_key', 'key_id', p_key_id, 'source_ip', p_ctx ->> 'source_ip'))
-        ELSE cycles._actor(p_ctx)
-    END
+BEGIN
+    RETURN (
+        SELECT CASE
+            WHEN p_key_id IS NOT NULL THEN jsonb_strip_nulls(jsonb_build_object(
+                'type', 'api_key', 'key_id', p_key_id, 'source_ip', p_ctx ->> 'source_ip'))
+            ELSE cycles._actor(p_ctx)
+        END
+    );
+END;
 $$;
 
 -- Request validation -------------------------------------------------------
@@ -2445,9 +2535,13 @@ $$;
 -- Whether some derived scope has a budget (in any unit): decide and dry_run
 -- turn "none at all" into DENY BUDGET_NOT_FOUND, and a unit mismatch into 400.
 CREATE FUNCTION cycles._any_budget(p_scopes text[]) RETURNS boolean
-LANGUAGE sql STABLE
+LANGUAGE plpgsql STABLE
 AS $$
-    SELECT EXISTS (SELECT FROM cycles.budgets AS b WHERE b.scope = ANY (p_scopes))
+BEGIN
+    RETURN (
+        SELECT EXISTS (SELECT FROM cycles.budgets AS b WHERE b.scope = ANY (p_scopes))
+    );
+END;
 $$;
 
 -- Checks -------------------------------------------------------------------
@@ -2556,8 +2650,11 @@ CREATE FUNCTION cycles._apply_charge(
     p_delta   bigint,
     p_policy  text
 ) RETURNS cycles.budgets[]
-LANGUAGE sql
+LANGUAGE plpgsql
 AS $$
+DECLARE
+    v_after cycles.budgets[];
+BEGIN
     WITH changed AS (
         UPDATE cycles.budgets AS b SET
             reserved = b.reserved - p_release,
@@ -2572,7 +2669,9 @@ AS $$
         WHERE b.budget_id = ANY (p_ids)
         RETURNING b AS row
     )
-    SELECT array_agg(c.row ORDER BY (c.row).scope COLLATE "C") FROM changed AS c
+    SELECT array_agg(c.row ORDER BY (c.row).scope COLLATE "C") INTO v_after FROM changed AS c;
+    RETURN v_after;
+END;
 $$;
 
 -- Balances -----------------------------------------------------------------
@@ -2581,43 +2680,55 @@ $$;
 -- again rather than calling cycles._balance_json per row: this runs on every
 -- reserve and commit, and a per-row function call costs more than the rest.
 CREATE FUNCTION cycles._balances_json(p_rows cycles.budgets[]) RETURNS jsonb
-LANGUAGE sql IMMUTABLE PARALLEL SAFE
+LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE
 AS $$
-    SELECT coalesce(jsonb_agg(jsonb_build_object(
-        'scope', r.scope,
-        'scope_path', r.scope,
-        'remaining', jsonb_build_object('unit', r.unit, 'amount', r.remaining),
-        'reserved', jsonb_build_object('unit', r.unit, 'amount', r.reserved),
-        'spent', jsonb_build_object('unit', r.unit, 'amount', r.spent),
-        'allocated', jsonb_build_object('unit', r.unit, 'amount', r.allocated),
-        'debt', jsonb_build_object('unit', r.unit, 'amount', r.debt),
-        'overdraft_limit', jsonb_build_object('unit', r.unit, 'amount', r.overdraft_limit),
-        'is_over_limit', r.is_over_limit) ORDER BY r.scope COLLATE "C", r.unit), '[]'::jsonb)
-    FROM unnest(p_rows) AS r
+BEGIN
+    RETURN (
+        SELECT coalesce(jsonb_agg(jsonb_build_object(
+            'scope', r.scope,
+            'scope_path', r.scope,
+            'remaining', jsonb_build_object('unit', r.unit, 'amount', r.remaining),
+            'reserved', jsonb_build_object('unit', r.unit, 'amount', r.reserved),
+            'spent', jsonb_build_object('unit', r.unit, 'amount', r.spent),
+            'allocated', jsonb_build_object('unit', r.unit, 'amount', r.allocated),
+            'debt', jsonb_build_object('unit', r.unit, 'amount', r.debt),
+            'overdraft_limit', jsonb_build_object('unit', r.unit, 'amount', r.overdraft_limit),
+            'is_over_limit', r.is_over_limit) ORDER BY r.scope COLLATE "C", r.unit), '[]'::jsonb)
+        FROM unnest(p_rows) AS r
+    );
+END;
 $$;
 
 -- The derived scopes' budget rows in p_unit, locked FOR UPDATE in the global
 -- lock order (scope byte order = hierarchy order), as a sorted array.
 CREATE FUNCTION cycles._lock_budgets(p_scopes text[], p_unit text) RETURNS cycles.budgets[]
-LANGUAGE sql
+LANGUAGE plpgsql
 AS $$
-    SELECT array_agg(locked.row ORDER BY (locked.row).scope COLLATE "C")
-    FROM (
-        SELECT b AS row
-        FROM cycles.budgets AS b
-        WHERE b.scope = ANY (p_scopes) AND b.unit = p_unit
-        ORDER BY b.scope COLLATE "C"
-        FOR UPDATE
-    ) AS locked
+BEGIN
+    RETURN (
+        SELECT array_agg(locked.row ORDER BY (locked.row).scope COLLATE "C")
+        FROM (
+            SELECT b AS row
+            FROM cycles.budgets AS b
+            WHERE b.scope = ANY (p_scopes) AND b.unit = p_unit
+            ORDER BY b.scope COLLATE "C"
+            FOR UPDATE
+        ) AS locked
+    );
+END;
 $$;
 
 -- The same rows without locks, for read-only evaluations and snapshots.
 CREATE FUNCTION cycles._read_budgets(p_scopes text[], p_unit text) RETURNS cycles.budgets[]
-LANGUAGE sql STABLE
+LANGUAGE plpgsql STABLE
 AS $$
-    SELECT array_agg(b ORDER BY b.scope COLLATE "C")
-    FROM cycles.budgets AS b
-    WHERE b.scope = ANY (p_scopes) AND b.unit = p_unit
+BEGIN
+    RETURN (
+        SELECT array_agg(b ORDER BY b.scope COLLATE "C")
+        FROM cycles.budgets AS b
+        WHERE b.scope = ANY (p_scopes) AND b.unit = p_unit
+    );
+END;
 $$;
 
 -- Idempotency --------------------------------------------------------------
@@ -2628,25 +2739,33 @@ $$;
 -- SHA-256 of the request as jsonb text (key order and spacing normalised),
 -- plus the reservation id for the per-reservation endpoints.
 CREATE FUNCTION cycles._request_hash(p_request jsonb, p_reservation_id text DEFAULT NULL) RETURNS bytea
-LANGUAGE sql IMMUTABLE PARALLEL SAFE
+LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE
 AS $$
-    SELECT sha256(convert_to(p_request::text || coalesce(chr(30) || p_reservation_id, ''), 'UTF8'))
+BEGIN
+    RETURN (
+        SELECT sha256(convert_to(p_request::text || coalesce(chr(30) || p_reservation_id, ''), 'UTF8'))
+    );
+END;
 $$;
 
 -- A stored response as it is replayed: verbatim, except remaining_ttl_ms,
 -- which is recomputed from the response's expires_at_ms (0 once the
 -- reservation is no longer ACTIVE).
 CREATE FUNCTION cycles._replay_response(p_response jsonb, p_reservation_id text) RETURNS jsonb
-LANGUAGE sql STABLE
+LANGUAGE plpgsql STABLE
 AS $$
-    SELECT CASE
-        WHEN p_response ? 'remaining_ttl_ms' THEN jsonb_set(p_response, '{remaining_ttl_ms}', to_jsonb(
-            coalesce((SELECT CASE WHEN r.status = 'ACTIVE'
-                                  THEN greatest(0, (p_response ->> 'expires_at_ms')::bigint - cycles._now_ms())
-                                  ELSE 0 END
-                      FROM cycles.reservations AS r WHERE r.reservation_id = p_reservation_id), 0)))
-        ELSE p_response
-    END
+BEGIN
+    RETURN (
+        SELECT CASE
+            WHEN p_response ? 'remaining_ttl_ms' THEN jsonb_set(p_response, '{remaining_ttl_ms}', to_jsonb(
+                coalesce((SELECT CASE WHEN r.status = 'ACTIVE'
+                                      THEN greatest(0, (p_response ->> 'expires_at_ms')::bigint - cycles._now_ms())
+                                      ELSE 0 END
+                          FROM cycles.reservations AS r WHERE r.reservation_id = p_reservation_id), 0)))
+            ELSE p_response
+        END
+    );
+END;
 $$;
 
 -- The replayed response of an earlier success with this key, or NULL when
@@ -2698,20 +2817,22 @@ CREATE FUNCTION cycles._idempotent_store(
     p_reservation_id text DEFAULT NULL,
     p_keep_until_ms  bigint DEFAULT NULL
 ) RETURNS void
-LANGUAGE sql
+LANGUAGE plpgsql
 AS $$
-    INSERT INTO cycles.idempotency_records AS i (
-        tenant_id, endpoint, idempotency_key, request_hash, response, reservation_id, expires_at)
-    VALUES (
-        p_tenant_id, p_endpoint, p_key, p_hash, p_response, p_reservation_id,
-        greatest(clock_timestamp() + interval '7 days',
-                 cycles._ms_to_timestamptz(coalesce(p_keep_until_ms, 0))))
-    ON CONFLICT ON CONSTRAINT idempotency_records_pkey DO UPDATE SET
-        request_hash = excluded.request_hash,
-        response = excluded.response,
-        reservation_id = excluded.reservation_id,
-        created_at = clock_timestamp(),
-        expires_at = excluded.expires_at
+BEGIN
+        INSERT INTO cycles.idempotency_records AS i (
+            tenant_id, endpoint, idempotency_key, request_hash, response, reservation_id, expires_at)
+        VALUES (
+            p_tenant_id, p_endpoint, p_key, p_hash, p_response, p_reservation_id,
+            greatest(clock_timestamp() + interval '7 days',
+                     cycles._ms_to_timestamptz(coalesce(p_keep_until_ms, 0))))
+        ON CONFLICT ON CONSTRAINT idempotency_records_pkey DO UPDATE SET
+            request_hash = excluded.request_hash,
+            response = excluded.response,
+            reservation_id = excluded.reservation_id,
+            created_at = clock_timestamp(),
+            expires_at = excluded.expires_at;
+END;
 $$;
 
 -- Ledger rows and budget signals ---------------------------------------------
@@ -2964,20 +3085,22 @@ CREATE FUNCTION cycles._emit_denied(
     p_actor     jsonb,
     p_ctx       jsonb
 ) RETURNS void
-LANGUAGE sql
+LANGUAGE plpgsql
 AS $$
-    SELECT cycles._emit_event(
-        p_tenant_id, 'reservation.denied', 'cycles-server', p_actor,
-        jsonb_build_object(
-            'scope', coalesce(p_row.scope, p_parsed.scope_path),
-            'unit', p_parsed.unit,
-            'reason_code', p_reason,
-            'requested_amount', p_parsed.estimate,
-            'remaining', p_row.remaining,
-            'action', p_parsed.action,
-            'subject', p_parsed.subject),
-        coalesce(p_row.scope, p_parsed.scope_path),
-        p_ctx ->> 'request_id', p_ctx ->> 'trace_id');
+BEGIN
+    PERFORM cycles._emit_event(
+            p_tenant_id, 'reservation.denied', 'cycles-server', p_actor,
+            jsonb_build_object(
+                'scope', coalesce(p_row.scope, p_parsed.scope_path),
+                'unit', p_parsed.unit,
+                'reason_code', p_reason,
+                'requested_amount', p_parsed.estimate,
+                'remaining', p_row.remaining,
+                'action', p_parsed.action,
+                'subject', p_parsed.subject),
+            coalesce(p_row.scope, p_parsed.scope_path),
+            p_ctx ->> 'request_id', p_ctx ->> 'trace_id');
+END;
 $$;
 
 -- cycles.reserve: POST /v1/reservations.
@@ -3765,9 +3888,13 @@ $$;
 -- value means the parameter was not set.
 
 CREATE FUNCTION cycles._query_text(p_query jsonb, p_field text) RETURNS text
-LANGUAGE sql IMMUTABLE PARALLEL SAFE
+LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE
 AS $$
-    SELECT nullif(btrim(p_query ->> p_field), '')
+BEGIN
+    RETURN (
+        SELECT nullif(btrim(p_query ->> p_field), '')
+    );
+END;
 $$;
 
 -- limit: 1..200, default 50. Errors: INVALID_REQUEST.
@@ -3816,10 +3943,14 @@ $$;
 -- Opaque page cursors: url-safe base64 of a small JSON object that carries
 -- the last row's sort key and a hash of the filters it was made under.
 CREATE FUNCTION cycles._cursor_encode(p_payload jsonb) RETURNS text
-LANGUAGE sql IMMUTABLE PARALLEL SAFE
+LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE
 AS $$
-    SELECT rtrim(translate(replace(encode(convert_to(p_payload::text, 'UTF8'), 'base64'), E'\n', ''),
-                           '+/', '-_'), '=')
+BEGIN
+    RETURN (
+        SELECT rtrim(translate(replace(encode(convert_to(p_payload::text, 'UTF8'), 'base64'), E'\n', ''),
+                               '+/', '-_'), '=')
+    );
+END;
 $$;
 
 -- The cursor's payload, checked against the filters of this request.
@@ -3984,24 +4115,28 @@ $$;
 CREATE FUNCTION cycles._reservation_json(
     p_row cycles.reservations, p_metadata boolean, p_committed_metadata boolean
 ) RETURNS jsonb
-LANGUAGE sql IMMUTABLE PARALLEL SAFE
+LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE
 AS $$
-    SELECT jsonb_strip_nulls(jsonb_build_object(
-        'reservation_id', p_row.reservation_id,
-        'status', p_row.status,
-        'idempotency_key', p_row.idempotency_key,
-        'subject', p_row.subject,
-        'action', p_row.action,
-        'reserved', cycles._amount_json(p_row.unit, p_row.estimate),
-        'committed', CASE WHEN p_row.status = 'COMMITTED'
-                          THEN cycles._amount_json(p_row.unit, p_row.committed) END,
-        'created_at_ms', p_row.created_at_ms,
-        'expires_at_ms', p_row.expires_at_ms,
-        'finalized_at_ms', CASE WHEN p_row.status IN ('COMMITTED', 'RELEASED') THEN p_row.finalized_at_ms END,
-        'scope_path', p_row.scope_path,
-        'affected_scopes', to_jsonb(p_row.affected_scopes),
-        'metadata', CASE WHEN p_metadata THEN p_row.metadata END,
-        'committed_metadata', CASE WHEN p_committed_metadata THEN p_row.committed_metadata END))
+BEGIN
+    RETURN (
+        SELECT jsonb_strip_nulls(jsonb_build_object(
+            'reservation_id', p_row.reservation_id,
+            'status', p_row.status,
+            'idempotency_key', p_row.idempotency_key,
+            'subject', p_row.subject,
+            'action', p_row.action,
+            'reserved', cycles._amount_json(p_row.unit, p_row.estimate),
+            'committed', CASE WHEN p_row.status = 'COMMITTED'
+                              THEN cycles._amount_json(p_row.unit, p_row.committed) END,
+            'created_at_ms', p_row.created_at_ms,
+            'expires_at_ms', p_row.expires_at_ms,
+            'finalized_at_ms', CASE WHEN p_row.status IN ('COMMITTED', 'RELEASED') THEN p_row.finalized_at_ms END,
+            'scope_path', p_row.scope_path,
+            'affected_scopes', to_jsonb(p_row.affected_scopes),
+            'metadata', CASE WHEN p_metadata THEN p_row.metadata END,
+            'committed_metadata', CASE WHEN p_committed_metadata THEN p_row.committed_metadata END))
+    );
+END;
 $$;
 
 -- cycles.list_reservations: GET /v1/reservations.
