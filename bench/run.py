@@ -1,0 +1,494 @@
+"""The benchmark suite: ``.venv/bin/python -m bench.run`` (see README, Performance).
+
+Starts the server the way users do (``cycles serve`` on the embedded default,
+in a fresh data directory), then measures, in one run and on one machine:
+
+1. the physical baseline: pgbench running a bare reserve-shaped function;
+2. our reserve and reserve+commit functions called directly by pgbench;
+3. HTTP reserve and reserve+commit lifecycles with wrk at 1/10/50/200
+   connections, for independent leaf budgets and for one shared tenant
+   budget, each cell followed by a ledger check;
+4. list, balances and a ledger report with 1,000,000 reservations and
+   10,000 budgets in the database;
+5. the server's memory under the 200-connection load.
+
+Every figure is also given as a ratio to the baseline of the same run, and
+the results are written to docs/performance.md (and bench/results.json).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import secrets
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psycopg
+
+from app.pgcluster import Cluster, find_bindir
+
+ROOT = Path(__file__).resolve().parent.parent
+BENCH = ROOT / "bench"
+PGBENCH_CLIENTS = (1, 8, 32)
+HTTP_CONNECTIONS = (1, 10, 50, 200)
+SQL_TENANTS = max(PGBENCH_CLIENTS)
+HTTP_AGENTS = 1000
+SCALE_RESERVATIONS = 1_000_000
+SCALE_BUDGETS = 10_000
+HUGE = 10**15
+LONG_TTL_MS = 3_600_000
+
+
+def say(message: str) -> None:
+    print(f"bench: {message}", file=sys.stderr, flush=True)
+
+
+@dataclass
+class Stack:
+    """The server and its embedded database, started like a user would."""
+
+    base_dir: Path
+    port: int
+    admin_key: str
+    process: subprocess.Popen[bytes]
+    cluster: Cluster
+    results: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def conninfo(self) -> str:
+        return self.cluster.conninfo("cycles")
+
+    def connect(self) -> psycopg.Connection[Any]:
+        return psycopg.connect(self.conninfo, autocommit=True)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def start_stack(workers: int) -> Stack:
+    base = Path(tempfile.mkdtemp(prefix="cycles-bench-"))
+    base.chmod(0o755)
+    port = free_port()
+    admin_key = "cyc_admin_" + secrets.token_urlsafe(32)
+    env = {**os.environ, "CYCLES_DATA_DIR": str(base / "data"), "CYCLES_PORT": str(port),
+           "CYCLES_ADMIN_API_KEY": admin_key, "CYCLES_WORKERS": str(workers), "CYCLES_LOG_LEVEL": "warning"}
+    env.pop("CYCLES_DATABASE_URL", None)
+    log = (base / "server.log").open("wb")
+    process = subprocess.Popen([str(ROOT / ".venv" / "bin" / "cycles"), "serve"], env=env, stdout=log,
+                               stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise SystemExit(f"the server exited:\n{(base / 'server.log').read_text()}")
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/ready", timeout=1).status_code == 200:
+                break
+        except httpx.TransportError:
+            pass
+        time.sleep(0.2)
+    else:
+        raise SystemExit("the server did not become ready")
+    cluster = Cluster(base / "data" / "postgres")
+    return Stack(base, port, admin_key, process, cluster)
+
+
+def stop_stack(stack: Stack) -> None:
+    stack.process.send_signal(signal.SIGTERM)
+    try:
+        stack.process.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        stack.process.kill()
+    shutil.rmtree(stack.base_dir, ignore_errors=True)
+
+
+# Fixtures ------------------------------------------------------------------
+
+
+def bench_key(name: str) -> str:
+    return f"cyc_live_bench_{name}_{'x' * 24}"
+
+
+def provision(stack: Stack) -> dict[str, str]:
+    """Tenants, keys and budgets for every shape, plus the baseline schema.
+
+    SQL-level keys are inserted with known secrets so pgbench scripts can name
+    them; HTTP keys are minted by cycles.create_api_key like any operator's.
+    """
+    keys: dict[str, str] = {}
+    with stack.connect() as conn:
+        conn.execute((BENCH / "baseline.sql").read_text())
+        conn.execute("INSERT INTO bench.accounts (account_id) SELECT g FROM generate_series(0, 200) AS g"
+                     " ON CONFLICT DO NOTHING")
+        for tenant in [f"bench-ind-{n}" for n in range(SQL_TENANTS)] + ["bench-shared", "http-ind", "http-shared"]:
+            conn.execute("SELECT cycles.create_tenant(p_tenant_id => %s, p_name => %s)", (tenant, tenant))
+        for n in range(SQL_TENANTS):
+            tenant = f"bench-ind-{n}"
+            for scope in (f"tenant:{tenant}", f"tenant:{tenant}/workspace:w", f"tenant:{tenant}/workspace:w/agent:a"):
+                conn.execute("SELECT cycles.create_budget(%s, 'USD_MICROCENTS', %s)", (scope, HUGE))
+            conn.execute(
+                "INSERT INTO cycles.api_keys (key_id, tenant_id, key_prefix, key_hash, name, permissions, expires_at)"
+                " VALUES (%s, %s, %s, cycles._hash_secret(%s), 'bench', cycles._default_permissions(),"
+                " clock_timestamp() + interval '1 day')",
+                (f"key_bench_ind_{n}", tenant, f"bench_ind_{n}", bench_key(f"ind{n}")))
+        conn.execute("SELECT cycles.create_budget('tenant:bench-shared', 'USD_MICROCENTS', %s)", (HUGE,))
+        for n in range(SQL_TENANTS):
+            for scope in (f"tenant:bench-shared/workspace:w{n}", f"tenant:bench-shared/workspace:w{n}/agent:a"):
+                conn.execute("SELECT cycles.create_budget(%s, 'USD_MICROCENTS', %s)", (scope, HUGE))
+        conn.execute(
+            "INSERT INTO cycles.api_keys (key_id, tenant_id, key_prefix, key_hash, name, permissions, expires_at)"
+            " VALUES ('key_bench_shared', 'bench-shared', 'bench_shared', cycles._hash_secret(%s), 'bench',"
+            " cycles._default_permissions(), clock_timestamp() + interval '1 day')", (bench_key("shared"),))
+        # HTTP: independent agent-level leaf budgets (no shared row), and one
+        # shared tenant budget every request locks.
+        for k in range(1, HTTP_AGENTS + 1):
+            conn.execute("SELECT cycles.create_budget(%s, 'USD_MICROCENTS', %s)", (f"tenant:http-ind/agent:a{k}", HUGE))
+        conn.execute("SELECT cycles.create_budget('tenant:http-shared', 'USD_MICROCENTS', %s)", (HUGE,))
+        for tenant in ("http-ind", "http-shared"):
+            row = conn.execute("SELECT cycles.create_api_key(p_tenant_id => %s, p_name => 'bench') ->> 'key_secret'",
+                               (tenant,)).fetchone()
+            assert row is not None
+            keys[tenant] = str(row[0])
+        conn.execute("VACUUM ANALYZE")
+    return keys
+
+
+# pgbench ---------------------------------------------------------------------
+
+
+def pgbench(stack: Stack, script: str, clients: int, seconds: int) -> dict[str, float]:
+    script_path = stack.base_dir / f"script-{secrets.token_hex(4)}.sql"
+    script_path.write_text(script)
+    script_path.chmod(0o644)
+    command = [str(stack.cluster.bindir / "pgbench"), "-n", "-M", "prepared", "-h", str(stack.cluster.socket_dir),
+               "-p", str(stack.cluster.port), "-U", stack.cluster.superuser, "-c", str(clients),
+               "-j", str(min(clients, 2)), "-T", str(seconds), "-f", str(script_path), "cycles"]
+    if stack.cluster.run_as:
+        command = ["runuser", "-u", stack.cluster.run_as, "--", *command]
+    out = subprocess.run(command, capture_output=True, text=True, check=False)
+    if out.returncode != 0:
+        raise SystemExit(f"pgbench failed:\n{out.stdout}\n{out.stderr}")
+    tps = float(re.search(r"tps = ([\d.]+)", out.stdout).group(1))  # type: ignore[union-attr]
+    latency = float(re.search(r"latency average = ([\d.]+) ms", out.stdout).group(1))  # type: ignore[union-attr]
+    failed = re.search(r"number of failed transactions: (\d+)", out.stdout)
+    return {"tps": tps, "latency_ms": latency, "failed": float(failed.group(1)) if failed else 0.0}
+
+
+BASELINE_INDEPENDENT = "SELECT bench.bare_reserve(ARRAY[:client_id * 3 + 3, :client_id * 3 + 4, :client_id * 3 + 5], 1);\n"
+BASELINE_SHARED = "SELECT bench.bare_reserve(ARRAY[0, :client_id * 3 + 4, :client_id * 3 + 5], 1);\n"
+
+
+def reserve_sql(key_expr: str, tenant_expr: str, workspace_expr: str) -> str:
+    request = (
+        "('{\"idempotency_key\":\"' || gen_random_uuid() || '\",\"ttl_ms\":3600000,\"subject\":{\"tenant\":\"' || "
+        f"{tenant_expr} || '\",\"workspace\":\"' || {workspace_expr} || '\",\"agent\":\"a\"}},"
+        "\"action\":{\"kind\":\"llm.completion\",\"name\":\"bench\"},"
+        "\"estimate\":{\"unit\":\"USD_MICROCENTS\",\"amount\":1}}')::jsonb")
+    return f"cycles.reserve(p_api_key => {key_expr}, p_request => {request})"
+
+
+def commit_sql(key_expr: str) -> str:
+    request = ("('{\"idempotency_key\":\"' || gen_random_uuid() || '\",\"actual\":"
+               "{\"unit\":\"USD_MICROCENTS\",\"amount\":1}}')::jsonb")
+    return f"SELECT cycles.commit(p_api_key => {key_expr}, p_reservation_id => :rid, p_request => {request});\n"
+
+
+def sql_scripts() -> dict[str, str]:
+    ind_key = "'cyc_live_bench_ind' || :client_id || '_" + "x" * 24 + "'"
+    shared_key = f"'{bench_key('shared')}'"
+    ind = reserve_sql(ind_key, "'bench-ind-' || :client_id", "'w'")
+    shared = reserve_sql(shared_key, "'bench-shared'", "'w' || :client_id")
+    return {
+        "reserve/independent": f"SELECT {ind};\n",
+        "reserve/shared": f"SELECT {shared};\n",
+        "lifecycle/independent": f"SELECT {ind} ->> 'reservation_id' AS rid \\gset\n" + commit_sql(ind_key),
+        "lifecycle/shared": f"SELECT {shared} ->> 'reservation_id' AS rid \\gset\n" + commit_sql(shared_key),
+    }
+
+
+# HTTP ------------------------------------------------------------------------
+
+
+def ledger_mismatches(stack: Stack, tenant: str) -> int:
+    """Budgets whose counters differ from their ledger, plus budgets whose
+    reserved differs from what their ACTIVE reservations hold, plus budgets
+    whose spent differs from what their COMMITTED reservations were charged
+    (each successful reservation must be accounted for exactly once)."""
+    with stack.connect() as conn:
+        unreconciled = conn.execute("SELECT count(*) FROM cycles.verify_ledger() WHERE tenant_id = %s",
+                                    (tenant,)).fetchone()
+        held = conn.execute("""
+            WITH held AS (
+                SELECT s.scope, r.unit, sum(r.estimate) AS total
+                FROM cycles.reservations AS r, unnest(r.budgeted_scopes) AS s (scope)
+                WHERE r.status = 'ACTIVE' AND r.tenant_id = %(t)s
+                GROUP BY s.scope, r.unit)
+            , charged AS (
+                SELECT s.scope, r.unit, sum(r.committed) AS total
+                FROM cycles.reservations AS r, unnest(r.budgeted_scopes) AS s (scope)
+                WHERE r.status = 'COMMITTED' AND r.tenant_id = %(t)s
+                GROUP BY s.scope, r.unit)
+            SELECT count(*) FROM cycles.budgets AS b
+            LEFT JOIN held AS h ON h.scope = b.scope AND h.unit = b.unit
+            LEFT JOIN charged AS c ON c.scope = b.scope AND c.unit = b.unit
+            WHERE b.tenant_id = %(t)s
+              AND (b.reserved <> coalesce(h.total, 0) OR b.spent <> coalesce(c.total, 0))""",
+            {"t": tenant}).fetchone()
+    assert unreconciled is not None and held is not None
+    return int(unreconciled[0]) + int(held[0])
+
+
+def server_rss_kib(stack: Stack) -> int:
+    """Resident memory of the server: granian's main process and its workers."""
+    total = 0
+    pids = [stack.process.pid]
+    children = Path(f"/proc/{stack.process.pid}/task/{stack.process.pid}/children")
+    if children.exists():
+        pids += [int(p) for p in children.read_text().split()]
+    for pid in pids:
+        try:
+            status = Path(f"/proc/{pid}/status").read_text()
+        except OSError:
+            continue
+        match = re.search(r"VmRSS:\s+(\d+) kB", status)
+        if match:
+            total += int(match.group(1))
+    return total
+
+
+def wrk(stack: Stack, key: str, tenant: str, agents: int, mode: str, connections: int, seconds: int) -> dict[str, Any]:
+    command = ["wrk", "-t", str(min(connections, 2)), "-c", str(connections), "-d", f"{seconds}s",
+               "--timeout", "10s", "-s", str(BENCH / "wrk" / "reserve.lua"), stack.base_url,
+               "--", key, tenant, str(agents), mode, secrets.token_hex(8)]
+    peak_rss = [0]
+    stop = threading.Event()
+
+    def sample() -> None:
+        while not stop.wait(0.5):
+            peak_rss[0] = max(peak_rss[0], server_rss_kib(stack))
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    out = subprocess.run(command, capture_output=True, text=True, check=False)
+    stop.set()
+    sampler.join()
+    match = re.search(r"WRK_RESULT (\{.*\})", out.stdout)
+    if match is None:
+        raise SystemExit(f"wrk failed:\n{out.stdout}\n{out.stderr}")
+    result: dict[str, Any] = json.loads(match.group(1))
+    result["rps"] = result["requests"] / (result["duration_us"] / 1e6)
+    result["peak_rss_mib"] = round(peak_rss[0] / 1024, 1)
+    return result
+
+
+def http_cell(stack: Stack, keys: dict[str, str], shape: str, mode: str, connections: int,
+              seconds: int) -> dict[str, Any]:
+    tenant = "http-ind" if shape == "independent" else "http-shared"
+    result = wrk(stack, keys[tenant], tenant, HTTP_AGENTS, mode, connections, seconds)
+    result["ledger_mismatches"] = ledger_mismatches(stack, tenant)
+    return result
+
+
+# Scale -----------------------------------------------------------------------
+
+
+def populate_scale(stack: Stack) -> str:
+    with stack.connect() as conn:
+        conn.execute("SELECT cycles.create_tenant('scale', 'scale')")
+        key = conn.execute("SELECT cycles.create_api_key(p_tenant_id => 'scale', p_name => 'bench') ->> 'key_secret'"
+                           ).fetchone()
+        assert key is not None
+        conn.execute("""
+            INSERT INTO cycles.budgets (tenant_id, scope, unit, allocated, remaining)
+            SELECT 'scale', 'tenant:scale/workspace:w' || (g % 100) || '/agent:a' || g, 'USD_MICROCENTS', %s, %s
+            FROM generate_series(1, %s) AS g""", (HUGE, HUGE, SCALE_BUDGETS))
+        conn.execute("""
+            INSERT INTO cycles.ledger_entries (tenant_id, budget_id, scope, unit, operation, allocated_delta, actor_type)
+            SELECT b.tenant_id, b.budget_id, b.scope, b.unit, 'CREATE', b.allocated, 'admin'
+            FROM cycles.budgets AS b WHERE b.tenant_id = 'scale'""")
+        conn.execute("""
+            INSERT INTO cycles.reservations (
+                reservation_id, tenant_id, idempotency_key, subject, action, unit, estimate, scope_path,
+                affected_scopes, budgeted_scopes, overage_policy, status, created_at_ms, expires_at_ms,
+                grace_period_ms, ttl_ms, max_extensions, finalized_at_ms, committed)
+            SELECT 'rsv_scale_' || g, 'scale', 'idem-' || g,
+                   jsonb_build_object('tenant', 'scale', 'workspace', 'w' || (g % 100), 'agent', 'a' || (g % 10000)),
+                   '{"kind": "llm.completion", "name": "bench"}', 'USD_MICROCENTS', 100,
+                   'tenant:scale/workspace:w' || (g % 100) || '/agent:a' || (g % 10000),
+                   ARRAY['tenant:scale'], ARRAY[]::text[], 'ALLOW_IF_AVAILABLE', 'COMMITTED',
+                   cycles._now_ms() - 86400000 + g, cycles._now_ms() + 86400000, 5000, 60000, 10,
+                   cycles._now_ms() - 86400000 + g + 10, 100
+            FROM generate_series(1, %s) AS g""", (SCALE_RESERVATIONS,))
+        conn.execute("VACUUM ANALYZE cycles.reservations")
+        conn.execute("VACUUM ANALYZE cycles.budgets")
+        conn.execute("VACUUM ANALYZE cycles.ledger_entries")
+    return str(key[0])
+
+
+def percentiles(samples: list[float]) -> dict[str, float]:
+    ordered = sorted(samples)
+    return {"p50_ms": round(statistics.median(ordered), 2),
+            "p99_ms": round(ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))], 2)}
+
+
+def scale_queries(stack: Stack, samples: int) -> dict[str, Any]:
+    key = populate_scale(stack)
+    results: dict[str, Any] = {}
+    requests = {
+        "list reservations (newest 50)": "/v1/reservations?tenant=scale&limit=50",
+        "list reservations (status + agent filter)": "/v1/reservations?status=COMMITTED&agent=a4242&limit=50",
+        "list reservations (expires window, asc)":
+            "/v1/reservations?sort_by=expires_at_ms&sort_dir=asc&limit=50",
+        "balances (tenant, 50)": "/v1/balances?tenant=scale&limit=50",
+        "balances (one agent)": "/v1/balances?agent=a777",
+    }
+    with httpx.Client(base_url=stack.base_url, headers={"X-Cycles-API-Key": key}, timeout=30) as client:
+        for name, path in requests.items():
+            timings = []
+            for _ in range(samples):
+                started = time.perf_counter()
+                response = client.get(path)
+                timings.append((time.perf_counter() - started) * 1000)
+                if response.status_code != 200:
+                    raise SystemExit(f"{path}: {response.status_code} {response.text}")
+            results[name] = percentiles(timings)
+    report = ("SELECT scope, sum(spent_delta) AS spent, sum(reserved_delta) AS reserved FROM cycles.ledger_entries"
+              " WHERE tenant_id = 'scale' GROUP BY scope ORDER BY spent DESC LIMIT 20")
+    with stack.connect() as conn:
+        timings = []
+        for _ in range(max(5, samples // 10)):
+            started = time.perf_counter()
+            conn.execute(report).fetchall()
+            timings.append((time.perf_counter() - started) * 1000)
+    results["ledger report (spend by scope, top 20)"] = percentiles(timings)
+    return results
+
+
+# Report ----------------------------------------------------------------------
+
+
+def machine() -> dict[str, str]:
+    cpu = "unknown"
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            cpu = line.split(":", 1)[1].strip()
+            break
+    memory = Path("/proc/meminfo").read_text().splitlines()[0].split(":", 1)[1].strip()
+    postgres = subprocess.run([str(find_bindir() / "postgres"), "--version"], capture_output=True, text=True,
+                              check=False).stdout.strip()
+    return {"cpu": cpu, "cores": str(os.cpu_count()), "memory": memory, "kernel": platform.release(),
+            "python": platform.python_version(), "postgres": postgres}
+
+
+def write_report(results: dict[str, Any], path: Path) -> None:
+    base = results["baseline"]
+    lines = ["# Performance", "", "Generated by `.venv/bin/python -m bench.run` "
+             f"({results['started']}, {results['seconds']} s per cell). Client, server and database share "
+             "one machine:", ""]
+    lines += [f"- {k}: {v}" for k, v in results["machine"].items()]
+    lines += ["", "Every figure is also given as a ratio to the bare reserve-shaped baseline measured by pgbench in "
+              "the same run (`bench/baseline.sql`: lock 3 rows in order, update them, insert 2 rows).", "",
+              "## 1. Baseline and SQL level (pgbench, prepared statements)", "",
+              "| script | shape | clients | tps | latency ms | ratio to baseline |", "|---|---|---|---|---|---|"]
+    for shape in ("independent", "shared"):
+        for clients in PGBENCH_CLIENTS:
+            cell = base[f"{shape}/{clients}"]
+            lines.append(f"| bare baseline | {shape} | {clients} | {cell['tps']:.0f} | {cell['latency_ms']:.3f} | 1.00 |")
+    for name, cells in results["sql"].items():
+        mode, shape = name.split("/")
+        for clients in PGBENCH_CLIENTS:
+            cell = cells[str(clients)]
+            ratio = cell["tps"] / base[f"{shape}/{clients}"]["tps"]
+            lines.append(f"| cycles.{mode} | {shape} | {clients} | {cell['tps']:.0f} | {cell['latency_ms']:.3f} "
+                         f"| {ratio:.2f} |")
+    lines += ["", "A lifecycle is one reserve and one commit (two function calls per pgbench transaction).", "",
+              "## 2. HTTP (wrk, 2 threads)", "",
+              "| mode | shape | connections | req/s | p50 ms | p95 ms | p99 ms | non-2xx | ledger mismatches "
+              "| RSS MiB | req/s ÷ baseline tps (same shape, 32 clients) |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for name, cell in results["http"].items():
+        mode, shape, connections = name.split("/")
+        ratio = cell["rps"] / base[f"{shape}/32"]["tps"]
+        lines.append(
+            f"| {mode} | {shape} | {connections} | {cell['rps']:.0f} | {cell['p50_us'] / 1000:.2f} | "
+            f"{cell['p95_us'] / 1000:.2f} | {cell['p99_us'] / 1000:.2f} | {cell['non_2xx'] + cell['socket_errors']} | "
+            f"{cell['ledger_mismatches']} | {cell['peak_rss_mib']} | {ratio:.2f} |")
+    if "scale" in results:
+        lines += ["", f"## 3. Scale ({SCALE_RESERVATIONS:,} reservations, {SCALE_BUDGETS:,} budgets)", "",
+                  "| query | p50 ms | p99 ms |", "|---|---|---|"]
+        for name, cell in results["scale"].items():
+            lines.append(f"| {name} | {cell['p50_ms']} | {cell['p99_ms']} |")
+    lines += ["", "HTTP latencies include wrk's own time on the same two cores; the scale figures include the "
+              "Python client's.", ""]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(lines))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--seconds", type=int, default=10, help="duration of each measured cell")
+    parser.add_argument("--quick", action="store_true", help="3 s cells, fewer scale samples")
+    parser.add_argument("--skip-scale", action="store_true")
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--out", type=Path, default=ROOT / "docs" / "performance.md")
+    args = parser.parse_args()
+    if shutil.which("wrk") is None:
+        raise SystemExit("wrk is needed for the HTTP cells: apt-get install -y wrk")
+    seconds = 3 if args.quick else args.seconds
+    results: dict[str, Any] = {"started": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "seconds": seconds,
+                               "machine": machine()}
+    stack = start_stack(args.workers)
+    try:
+        say(f"server up at {stack.base_url}; provisioning")
+        keys = provision(stack)
+        results["baseline"] = {}
+        for shape, script in (("independent", BASELINE_INDEPENDENT), ("shared", BASELINE_SHARED)):
+            for clients in PGBENCH_CLIENTS:
+                say(f"baseline {shape} x{clients}")
+                results["baseline"][f"{shape}/{clients}"] = pgbench(stack, script, clients, seconds)
+        results["sql"] = {}
+        for name, script in sql_scripts().items():
+            results["sql"][name] = {}
+            for clients in PGBENCH_CLIENTS:
+                say(f"sql {name} x{clients}")
+                results["sql"][name][str(clients)] = pgbench(stack, script, clients, seconds)
+        results["http"] = {}
+        for mode in ("reserve", "lifecycle"):
+            for shape in ("independent", "shared"):
+                for connections in HTTP_CONNECTIONS:
+                    say(f"http {mode} {shape} x{connections}")
+                    results["http"][f"{mode}/{shape}/{connections}"] = http_cell(
+                        stack, keys, shape, mode, connections, seconds)
+        if not args.skip_scale:
+            say("scale: populating")
+            results["scale"] = scale_queries(stack, 50 if args.quick else 200)
+    finally:
+        stop_stack(stack)
+    (BENCH / "results.json").write_text(json.dumps(results, indent=2))
+    write_report(results, args.out)
+    say(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
