@@ -1,0 +1,1 @@
+"""cycles_sdk: a typed Python SDK for Cycles budget authorities."""
