@@ -10,24 +10,11 @@ from typing import Any
 import psycopg
 import pytest
 
+from tests.sql.admin_calls import ISO, call, fails
+
 DEFAULT_PERMISSIONS = [
     "reservations:create", "reservations:commit", "reservations:release", "reservations:extend",
     "reservations:list", "balances:read", "budgets:read", "budgets:write", "policies:read", "policies:write"]
-ISO = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
-
-
-def call(db: psycopg.Connection, sql: str, **params: Any) -> Any:
-    row = db.execute(sql, params).fetchone()
-    assert row is not None
-    return row[0]
-
-
-def fails(db: psycopg.Connection, code: str, sql: str, **params: Any) -> None:
-    with pytest.raises(psycopg.Error) as caught:
-        db.execute(sql, params)
-    assert caught.value.sqlstate == call(db, "SELECT cycles._error_sqlstate(%(c)s)", c=code), caught.value
-    detail = caught.value.diag.message_detail
-    assert detail is not None and json.loads(detail)["error"] == code
 
 
 def counts(db: psycopg.Connection) -> tuple[int, ...]:

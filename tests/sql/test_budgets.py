@@ -8,21 +8,7 @@ from typing import Any
 import psycopg
 import pytest
 
-MAX = 2**63 - 1
-
-
-def call(db: psycopg.Connection, sql: str, **params: Any) -> Any:
-    row = db.execute(sql, params).fetchone()
-    assert row is not None
-    return row[0]
-
-
-def fails(db: psycopg.Connection, code: str, sql: str, **params: Any) -> None:
-    with pytest.raises(psycopg.Error) as caught:
-        db.execute(sql, params)
-    assert caught.value.sqlstate == call(db, "SELECT cycles._error_sqlstate(%(c)s)", c=code), caught.value
-    detail = caught.value.diag.message_detail
-    assert detail is not None and json.loads(detail)["error"] == code
+from tests.sql.admin_calls import MAX, call, fails
 
 
 def snapshot(db: psycopg.Connection) -> list[tuple[Any, ...]]:

@@ -2,32 +2,16 @@
 
 from __future__ import annotations
 
-import json
-import re
 from typing import Any
 
 import psycopg
 import pytest
 
-MAX = 2**63 - 1
-ISO = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
+from tests.sql.admin_calls import ISO, MAX, call, fails
+
 FUND = """SELECT cycles.fund_budget(p_scope => %(scope)s, p_unit => %(unit)s, p_operation => %(op)s,
                                   p_amount => %(amount)s, p_idempotency_key => %(key)s, p_spent => %(spent)s,
                                   p_reason => %(reason)s)"""
-
-
-def call(db: psycopg.Connection, sql: str, **params: Any) -> Any:
-    row = db.execute(sql, params).fetchone()
-    assert row is not None
-    return row[0]
-
-
-def fails(db: psycopg.Connection, code: str, sql: str, **params: Any) -> None:
-    with pytest.raises(psycopg.Error) as caught:
-        db.execute(sql, params)
-    assert caught.value.sqlstate == call(db, "SELECT cycles._error_sqlstate(%(c)s)", c=code), caught.value
-    detail = caught.value.diag.message_detail
-    assert detail is not None and json.loads(detail)["error"] == code
 
 
 def fund(db: psycopg.Connection, op: str, amount: int | None, key: str, *, scope: str = "tenant:acme",

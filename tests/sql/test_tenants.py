@@ -3,30 +3,12 @@
 from __future__ import annotations
 
 import json
-import re
 from typing import Any
 
 import psycopg
 import pytest
 
-ISO = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
-
-
-def call(db: psycopg.Connection, sql: str, **params: Any) -> Any:
-    row = db.execute(sql, params).fetchone()
-    assert row is not None
-    return row[0]
-
-
-def fails(db: psycopg.Connection, code: str, sql: str, **params: Any) -> str:
-    """Runs sql, asserts it raises the protocol error `code`; returns the message."""
-    with pytest.raises(psycopg.Error) as caught:
-        db.execute(sql, params)
-    sqlstate = call(db, "SELECT cycles._error_sqlstate(%(c)s)", c=code)
-    assert caught.value.sqlstate == sqlstate, caught.value
-    detail = caught.value.diag.message_detail
-    assert detail is not None and json.loads(detail)["error"] == code
-    return str(caught.value.diag.message_primary)
+from tests.sql.admin_calls import ISO, call, fails
 
 
 def events(db: psycopg.Connection, tenant_id: str) -> list[tuple[str, dict[str, Any], str | None]]:
