@@ -52,6 +52,9 @@ SQLSTATE_ERRORS: Final[Mapping[str, tuple[int, str]]] = {
     "CY4BN": (404, "BUDGET_NOT_FOUND"),
     "CY4IP": (403, "INSUFFICIENT_PERMISSIONS"),
     "CY429": (429, "LIMIT_EXCEEDED"),
+    "CY4WN": (404, "WEBHOOK_NOT_FOUND"),
+    "CY4WU": (400, "WEBHOOK_URL_INVALID"),
+    "CY9RP": (409, "REPLAY_IN_PROGRESS"),
 }
 
 # Error codes for failures that never reach SQL, by HTTP status.

@@ -35,6 +35,9 @@ BEGIN
             WHEN 'BUDGET_NOT_FOUND'         THEN 'CY4BN'
             WHEN 'INSUFFICIENT_PERMISSIONS' THEN 'CY4IP'
             WHEN 'LIMIT_EXCEEDED'           THEN 'CY429'
+            WHEN 'WEBHOOK_NOT_FOUND'        THEN 'CY4WN'
+            WHEN 'WEBHOOK_URL_INVALID'      THEN 'CY4WU'
+            WHEN 'REPLAY_IN_PROGRESS'       THEN 'CY9RP'
         END
     );
 END;

@@ -423,10 +423,13 @@ $$;
 --   2. every budget that is not CLOSED -> CLOSED (closed_at set), one CLOSE
 --      ledger row with zero deltas;
 --   3. every ACTIVE key -> REVOKED, revoked_reason 'tenant_closed';
+--   3b. every ACTIVE|PAUSED webhook subscription -> DISABLED, its open
+--      deliveries failed (cycles._disable_tenant_webhooks);
 --   4. the tenant -> CLOSED.
 -- Events: reservation.released_via_tenant_cascade (one per budget whose
 -- reserved was > 0, with released_amount), budget.closed_via_tenant_cascade,
--- api_key.revoked_via_tenant_cascade, then tenant.closed, all with
+-- api_key.revoked_via_tenant_cascade, webhook.disabled_via_tenant_cascade,
+-- then tenant.closed, all with
 -- correlation_id 'tenant_close_cascade:<tenant_id>:<request_id>' (a request
 -- id is generated when the caller gives none).
 -- Closing a CLOSED tenant is a no-op at the tenant level (no tenant.closed
@@ -586,6 +589,10 @@ BEGIN
             p_request_id => v_request_id, p_trace_id => v_ctx ->> 'trace_id',
             p_correlation_id => v_correlation);
     END LOOP;
+
+    -- 3b. Disable every webhook subscription (sql/30_webhooks.sql).
+    PERFORM cycles._disable_tenant_webhooks(
+        p_tenant_id, v_ctx || jsonb_build_object('request_id', v_request_id), v_correlation);
 
     -- 4. The tenant, last.
     IF v_previous <> 'CLOSED' THEN

@@ -55,7 +55,7 @@ def _reserve_step(request: ReservationCreateRequest, response: CyclesResponse) -
                 raise kind("reservation denied", status=200, error_code=code, reason_code=code,
                            retry_after_ms=answer.retry_after_ms if isinstance(answer.retry_after_ms, int) else None,
                            request_id=response.request_id)
-            if answer.decision == "DENY" or isinstance(answer.reservation_id, str):
+            if request.dry_run is True or isinstance(answer.reservation_id, str):
                 return answer
     if _transient(response):
         return None

@@ -24,6 +24,31 @@ _KEY = "UPDATE cycles.api_keys SET {}"
 _RESERVATION = "UPDATE cycles.reservations SET {}"
 _IDEMPOTENCY = "UPDATE cycles.idempotency_records SET {}"
 
+_WEBHOOK_INSERT = """
+    INSERT INTO cycles.webhook_subscriptions (subscription_id, tenant_id, url, event_types, event_categories,
+        signing_secret, headers, status, retry_policy, disable_after_failures, consecutive_failures)
+    VALUES ('whsub_bad', {tenant}, {url}, {types}, {categories}, {secret}, {headers}, {status}, {policy},
+        {disable_after}, {failures})"""
+_WEBHOOK_OK = {
+    "tenant": "'acme'", "url": "'https://hooks.example.com'", "types": "'{budget.exhausted}'",
+    "categories": "'{}'", "secret": "'whsec_secret'", "headers": "'{}'", "status": "'ACTIVE'",
+    "policy": "'{\"max_retries\": 5, \"initial_delay_ms\": 1000, \"backoff_multiplier\": 2,"
+              " \"max_delay_ms\": 60000}'",
+    "disable_after": "10", "failures": "0"}
+_DELIVERY_INSERT = """
+    INSERT INTO cycles.webhook_deliveries (delivery_id, subscription_id, tenant_id, kind, replay_id, event_seq,
+        event_id, event_type, test_event, status, attempts, completed_at, trace_flags)
+    VALUES ('del_bad', 'whsub_x', 'acme', {kind}, {replay}, {event_seq}, 'evt_x', 'budget.exhausted', {test},
+        {status}, {attempts}, {completed}, {flags})"""
+_DELIVERY_OK = {
+    "kind": "'live'", "replay": "NULL", "event_seq": "1", "test": "NULL", "status": "'PENDING'",
+    "attempts": "0", "completed": "NULL", "flags": "'01'"}
+_REPLAY_INSERT = """
+    INSERT INTO cycles.webhook_replays (replay_id, subscription_id, tenant_id, window_from, window_to,
+        max_events, events_queued)
+    VALUES ('rpl_bad', 'whsub_x', 'acme', {window_from}, now(), {max_events}, {queued})"""
+_REPLAY_OK = {"window_from": "now() - interval '1 hour'", "max_events": "100", "queued": "0"}
+
 # constraint name -> a statement, run against the baseline of the `baseline`
 # fixture, that violates that constraint and no other.
 VIOLATIONS: dict[str, str] = {
@@ -85,6 +110,29 @@ VIOLATIONS: dict[str, str] = {
         event_type="'budget.created'", category="'budget'", source="'elsewhere'", data="'{}'"),
     "events_data_object": _EVENT_INSERT.format(
         event_type="'budget.created'", category="'budget'", source="'cycles-admin'", data="'[]'"),
+
+    "webhook_subscriptions_selector_present": _WEBHOOK_INSERT.format(**{**_WEBHOOK_OK, "types": "'{}'"}),
+    "webhook_subscriptions_tenant_selectors": _WEBHOOK_INSERT.format(**{**_WEBHOOK_OK, "categories": "'{policy}'"}),
+    "webhook_subscriptions_status_valid": _WEBHOOK_INSERT.format(**{**_WEBHOOK_OK, "status": "'GONE'"}),
+    "webhook_subscriptions_url_valid": _WEBHOOK_INSERT.format(**{**_WEBHOOK_OK, "url": "'ftp://x'"}),
+    "webhook_subscriptions_secret_length": _WEBHOOK_INSERT.format(**{**_WEBHOOK_OK, "secret": "'short'"}),
+    "webhook_subscriptions_headers_object": _WEBHOOK_INSERT.format(**{**_WEBHOOK_OK, "headers": "'[]'"}),
+    "webhook_subscriptions_retry_policy_valid": _WEBHOOK_INSERT.format(**{**_WEBHOOK_OK, "policy": "'{}'"}),
+    "webhook_subscriptions_disable_after_positive": _WEBHOOK_INSERT.format(**{**_WEBHOOK_OK, "disable_after": "0"}),
+    "webhook_subscriptions_failures_nonnegative": _WEBHOOK_INSERT.format(**{**_WEBHOOK_OK, "failures": "-1"}),
+
+    "webhook_deliveries_kind_valid": _DELIVERY_INSERT.format(**{**_DELIVERY_OK, "kind": "'other'"}),
+    "webhook_deliveries_status_valid": _DELIVERY_INSERT.format(**{**_DELIVERY_OK, "status": "'LOST'"}),
+    "webhook_deliveries_event_source": _DELIVERY_INSERT.format(**{**_DELIVERY_OK, "event_seq": "NULL"}),
+    "webhook_deliveries_replay_id_iff_replay": _DELIVERY_INSERT.format(**{**_DELIVERY_OK, "replay": "'rpl_x'"}),
+    "webhook_deliveries_attempts_nonnegative": _DELIVERY_INSERT.format(**{**_DELIVERY_OK, "attempts": "-1"}),
+    "webhook_deliveries_completed_iff_settled": _DELIVERY_INSERT.format(**{**_DELIVERY_OK, "status": "'SUCCESS'"}),
+    "webhook_deliveries_trace_flags_hex": _DELIVERY_INSERT.format(**{**_DELIVERY_OK, "flags": "'XY'"}),
+
+    "webhook_replays_window_ordered": _REPLAY_INSERT.format(
+        **{**_REPLAY_OK, "window_from": "now() + interval '1 hour'"}),
+    "webhook_replays_max_events_range": _REPLAY_INSERT.format(**{**_REPLAY_OK, "max_events": "1001"}),
+    "webhook_replays_queued_range": _REPLAY_INSERT.format(**{**_REPLAY_OK, "queued": "101"}),
 }
 
 
