@@ -5,6 +5,7 @@ only the client's view of it is damaged."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -21,6 +22,7 @@ class Seen:
     path: str
     idempotency_key: str | None
     body: bytes
+    at_ms: int = field(default_factory=lambda: time.time_ns() // 1_000_000)
 
 
 @dataclass

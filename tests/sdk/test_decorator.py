@@ -197,7 +197,7 @@ def test_local_validation_sends_nothing(admin_conn: Any, make_config: Config) ->
         def bad() -> None:
             raise AssertionError("must not run")
 
-        with pytest.raises(ValueError, match="estimate.amount"):
+        with pytest.raises(ValueError, match=r"estimate\.amount"):
             bad()
     assert admin_conn.execute("SELECT count(*) FROM cycles.reservations WHERE tenant_id = %s",
                               (tenant.tenant_id,)).fetchone() == (0,)
