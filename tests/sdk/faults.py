@@ -30,6 +30,9 @@ class FaultyTransport(httpx.BaseTransport):
     faults: list[tuple[str, Fault]] = field(default_factory=list)  # (path suffix, fault), used once each
     seen: list[Seen] = field(default_factory=list)
     before_send: Callable[[httpx.Request], None] | None = None
+    # (path suffix, response) answered without forwarding (the server never
+    # sees the request), used once each.
+    intercepts: list[tuple[str, httpx.Response]] = field(default_factory=list)
     inner: httpx.BaseTransport = field(default_factory=httpx.HTTPTransport)
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
@@ -37,6 +40,10 @@ class FaultyTransport(httpx.BaseTransport):
         self.seen.append(Seen(request.method, request.url.path, request.headers.get("x-idempotency-key"), body))
         if self.before_send is not None:
             self.before_send(request)
+        for index, (suffix, answer) in enumerate(self.intercepts):
+            if request.url.path.endswith(suffix):
+                del self.intercepts[index]
+                return answer
         response = self.inner.handle_request(request)
         response.read()
         for index, (suffix, fault) in enumerate(self.faults):
@@ -58,11 +65,16 @@ class FaultyTransport(httpx.BaseTransport):
 class AsyncFaultyTransport(httpx.AsyncBaseTransport):
     faults: list[tuple[str, Fault]] = field(default_factory=list)
     seen: list[Seen] = field(default_factory=list)
+    intercepts: list[tuple[str, httpx.Response]] = field(default_factory=list)
     inner: httpx.AsyncBaseTransport = field(default_factory=httpx.AsyncHTTPTransport)
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         body = await request.aread()
         self.seen.append(Seen(request.method, request.url.path, request.headers.get("x-idempotency-key"), body))
+        for index, (suffix, answer) in enumerate(self.intercepts):
+            if request.url.path.endswith(suffix):
+                del self.intercepts[index]
+                return answer
         response = await self.inner.handle_async_request(request)
         await response.aread()
         for index, (suffix, fault) in enumerate(self.faults):
