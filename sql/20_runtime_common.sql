@@ -6,14 +6,15 @@
 
 -- Principal ----------------------------------------------------------------
 
--- The authenticated key's id and its tenant row, after checking that the key
--- grants p_permission (NULL: no permission needed).
+-- The authenticated key's id, its tenant row and its scope_filter, after
+-- checking that the key grants p_permission (NULL: no permission needed).
 -- Errors: UNAUTHORIZED (bad key), FORBIDDEN (permission missing).
 CREATE FUNCTION cycles._runtime_principal(
     p_api_key    text,
     p_permission text,
-    OUT o_key_id text,
-    OUT o_tenant cycles.tenants
+    OUT o_key_id       text,
+    OUT o_tenant       cycles.tenants,
+    OUT o_scope_filter text[]
 )
 LANGUAGE plpgsql
 AS $$
@@ -26,7 +27,25 @@ BEGIN
             jsonb_build_object('required_permission', p_permission));
     END IF;
     o_key_id := v_key.key_id;
+    o_scope_filter := v_key.scope_filter;
     SELECT t.* INTO o_tenant FROM cycles.tenants AS t WHERE t.tenant_id = v_key.tenant_id;
+END;
+$$;
+
+-- A key with a non-empty scope_filter acts only on scopes the filter allows
+-- (cycles._scope_filter_allows: an entry level:value or level:* must appear
+-- in the scope path, or the path must equal or descend from an entry that is
+-- a full scope). Checked on the reservation's scope path (its deepest scope).
+-- Errors: FORBIDDEN.
+CREATE FUNCTION cycles._require_scope_in_filter(p_scope_filter text[], p_scope_path text) RETURNS void
+LANGUAGE plpgsql
+AS $$
+BEGIN
+    IF cardinality(p_scope_filter) > 0
+       AND NOT cycles._scope_filter_allows(to_jsonb(p_scope_filter), p_scope_path) THEN
+        PERFORM cycles._fail('FORBIDDEN', format('API key''s scope_filter does not allow scope %s', p_scope_path),
+            jsonb_build_object('scope', p_scope_path, 'scope_filter', to_jsonb(p_scope_filter)));
+    END IF;
 END;
 $$;
 

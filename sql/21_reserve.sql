@@ -113,8 +113,16 @@ $$;
 -- concurrent same-key requests serialise; then the budget rows of the derived
 -- scopes in the request unit, FOR UPDATE in scope byte order (live only).
 --
+-- Policies: the matching policy (cycles._match_policy on the scope path) of
+-- an allowed request supplies caps (decision ALLOW_WITH_CAPS), the commit
+-- overage policy (request > policy > deepest budget > tenant) and TTL
+-- governance: ttl_ms defaults to the policy's default_ttl_ms, else the
+-- tenant's, and is capped at the policy's max_ttl_ms, else the tenant's;
+-- max_extensions is the policy's, else the tenant's.
+--
 -- Errors, in precedence order: UNAUTHORIZED; FORBIDDEN (permission
 -- reservations:create); INVALID_REQUEST; FORBIDDEN (subject.tenant);
+-- FORBIDDEN (scope outside the key's scope_filter);
 -- IDEMPOTENCY_MISMATCH; [live] TENANT_CLOSED; FORBIDDEN (tenant suspended);
 -- UNIT_MISMATCH / NOT_FOUND (no budget in the unit); per scope from the top:
 -- BUDGET_FROZEN, BUDGET_CLOSED, OVERDRAFT_LIMIT_EXCEEDED, DEBT_OUTSTANDING,
@@ -131,6 +139,9 @@ DECLARE
     v_tenant      cycles.tenants;
     v_parsed      cycles.reserve_request;
     v_dry_run     boolean;
+    v_match       cycles.policies;
+    v_caps        jsonb;
+    v_ttl_req     bigint;
     v_ttl_ms      bigint;
     v_grace_ms    bigint;
     v_policy      text;
@@ -144,16 +155,16 @@ DECLARE
     v_expires_ms  bigint;
     v_id          text;
 BEGIN
-    SELECT p.o_key_id, p.o_tenant INTO v_principal
+    SELECT p.o_key_id, p.o_tenant, p.o_scope_filter INTO v_principal
     FROM cycles._runtime_principal(p_api_key, 'reservations:create') AS p;
     v_tenant := v_principal.o_tenant;
     v_parsed := cycles._parse_reserve_request(p_request, v_tenant.tenant_id);
+    PERFORM cycles._require_scope_in_filter(v_principal.o_scope_filter, v_parsed.scope_path);
     IF p_request ? 'dry_run' AND jsonb_typeof(p_request -> 'dry_run') NOT IN ('boolean', 'null') THEN
         PERFORM cycles._fail('INVALID_REQUEST', 'dry_run must be a boolean');
     END IF;
     v_dry_run := coalesce((p_request ->> 'dry_run')::boolean, false);
-    v_ttl_ms := least(cycles._request_int(p_request, 'ttl_ms', 1000, 86400000, v_tenant.default_reservation_ttl_ms),
-                      v_tenant.max_reservation_ttl_ms);
+    v_ttl_req := cycles._request_int(p_request, 'ttl_ms', 1000, 86400000, NULL);
     v_grace_ms := cycles._request_int(p_request, 'grace_period_ms', 0, 60000, 5000);
     v_policy := cycles._require_overage_policy(p_request ->> 'overage_policy');
     v_actor := cycles._runtime_actor(p_ctx, v_principal.o_key_id);
@@ -166,13 +177,18 @@ BEGIN
 
     IF v_dry_run THEN
         SELECT e.o_reason, e.o_row, e.o_rows INTO v_denial FROM cycles._evaluate_reserve(v_tenant, v_parsed) AS e;
+        IF v_denial.o_reason IS NULL THEN
+            v_caps := cycles._policy_caps(cycles._match_policy(v_tenant.tenant_id, v_parsed.scope_path));
+        END IF;
         v_response := jsonb_build_object(
-            'decision', CASE WHEN v_denial.o_reason IS NULL THEN 'ALLOW' ELSE 'DENY' END,
+            'decision', CASE WHEN v_denial.o_reason IS NOT NULL THEN 'DENY'
+                             WHEN v_caps IS NOT NULL THEN 'ALLOW_WITH_CAPS' ELSE 'ALLOW' END,
             'affected_scopes', to_jsonb(v_parsed.affected_scopes),
             'scope_path', v_parsed.scope_path);
         IF v_denial.o_reason IS NULL THEN
             v_response := v_response || jsonb_build_object(
-                'reserved', cycles._amount_json(v_parsed.unit, v_parsed.estimate));
+                'reserved', cycles._amount_json(v_parsed.unit, v_parsed.estimate))
+                || CASE WHEN v_caps IS NOT NULL THEN jsonb_build_object('caps', v_caps) ELSE '{}'::jsonb END;
         ELSE
             v_response := v_response || jsonb_build_object('reason_code', v_denial.o_reason);
             PERFORM cycles._emit_denied(v_tenant.tenant_id, v_parsed, v_denial.o_reason, v_denial.o_row,
@@ -196,9 +212,18 @@ BEGIN
         PERFORM cycles._fail_denial(v_denial.o_reason, v_denial.o_row, v_parsed.estimate);
     END IF;
 
-    -- Policy: the request's, else the deepest budget's, else the tenant's.
+    v_match := cycles._match_policy(v_tenant.tenant_id, v_parsed.scope_path);
+    v_caps := cycles._policy_caps(v_match);
+    v_ttl_ms := least(
+        coalesce(v_ttl_req, (v_match.reservation_ttl_override ->> 'default_ttl_ms')::bigint,
+                 v_tenant.default_reservation_ttl_ms),
+        coalesce((v_match.reservation_ttl_override ->> 'max_ttl_ms')::bigint, v_tenant.max_reservation_ttl_ms));
+
+    -- Overage policy: the request's, else the matching policy's, else the
+    -- deepest budget's, else the tenant's.
     v_policy := coalesce(
         v_policy,
+        v_match.commit_overage_policy,
         (SELECT b.commit_overage_policy FROM unnest(v_before) AS b
          WHERE b.commit_overage_policy IS NOT NULL ORDER BY b.scope COLLATE "C" DESC LIMIT 1),
         v_tenant.default_commit_overage_policy,
@@ -226,7 +251,8 @@ BEGIN
         v_id, v_tenant.tenant_id, v_principal.o_key_id, v_parsed.idempotency_key, v_parsed.subject,
         v_parsed.action, v_parsed.unit, v_parsed.estimate, v_parsed.scope_path, v_parsed.affected_scopes,
         ARRAY(SELECT r.scope FROM unnest(v_after) AS r ORDER BY r.scope COLLATE "C"), v_policy, 'ACTIVE',
-        v_now_ms, v_expires_ms, v_grace_ms, v_ttl_ms, 0, v_tenant.max_reservation_extensions,
+        v_now_ms, v_expires_ms, v_grace_ms, v_ttl_ms, 0,
+        coalesce((v_match.reservation_ttl_override ->> 'max_extensions')::integer, v_tenant.max_reservation_extensions),
         cycles._request_object(p_request, 'metadata'), p_ctx ->> 'request_id', p_ctx ->> 'trace_id');
 
     PERFORM cycles._record_changes(v_before, v_after, 'RESERVE', v_actor, p_ctx,
@@ -234,14 +260,15 @@ BEGIN
         p_idempotency_key => v_parsed.idempotency_key);
 
     v_response := jsonb_build_object(
-        'decision', 'ALLOW',
+        'decision', CASE WHEN v_caps IS NOT NULL THEN 'ALLOW_WITH_CAPS' ELSE 'ALLOW' END,
         'reservation_id', v_id,
         'affected_scopes', to_jsonb(v_parsed.affected_scopes),
         'expires_at_ms', v_expires_ms,
         'remaining_ttl_ms', greatest(0, v_expires_ms - cycles._now_ms()),
         'scope_path', v_parsed.scope_path,
         'reserved', cycles._amount_json(v_parsed.unit, v_parsed.estimate),
-        'balances', cycles._balances_json(v_after));
+        'balances', cycles._balances_json(v_after))
+        || CASE WHEN v_caps IS NOT NULL THEN jsonb_build_object('caps', v_caps) ELSE '{}'::jsonb END;
     PERFORM cycles._idempotent_store(v_tenant.tenant_id, 'reserve', v_parsed.idempotency_key, v_hash,
                                      v_response, v_id, v_expires_ms + v_grace_ms);
     RETURN v_response;
@@ -258,9 +285,12 @@ $$;
 --
 -- Locks: an advisory lock on (tenant, 'decide', idempotency key); no row locks.
 --
+-- An ALLOW under a matching policy with caps is ALLOW_WITH_CAPS with them.
+--
 -- Errors, in precedence order: UNAUTHORIZED; FORBIDDEN (permission
 -- reservations:create); INVALID_REQUEST; FORBIDDEN (subject.tenant);
--- IDEMPOTENCY_MISMATCH; UNIT_MISMATCH.
+-- FORBIDDEN (scope outside the key's scope_filter); IDEMPOTENCY_MISMATCH;
+-- UNIT_MISMATCH.
 CREATE FUNCTION cycles.decide(p_api_key text, p_request jsonb, p_ctx jsonb DEFAULT '{}') RETURNS jsonb
 LANGUAGE plpgsql
 AS $$
@@ -271,11 +301,13 @@ DECLARE
     v_hash      bytea;
     v_response  jsonb;
     v_denial    record;
+    v_caps      jsonb;
 BEGIN
-    SELECT p.o_key_id, p.o_tenant INTO v_principal
+    SELECT p.o_key_id, p.o_tenant, p.o_scope_filter INTO v_principal
     FROM cycles._runtime_principal(p_api_key, 'reservations:create') AS p;
     v_tenant := v_principal.o_tenant;
     v_parsed := cycles._parse_reserve_request(p_request, v_tenant.tenant_id);
+    PERFORM cycles._require_scope_in_filter(v_principal.o_scope_filter, v_parsed.scope_path);
 
     v_hash := cycles._request_hash(p_request);
     v_response := cycles._idempotent_replay(v_tenant.tenant_id, 'decide', v_parsed.idempotency_key, v_hash, true);
@@ -285,8 +317,11 @@ BEGIN
 
     SELECT e.o_reason, e.o_row INTO v_denial FROM cycles._evaluate_reserve(v_tenant, v_parsed) AS e;
     IF v_denial.o_reason IS NULL THEN
+        v_caps := cycles._policy_caps(cycles._match_policy(v_tenant.tenant_id, v_parsed.scope_path));
         v_response := jsonb_build_object(
-            'decision', 'ALLOW', 'affected_scopes', to_jsonb(v_parsed.affected_scopes));
+            'decision', CASE WHEN v_caps IS NOT NULL THEN 'ALLOW_WITH_CAPS' ELSE 'ALLOW' END,
+            'affected_scopes', to_jsonb(v_parsed.affected_scopes))
+            || CASE WHEN v_caps IS NOT NULL THEN jsonb_build_object('caps', v_caps) ELSE '{}'::jsonb END;
     ELSE
         v_response := jsonb_build_object(
             'decision', 'DENY', 'reason_code', v_denial.o_reason,

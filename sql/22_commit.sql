@@ -19,7 +19,8 @@
 --
 -- Errors, in precedence order: UNAUTHORIZED; FORBIDDEN (permission
 -- reservations:commit); INVALID_REQUEST; NOT_FOUND; FORBIDDEN (another
--- tenant's reservation); IDEMPOTENCY_MISMATCH; TENANT_CLOSED;
+-- tenant's reservation, or its scope outside the key's scope_filter);
+-- IDEMPOTENCY_MISMATCH; TENANT_CLOSED;
 -- RESERVATION_EXPIRED (status EXPIRED); RESERVATION_FINALIZED (COMMITTED
 -- with another key, or RELEASED); UNIT_MISMATCH; RESERVATION_EXPIRED (past
 -- grace); BUDGET_EXCEEDED (REJECT overage); OVERDRAFT_LIMIT_EXCEEDED.
@@ -49,7 +50,7 @@ DECLARE
     v_released    bigint;
     v_actor       jsonb;
 BEGIN
-    SELECT p.o_key_id, p.o_tenant INTO v_principal
+    SELECT p.o_key_id, p.o_tenant, p.o_scope_filter INTO v_principal
     FROM cycles._runtime_principal(p_api_key, 'reservations:commit') AS p;
     v_key := cycles._require_idempotency_key(p_request);
     SELECT a.o_unit, a.o_amount INTO v_amount FROM cycles._request_amount(p_request -> 'actual', 'actual') AS a;
@@ -59,6 +60,7 @@ BEGIN
     SELECT l.o_reservation, l.o_tenant INTO v_locked
     FROM cycles._lock_reservation(p_reservation_id, (v_principal.o_tenant).tenant_id) AS l;
     v_reservation := v_locked.o_reservation;
+    PERFORM cycles._require_scope_in_filter(v_principal.o_scope_filter, v_reservation.scope_path);
 
     v_hash := cycles._request_hash(p_request, p_reservation_id);
     v_response := cycles._idempotent_replay(v_reservation.tenant_id, 'commit:' || p_reservation_id, v_key,

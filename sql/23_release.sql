@@ -13,7 +13,8 @@
 --
 -- Errors, in precedence order: UNAUTHORIZED; FORBIDDEN (permission
 -- reservations:release); INVALID_REQUEST; NOT_FOUND; FORBIDDEN (another
--- tenant's reservation); IDEMPOTENCY_MISMATCH; TENANT_CLOSED;
+-- tenant's reservation, or its scope outside the key's scope_filter);
+-- IDEMPOTENCY_MISMATCH; TENANT_CLOSED;
 -- RESERVATION_EXPIRED (status EXPIRED); RESERVATION_FINALIZED;
 -- RESERVATION_EXPIRED (past grace).
 --
@@ -27,6 +28,7 @@ AS $$
 DECLARE
     v_key_id      text;
     v_tenant_id   text;
+    v_filter      text[];
     v_locked      record;
     v_reservation cycles.reservations;
     v_key         text;
@@ -39,7 +41,7 @@ BEGIN
     IF p_api_key IS NULL THEN
         PERFORM cycles._require_admin_context(p_ctx, ARRAY['admin_on_behalf_of']);
     ELSE
-        SELECT p.o_key_id, (p.o_tenant).tenant_id INTO v_key_id, v_tenant_id
+        SELECT p.o_key_id, (p.o_tenant).tenant_id, p.o_scope_filter INTO v_key_id, v_tenant_id, v_filter
         FROM cycles._runtime_principal(p_api_key, 'reservations:release') AS p;
     END IF;
     v_key := cycles._require_idempotency_key(p_request);
@@ -52,11 +54,14 @@ BEGIN
     SELECT l.o_reservation, l.o_tenant INTO v_locked
     FROM cycles._lock_reservation(p_reservation_id, v_tenant_id) AS l;
     v_reservation := v_locked.o_reservation;
+    PERFORM cycles._require_scope_in_filter(v_filter, v_reservation.scope_path);
 
     v_hash := cycles._request_hash(p_request, p_reservation_id);
     v_response := cycles._idempotent_replay(v_reservation.tenant_id, 'release:' || p_reservation_id, v_key,
                                             v_hash, false);
     IF v_response IS NOT NULL THEN
+        PERFORM cycles._audit_on_behalf(p_api_key, p_ctx, 'releaseReservation', p_reservation_id,
+                                        v_reservation.tenant_id);
         RETURN v_response;
     END IF;
 
@@ -84,6 +89,8 @@ BEGIN
         'balances', cycles._balances_json(v_after));
     PERFORM cycles._idempotent_store(v_reservation.tenant_id, 'release:' || p_reservation_id, v_key, v_hash,
                                      v_response, p_reservation_id);
+    PERFORM cycles._audit_on_behalf(p_api_key, p_ctx, 'releaseReservation', p_reservation_id,
+                                    v_reservation.tenant_id);
     RETURN v_response;
 END;
 $$;

@@ -3,7 +3,8 @@
 -- cycles.extend: POST /v1/reservations/{reservation_id}/extend.
 --
 -- Moves expires_at_ms to its current value + extend_by_ms, but never more
--- than the tenant's max_reservation_ttl_ms ahead of now (and never earlier
+-- than the max TTL ahead of now (the matching policy's max_ttl_ms, else the
+-- tenant's max_reservation_ttl_ms) (and never earlier
 -- than it was); the returned expires_at_ms is authoritative. Allowed only
 -- while ACTIVE and not past expires_at_ms (no grace), at most the
 -- reservation's max_extensions times. No balance changes. The reserve's
@@ -13,7 +14,8 @@
 --
 -- Errors, in precedence order: UNAUTHORIZED; FORBIDDEN (permission
 -- reservations:extend); INVALID_REQUEST; NOT_FOUND; FORBIDDEN (another
--- tenant's reservation); IDEMPOTENCY_MISMATCH; TENANT_CLOSED;
+-- tenant's reservation, or its scope outside the key's scope_filter);
+-- IDEMPOTENCY_MISMATCH; TENANT_CLOSED;
 -- RESERVATION_EXPIRED (status EXPIRED); RESERVATION_FINALIZED;
 -- RESERVATION_EXPIRED (past expires_at_ms); MAX_EXTENSIONS_EXCEEDED.
 CREATE FUNCTION cycles.extend(
@@ -32,7 +34,7 @@ DECLARE
     v_now_ms      bigint;
     v_expires_ms  bigint;
 BEGIN
-    SELECT p.o_key_id, p.o_tenant INTO v_principal
+    SELECT p.o_key_id, p.o_tenant, p.o_scope_filter INTO v_principal
     FROM cycles._runtime_principal(p_api_key, 'reservations:extend') AS p;
     v_key := cycles._require_idempotency_key(p_request);
     IF p_request -> 'extend_by_ms' IS NULL OR p_request -> 'extend_by_ms' = 'null'::jsonb THEN
@@ -44,6 +46,7 @@ BEGIN
     SELECT l.o_reservation, l.o_tenant INTO v_locked
     FROM cycles._lock_reservation(p_reservation_id, (v_principal.o_tenant).tenant_id) AS l;
     v_reservation := v_locked.o_reservation;
+    PERFORM cycles._require_scope_in_filter(v_principal.o_scope_filter, v_reservation.scope_path);
 
     v_hash := cycles._request_hash(p_request, p_reservation_id);
     v_response := cycles._idempotent_replay(v_reservation.tenant_id, 'extend:' || p_reservation_id, v_key,
@@ -65,7 +68,10 @@ BEGIN
     v_now_ms := cycles._now_ms();
     v_expires_ms := greatest(v_reservation.expires_at_ms,
                              least(v_reservation.expires_at_ms + v_extend_by,
-                                   v_now_ms + (v_locked.o_tenant).max_reservation_ttl_ms));
+                                   v_now_ms + coalesce(
+                                       ((cycles._match_policy(v_reservation.tenant_id, v_reservation.scope_path))
+                                           .reservation_ttl_override ->> 'max_ttl_ms')::bigint,
+                                       (v_locked.o_tenant).max_reservation_ttl_ms)));
     UPDATE cycles.reservations AS r SET
         expires_at_ms = v_expires_ms,
         extension_count = r.extension_count + 1

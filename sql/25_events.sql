@@ -4,7 +4,8 @@
 --
 -- Charges actual to every derived scope with a budget in its unit,
 -- atomically. Debt and over-limit do not block an event; by overage policy
--- (request, else deepest budget's, else tenant's): REJECT refuses an event
+-- (request, else the matching policy's, else deepest budget's, else
+-- tenant's): REJECT refuses an event
 -- larger than some scope's remaining; ALLOW_IF_AVAILABLE caps the charge at
 -- the smallest positive remaining (the response then carries charged) and
 -- marks the scopes that could not cover it over limit; ALLOW_WITH_OVERDRAFT
@@ -16,6 +17,7 @@
 --
 -- Errors, in precedence order: UNAUTHORIZED; FORBIDDEN (permission
 -- reservations:commit); INVALID_REQUEST; FORBIDDEN (subject.tenant);
+-- FORBIDDEN (scope outside the key's scope_filter);
 -- IDEMPOTENCY_MISMATCH; TENANT_CLOSED; FORBIDDEN (tenant suspended);
 -- UNIT_MISMATCH / NOT_FOUND; per scope from the top: BUDGET_FROZEN,
 -- BUDGET_CLOSED; BUDGET_EXCEEDED (REJECT); OVERDRAFT_LIMIT_EXCEEDED.
@@ -41,7 +43,7 @@ DECLARE
     v_cap       record;
     v_event_id  text;
 BEGIN
-    SELECT p.o_key_id, p.o_tenant INTO v_principal
+    SELECT p.o_key_id, p.o_tenant, p.o_scope_filter INTO v_principal
     FROM cycles._runtime_principal(p_api_key, 'reservations:commit') AS p;
     v_tenant := v_principal.o_tenant;
     v_key := cycles._require_idempotency_key(p_request);
@@ -53,6 +55,7 @@ BEGIN
     PERFORM cycles._request_int(p_request, 'client_time_ms', 0, 9223372036854775807, NULL);
     SELECT d.o_scope_path, d.o_affected_scopes INTO v_scopes
     FROM cycles._derive_scopes(p_request -> 'subject', v_tenant.tenant_id) AS d;
+    PERFORM cycles._require_scope_in_filter(v_principal.o_scope_filter, v_scopes.o_scope_path);
 
     v_hash := cycles._request_hash(p_request);
     v_response := cycles._idempotent_replay(v_tenant.tenant_id, 'event', v_key, v_hash, true);
@@ -73,6 +76,7 @@ BEGIN
     END LOOP;
     v_policy := coalesce(
         v_policy,
+        (cycles._match_policy(v_tenant.tenant_id, v_scopes.o_scope_path)).commit_overage_policy,
         (SELECT b.commit_overage_policy FROM unnest(v_before) AS b
          WHERE b.commit_overage_policy IS NOT NULL ORDER BY b.scope COLLATE "C" DESC LIMIT 1),
         v_tenant.default_commit_overage_policy,

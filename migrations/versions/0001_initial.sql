@@ -2515,6 +2515,960 @@ AS $$
     ORDER BY s.scope COLLATE "C", s.unit, c.counter
 $$;
 
+-- ==== 17_policies.sql ====
+
+-- Policies: operator rules matched against a reservation's scope path.
+--
+-- A policy belongs to one tenant and applies only to that tenant's
+-- reservations. The highest-priority ACTIVE policy whose scope_pattern matches
+-- the scope path of a reserve, dry_run or decide (and that is inside its
+-- effective_from/effective_until window) supplies:
+--   caps                      -> decision ALLOW_WITH_CAPS with those caps
+--   commit_overage_policy     -> between the request's and the budget's
+--   reservation_ttl_override  -> default_ttl_ms, max_ttl_ms, max_extensions
+--                                between the request's and the tenant's
+-- rate_limits are stored and returned but not enforced.
+--
+-- Scope patterns -------------------------------------------------------------
+-- A pattern is '/'-separated segments, matched against the whole canonical
+-- scope path (lower-cased, levels in the order tenant, workspace, app,
+-- workflow, agent, toolset):
+--   level:value   that exact segment (value as in a scope, case-insensitive)
+--   level:*       one segment of that level, any value
+--   *             one or more whole segments, any levels
+-- Named levels must appear in hierarchy order; a tenant segment may only be
+-- first. A pattern that does not start with a tenant segment or '*' floats:
+-- it is read as if prefixed by '*/', so it matches at any depth below the
+-- tenant but must still reach the end of the path. Hence:
+--   tenant:acme              exactly the tenant scope
+--   tenant:acme/*            every scope strictly below the tenant
+--   tenant:acme/workspace:eng/*   every scope strictly below that workspace
+--   agent:*                  every scope whose last segment is an agent
+--   */agent:summarizer       the same as agent:summarizer
+--   *                        every scope
+-- Ties in priority go to the older policy (then the smaller policy_id), so
+-- adding a policy never changes which of two equal-priority policies applies.
+
+-- The anchored regular expression of a scope pattern (also its validation).
+-- Errors: INVALID_REQUEST.
+CREATE FUNCTION cycles._scope_pattern_regex(p_pattern text) RETURNS text
+LANGUAGE plpgsql IMMUTABLE
+AS $$
+DECLARE
+    v_segment  text;
+    v_level    text;
+    v_value    text;
+    v_position integer;
+    v_last     integer := 0;
+    v_parts    text[] := '{}';
+    v_floating boolean;
+BEGIN
+    IF p_pattern IS NULL OR p_pattern = '' OR char_length(p_pattern) > 1024 THEN
+        PERFORM cycles._fail('INVALID_REQUEST', 'scope_pattern must be 1 to 1024 characters');
+    END IF;
+    FOREACH v_segment IN ARRAY string_to_array(lower(p_pattern), '/') LOOP
+        IF v_segment = '*' THEN
+            v_parts := v_parts || '[^/]+(?:/[^/]+)*'::text;
+            CONTINUE;
+        END IF;
+        v_level := split_part(v_segment, ':', 1);
+        v_value := substr(v_segment, char_length(v_level) + 2);
+        v_position := array_position(cycles._scope_levels(), v_level);
+        IF position(':' IN v_segment) = 0 OR v_position IS NULL THEN
+            PERFORM cycles._fail('INVALID_REQUEST', format(
+                'malformed scope_pattern %L: segment %L is not *, level:value or level:* with a level among '
+                'tenant, workspace, app, workflow, agent, toolset', p_pattern, v_segment));
+        END IF;
+        IF v_position <= v_last OR (v_position = 1 AND cardinality(v_parts) > 0) THEN
+            PERFORM cycles._fail('INVALID_REQUEST', format(
+                'malformed scope_pattern %L: levels must appear once each, in the order '
+                'tenant, workspace, app, workflow, agent, toolset, with tenant first', p_pattern));
+        END IF;
+        IF v_value = '*' THEN
+            v_parts := v_parts || (v_level || ':[^/]+');
+        ELSIF v_value ~ '^[a-z0-9_.-]{1,128}$' THEN
+            v_parts := v_parts || (v_level || ':' || replace(v_value, '.', '\.'));
+        ELSE
+            PERFORM cycles._fail('INVALID_REQUEST', format(
+                'malformed scope_pattern %L: value %L must be * or match ^[a-z0-9_.-]{1,128}$',
+                p_pattern, v_value));
+        END IF;
+        v_last := v_position;
+    END LOOP;
+    v_floating := split_part(lower(p_pattern), '/', 1) <> '*' AND split_part(lower(p_pattern), ':', 1) <> 'tenant';
+    RETURN '^' || CASE WHEN v_floating THEN '(?:[^/]+/)+' ELSE '' END || array_to_string(v_parts, '/') || '$';
+END;
+$$;
+
+-- The tenant a pattern is anchored at (its leading tenant:<id> segment), or
+-- NULL for a pattern that starts with '*' or floats.
+CREATE FUNCTION cycles._scope_pattern_tenant(p_pattern text) RETURNS text
+LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE
+AS $$
+BEGIN
+    RETURN (
+        SELECT CASE WHEN split_part(lower(p_pattern), '/', 1) LIKE 'tenant:%'
+                    THEN substr(split_part(lower(p_pattern), '/', 1), 8) END
+    );
+END;
+$$;
+
+-- The table ------------------------------------------------------------------
+
+CREATE TABLE cycles.policies (
+    policy_id                text        NOT NULL,
+    tenant_id                text        NOT NULL,
+    name                     text        NOT NULL,
+    description              text,
+    scope_pattern            text        NOT NULL,
+    scope_regex              text        GENERATED ALWAYS AS (cycles._scope_pattern_regex(scope_pattern)) STORED,
+    priority                 integer     NOT NULL DEFAULT 0,
+    caps                     jsonb,
+    commit_overage_policy    text,
+    reservation_ttl_override jsonb,
+    rate_limits              jsonb,
+    status                   text        NOT NULL DEFAULT 'ACTIVE',
+    effective_from           timestamptz,
+    effective_until          timestamptz,
+    created_at               timestamptz NOT NULL DEFAULT clock_timestamp(),
+    updated_at               timestamptz NOT NULL DEFAULT clock_timestamp(),
+    CONSTRAINT policies_pkey PRIMARY KEY (policy_id),
+    CONSTRAINT policies_tenant_fkey FOREIGN KEY (tenant_id) REFERENCES cycles.tenants (tenant_id),
+    CONSTRAINT policies_tenant_name_key UNIQUE (tenant_id, name),
+    CONSTRAINT policies_name_length CHECK (char_length(name) BETWEEN 1 AND 256),
+    CONSTRAINT policies_description_length CHECK (char_length(description) <= 1024),
+    CONSTRAINT policies_scope_pattern_lower CHECK (scope_pattern = lower(scope_pattern)),
+    CONSTRAINT policies_priority_nonnegative CHECK (priority >= 0),
+    CONSTRAINT policies_caps_object CHECK (jsonb_typeof(caps) = 'object'),
+    CONSTRAINT policies_overage_policy_valid CHECK (
+        commit_overage_policy IN ('REJECT', 'ALLOW_IF_AVAILABLE', 'ALLOW_WITH_OVERDRAFT')),
+    CONSTRAINT policies_ttl_override_object CHECK (jsonb_typeof(reservation_ttl_override) = 'object'),
+    CONSTRAINT policies_rate_limits_object CHECK (jsonb_typeof(rate_limits) = 'object'),
+    CONSTRAINT policies_status_valid CHECK (status IN ('ACTIVE', 'DISABLED')),
+    CONSTRAINT policies_effective_window CHECK (effective_until > effective_from)
+);
+
+-- The reserve path's one lookup: a tenant's active policies, best first.
+CREATE INDEX policies_tenant_active_idx ON cycles.policies (tenant_id, priority DESC, created_at, policy_id)
+    WHERE status = 'ACTIVE';
+CREATE INDEX policies_tenant_created_idx ON cycles.policies (tenant_id, created_at, policy_id);
+
+-- Validation of the JSON parts -------------------------------------------------
+
+-- An optional integer member of p_object within [p_min, p_max].
+-- Errors: INVALID_REQUEST.
+CREATE FUNCTION cycles._policy_int(p_object jsonb, p_field text, p_what text, p_min bigint, p_max bigint)
+RETURNS bigint
+LANGUAGE plpgsql IMMUTABLE
+AS $$
+DECLARE
+    v_value jsonb := p_object -> p_field;
+BEGIN
+    IF v_value IS NULL OR v_value = 'null'::jsonb THEN
+        RETURN NULL;
+    END IF;
+    IF jsonb_typeof(v_value) <> 'number' OR v_value::text::numeric <> trunc(v_value::text::numeric)
+       OR v_value::text::numeric NOT BETWEEN p_min AND p_max THEN
+        PERFORM cycles._fail('INVALID_REQUEST',
+            format('%s.%s must be an integer between %s and %s', p_what, p_field, p_min, p_max));
+    END IF;
+    RETURN v_value::text::bigint;
+END;
+$$;
+
+-- Caps exactly as the spec's Caps object: max_tokens, max_steps_remaining,
+-- cooldown_ms (integers >= 0), tool_allowlist, tool_denylist (strings of at
+-- most 256 characters). Nulls are dropped; NULL in, NULL out.
+-- Errors: INVALID_REQUEST.
+CREATE FUNCTION cycles._require_caps(p_caps jsonb) RETURNS jsonb
+LANGUAGE plpgsql IMMUTABLE
+AS $$
+DECLARE
+    v_caps jsonb;
+    v_list text;
+BEGIN
+    IF p_caps IS NULL OR p_caps = 'null'::jsonb THEN
+        RETURN NULL;
+    END IF;
+    v_caps := jsonb_strip_nulls(cycles._require_known_options(p_caps,
+        ARRAY['max_tokens', 'max_steps_remaining', 'tool_allowlist', 'tool_denylist', 'cooldown_ms'], 'caps field'));
+    PERFORM cycles._policy_int(v_caps, 'max_tokens', 'caps', 0, 9223372036854775807);
+    PERFORM cycles._policy_int(v_caps, 'max_steps_remaining', 'caps', 0, 9223372036854775807);
+    PERFORM cycles._policy_int(v_caps, 'cooldown_ms', 'caps', 0, 9223372036854775807);
+    FOREACH v_list IN ARRAY ARRAY['tool_allowlist', 'tool_denylist'] LOOP
+        IF v_caps ? v_list AND (jsonb_typeof(v_caps -> v_list) <> 'array' OR EXISTS (
+                SELECT FROM jsonb_array_elements(v_caps -> v_list) AS e(item)
+                WHERE jsonb_typeof(e.item) <> 'string' OR char_length(e.item #>> '{}') > 256)) THEN
+            PERFORM cycles._fail('INVALID_REQUEST',
+                format('caps.%s must be an array of strings of at most 256 characters', v_list));
+        END IF;
+    END LOOP;
+    RETURN v_caps;
+END;
+$$;
+
+-- reservation_ttl_override {default_ttl_ms, max_ttl_ms (1000..86400000),
+-- max_extensions (0..10000)}; nulls dropped. Errors: INVALID_REQUEST.
+CREATE FUNCTION cycles._require_ttl_override(p_override jsonb) RETURNS jsonb
+LANGUAGE plpgsql IMMUTABLE
+AS $$
+DECLARE
+    v_override jsonb;
+BEGIN
+    IF p_override IS NULL OR p_override = 'null'::jsonb THEN
+        RETURN NULL;
+    END IF;
+    v_override := jsonb_strip_nulls(cycles._require_known_options(p_override,
+        ARRAY['default_ttl_ms', 'max_ttl_ms', 'max_extensions'], 'reservation_ttl_override field'));
+    PERFORM cycles._policy_int(v_override, 'default_ttl_ms', 'reservation_ttl_override', 1000, 86400000);
+    PERFORM cycles._policy_int(v_override, 'max_ttl_ms', 'reservation_ttl_override', 1000, 86400000);
+    PERFORM cycles._policy_int(v_override, 'max_extensions', 'reservation_ttl_override', 0, 10000);
+    RETURN v_override;
+END;
+$$;
+
+-- rate_limits {max_reservations_per_minute, max_commits_per_minute} (>= 1);
+-- nulls dropped. Errors: INVALID_REQUEST.
+CREATE FUNCTION cycles._require_rate_limits(p_limits jsonb) RETURNS jsonb
+LANGUAGE plpgsql IMMUTABLE
+AS $$
+DECLARE
+    v_limits jsonb;
+BEGIN
+    IF p_limits IS NULL OR p_limits = 'null'::jsonb THEN
+        RETURN NULL;
+    END IF;
+    v_limits := jsonb_strip_nulls(cycles._require_known_options(p_limits,
+        ARRAY['max_reservations_per_minute', 'max_commits_per_minute'], 'rate_limits field'));
+    PERFORM cycles._policy_int(v_limits, 'max_reservations_per_minute', 'rate_limits', 1, 2147483647);
+    PERFORM cycles._policy_int(v_limits, 'max_commits_per_minute', 'rate_limits', 1, 2147483647);
+    RETURN v_limits;
+END;
+$$;
+
+-- A date-time member of a patch: NULL when absent or null.
+-- Errors: INVALID_REQUEST.
+CREATE FUNCTION cycles._policy_timestamp(p_patch jsonb, p_field text) RETURNS timestamptz
+LANGUAGE plpgsql STABLE
+AS $$
+DECLARE
+    v_value jsonb := p_patch -> p_field;
+    v_ts    timestamptz;
+BEGIN
+    IF v_value IS NULL OR v_value = 'null'::jsonb THEN
+        RETURN NULL;
+    END IF;
+    IF jsonb_typeof(v_value) = 'string'
+       AND v_value #>> '{}' ~ '^\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}(:\d{2}(\.\d{1,9})?)?([Zz]|[+-]\d{2}(:?\d{2})?)$' THEN
+        BEGIN
+            v_ts := (v_value #>> '{}')::timestamptz;
+        EXCEPTION WHEN datetime_field_overflow OR invalid_datetime_format THEN
+            v_ts := NULL;
+        END;
+    END IF;
+    IF v_ts IS NULL THEN
+        PERFORM cycles._fail('INVALID_REQUEST',
+            format('%s must be an ISO-8601 date-time with a time zone, got %s', p_field, v_value));
+    END IF;
+    RETURN v_ts;
+END;
+$$;
+
+-- JSON, events, matching ---------------------------------------------------------
+
+-- The spec's Policy object, nulls omitted (the owning tenant is not part of it).
+CREATE FUNCTION cycles._policy_json(p_policy cycles.policies) RETURNS jsonb
+LANGUAGE plpgsql STABLE
+AS $$
+BEGIN
+    RETURN (
+        SELECT jsonb_strip_nulls(jsonb_build_object(
+            'policy_id', p_policy.policy_id,
+            'name', p_policy.name,
+            'description', p_policy.description,
+            'scope_pattern', p_policy.scope_pattern,
+            'priority', p_policy.priority,
+            'caps', p_policy.caps,
+            'commit_overage_policy', p_policy.commit_overage_policy,
+            'reservation_ttl_override', p_policy.reservation_ttl_override,
+            'rate_limits', p_policy.rate_limits,
+            'status', p_policy.status,
+            'effective_from', cycles._iso8601(p_policy.effective_from),
+            'effective_until', cycles._iso8601(p_policy.effective_until),
+            'created_at', cycles._iso8601(p_policy.created_at),
+            'updated_at', cycles._iso8601(p_policy.updated_at)))
+    );
+END;
+$$;
+
+-- policy.created / policy.updated with EventDataPolicy.
+CREATE FUNCTION cycles._policy_event(
+    p_policy cycles.policies, p_event_type text, p_changed_fields text[], p_ctx jsonb
+) RETURNS text
+LANGUAGE plpgsql
+AS $$
+BEGIN
+    RETURN (
+        SELECT cycles._emit_event(
+            p_tenant_id => p_policy.tenant_id,
+            p_event_type => p_event_type,
+            p_source => 'cycles-admin',
+            p_actor => cycles._actor(p_ctx),
+            p_data => jsonb_build_object(
+                'policy_id', p_policy.policy_id,
+                'name', p_policy.name,
+                'scope_pattern', p_policy.scope_pattern,
+                'changed_fields', to_jsonb(p_changed_fields)),
+            p_request_id => p_ctx ->> 'request_id',
+            p_trace_id => p_ctx ->> 'trace_id')
+    );
+END;
+$$;
+
+-- The policy that governs a reservation at p_scope_path of p_tenant_id now:
+-- the highest-priority ACTIVE policy in its effective window whose pattern
+-- matches; a row of NULLs when none does. One index scan of the tenant's
+-- active policies.
+CREATE FUNCTION cycles._match_policy(p_tenant_id text, p_scope_path text) RETURNS cycles.policies
+LANGUAGE plpgsql STABLE
+AS $$
+DECLARE
+    v_policy cycles.policies;
+    v_now    timestamptz := clock_timestamp();
+BEGIN
+    SELECT p.* INTO v_policy
+    FROM cycles.policies AS p
+    WHERE p.tenant_id = p_tenant_id
+      AND p.status = 'ACTIVE'
+      AND (p.effective_from IS NULL OR p.effective_from <= v_now)
+      AND (p.effective_until IS NULL OR p.effective_until > v_now)
+      AND p_scope_path ~ p.scope_regex
+    ORDER BY p.priority DESC, p.created_at, p.policy_id
+    LIMIT 1;
+    RETURN v_policy;
+END;
+$$;
+
+-- The caps a matched policy imposes: its non-empty caps object, else NULL
+-- (no policy, or a policy without caps, means a plain ALLOW).
+CREATE FUNCTION cycles._policy_caps(p_policy cycles.policies) RETURNS jsonb
+LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE
+AS $$
+BEGIN
+    RETURN (
+        SELECT CASE WHEN p_policy.caps IS NOT NULL AND p_policy.caps <> '{}'::jsonb THEN p_policy.caps END
+    );
+END;
+$$;
+
+-- A policy for a change, locked FOR UPDATE, as the caller may see it: a
+-- tenant key sees only its own tenant's policies (another tenant's is
+-- NOT_FOUND, so ids cannot be probed). Errors: NOT_FOUND.
+CREATE FUNCTION cycles._lock_policy(p_policy_id text, p_ctx jsonb, p_for_update boolean) RETURNS cycles.policies
+LANGUAGE plpgsql
+AS $$
+DECLARE
+    v_policy cycles.policies;
+BEGIN
+    IF p_for_update THEN
+        SELECT p.* INTO v_policy FROM cycles.policies AS p WHERE p.policy_id = p_policy_id FOR UPDATE;
+    ELSE
+        SELECT p.* INTO v_policy FROM cycles.policies AS p WHERE p.policy_id = p_policy_id;
+    END IF;
+    IF v_policy.policy_id IS NULL
+       OR v_policy.tenant_id IS DISTINCT FROM coalesce(p_ctx ->> 'principal_tenant_id', v_policy.tenant_id) THEN
+        PERFORM cycles._fail('NOT_FOUND', format('policy %L not found', p_policy_id),
+            jsonb_build_object('policy_id', p_policy_id));
+    END IF;
+    RETURN v_policy;
+END;
+$$;
+
+-- A scope-filtered tenant key may only write policies whose pattern is
+-- anchored at its tenant and whose fixed part (the segments before the first
+-- wildcard) is a scope its filter allows; a floating pattern could reach
+-- scopes outside the filter. Errors: FORBIDDEN.
+CREATE FUNCTION cycles._require_pattern_in_filter(p_ctx jsonb, p_pattern text) RETURNS void
+LANGUAGE plpgsql
+AS $$
+DECLARE
+    v_fixed text[] := '{}';
+    v_segment text;
+BEGIN
+    IF p_ctx ->> 'principal_tenant_id' IS NULL OR coalesce(jsonb_array_length(p_ctx -> 'scope_filter'), 0) = 0 THEN
+        RETURN;
+    END IF;
+    FOREACH v_segment IN ARRAY string_to_array(p_pattern, '/') LOOP
+        EXIT WHEN v_segment = '*' OR v_segment LIKE '%:*';
+        v_fixed := v_fixed || v_segment;
+    END LOOP;
+    IF cycles._scope_pattern_tenant(p_pattern) IS NULL
+       OR NOT cycles._scope_filter_allows(p_ctx -> 'scope_filter', array_to_string(v_fixed, '/')) THEN
+        PERFORM cycles._fail('FORBIDDEN',
+            format('API key''s scope_filter does not cover scope_pattern %L', p_pattern),
+            jsonb_build_object('scope_pattern', p_pattern));
+    END IF;
+END;
+$$;
+
+-- cycles.create_policy ---------------------------------------------------------
+-- Creates an ACTIVE policy for a tenant and returns the Policy object.
+-- From psql: SELECT cycles.create_policy('acme', 'eng caps', 'tenant:acme/*',
+--   p_caps => '{"max_tokens": 4096}');
+-- A tenant key (p_ctx ->> 'api_key', needs policies:write or
+-- admin:policies:write) creates for its own tenant: p_tenant_id NULL or its
+-- own. A pattern anchored at a tenant must name the policy's tenant.
+-- Locks: the tenant row FOR SHARE (a concurrent close waits, or this call
+--   sees the tenant CLOSED).
+-- Errors, in precedence order:
+--   UNAUTHORIZED, INSUFFICIENT_PERMISSIONS (tenant key)
+--   INVALID_REQUEST    no tenant (admin), bad name, pattern, priority, caps,
+--                      overage policy, TTL override, rate limits or window
+--   FORBIDDEN          a tenant key naming another tenant, or a pattern
+--                      outside its scope_filter
+--   TENANT_NOT_FOUND, TENANT_CLOSED
+--   DUPLICATE_RESOURCE the tenant already has a policy with this name
+-- Invariants: emits policy.created; writes one audit row (createPolicy).
+CREATE FUNCTION cycles.create_policy(
+    p_tenant_id                text,
+    p_name                     text,
+    p_scope_pattern            text,
+    p_priority                 integer DEFAULT 0,
+    p_caps                     jsonb DEFAULT NULL,
+    p_commit_overage_policy    text DEFAULT NULL,
+    p_reservation_ttl_override jsonb DEFAULT NULL,
+    p_rate_limits              jsonb DEFAULT NULL,
+    p_effective_from           timestamptz DEFAULT NULL,
+    p_effective_until          timestamptz DEFAULT NULL,
+    p_description              text DEFAULT NULL,
+    p_ctx                      jsonb DEFAULT '{}'
+) RETURNS jsonb
+LANGUAGE plpgsql
+AS $$
+DECLARE
+    v_ctx       jsonb := cycles._admin_principal(p_ctx, ARRAY['policies:write', 'admin:policies:write']);
+    v_tenant_id text;
+    v_pattern   text := lower(p_scope_pattern);
+    v_policy    cycles.policies;
+BEGIN
+    v_tenant_id := cycles._admin_scope_tenant(v_ctx, p_tenant_id);
+    IF v_tenant_id IS NULL THEN
+        PERFORM cycles._fail('INVALID_REQUEST', 'tenant_id is required');
+    END IF;
+    IF p_name IS NULL OR char_length(p_name) NOT BETWEEN 1 AND 256 THEN
+        PERFORM cycles._fail('INVALID_REQUEST', 'name must be 1 to 256 characters long');
+    END IF;
+    IF char_length(p_description) > 1024 THEN
+        PERFORM cycles._fail('INVALID_REQUEST', 'description must be at most 1024 characters');
+    END IF;
+    PERFORM cycles._scope_pattern_regex(v_pattern);
+    IF cycles._scope_pattern_tenant(v_pattern) <> v_tenant_id THEN
+        PERFORM cycles._fail('INVALID_REQUEST',
+            format('scope_pattern %L names another tenant than the policy''s tenant %s', p_scope_pattern, v_tenant_id));
+    END IF;
+    IF p_priority IS NULL OR p_priority < 0 THEN
+        PERFORM cycles._fail('INVALID_REQUEST', 'priority must be an integer >= 0');
+    END IF;
+    IF p_effective_until <= p_effective_from THEN
+        PERFORM cycles._fail('INVALID_REQUEST', 'effective_until must be later than effective_from');
+    END IF;
+    PERFORM cycles._require_pattern_in_filter(v_ctx, v_pattern);
+    PERFORM cycles._lock_tenant_for_child_change(v_tenant_id);
+
+    BEGIN
+        INSERT INTO cycles.policies (
+            policy_id, tenant_id, name, description, scope_pattern, priority, caps, commit_overage_policy,
+            reservation_ttl_override, rate_limits, effective_from, effective_until)
+        VALUES (
+            cycles._new_id('pol_', 24), v_tenant_id, p_name, p_description, v_pattern, p_priority,
+            cycles._require_caps(p_caps), cycles._require_overage_policy(p_commit_overage_policy),
+            cycles._require_ttl_override(p_reservation_ttl_override), cycles._require_rate_limits(p_rate_limits),
+            p_effective_from, p_effective_until)
+        RETURNING * INTO v_policy;
+    EXCEPTION WHEN unique_violation THEN
+        PERFORM cycles._fail('DUPLICATE_RESOURCE',
+            format('tenant %s already has a policy named %L', v_tenant_id, p_name),
+            jsonb_build_object('tenant_id', v_tenant_id, 'name', p_name));
+    END;
+    PERFORM cycles._policy_event(v_policy, 'policy.created', '{}', v_ctx);
+    PERFORM cycles._audit(v_ctx, 'createPolicy', 'policy', v_policy.policy_id, 201, v_tenant_id);
+    RETURN cycles._policy_json(v_policy);
+END;
+$$;
+
+-- cycles.get_policy --------------------------------------------------------------
+-- One policy. A tenant key (policies:read or admin:policies:read) sees only
+-- its own tenant's. Errors: UNAUTHORIZED, INSUFFICIENT_PERMISSIONS, NOT_FOUND.
+-- Writes one audit row (getPolicy).
+CREATE FUNCTION cycles.get_policy(p_policy_id text, p_ctx jsonb DEFAULT '{}') RETURNS jsonb
+LANGUAGE plpgsql
+AS $$
+DECLARE
+    v_ctx    jsonb := cycles._admin_principal(p_ctx, ARRAY['policies:read', 'admin:policies:read']);
+    v_policy cycles.policies := cycles._lock_policy(p_policy_id, v_ctx, false);
+BEGIN
+    PERFORM cycles._audit(v_ctx, 'getPolicy', 'policy', p_policy_id, 200, v_policy.tenant_id);
+    RETURN cycles._policy_json(v_policy);
+END;
+$$;
+
+-- cycles.list_policies -----------------------------------------------------------
+-- A page of policies, newest first: {policies, has_more, next_cursor}. The
+-- cursor is the policy_id of the last row of the previous page. p_tenant_id
+-- NULL lists every tenant's (the admin only; a tenant key always lists its
+-- own). p_scope_pattern filters on the exact (lower-cased) pattern.
+-- Errors: UNAUTHORIZED, INSUFFICIENT_PERMISSIONS; FORBIDDEN (a tenant key
+-- naming another tenant); INVALID_REQUEST (status, limit, cursor).
+-- Writes one audit row (listPolicies).
+CREATE FUNCTION cycles.list_policies(
+    p_tenant_id     text DEFAULT NULL,
+    p_scope_pattern text DEFAULT NULL,
+    p_status        text DEFAULT NULL,
+    p_limit         integer DEFAULT 50,
+    p_cursor        text DEFAULT NULL,
+    p_ctx           jsonb DEFAULT '{}'
+) RETURNS jsonb
+LANGUAGE plpgsql
+AS $$
+DECLARE
+    v_ctx       jsonb := cycles._admin_principal(p_ctx, ARRAY['policies:read', 'admin:policies:read']);
+    v_tenant_id text := cycles._admin_scope_tenant(v_ctx, p_tenant_id);
+    v_limit     integer := cycles._page_limit(p_limit);
+    v_after     cycles.policies;
+    v_rows      cycles.policies[];
+BEGIN
+    IF p_status IS NOT NULL AND p_status NOT IN ('ACTIVE', 'DISABLED') THEN
+        PERFORM cycles._fail('INVALID_REQUEST', format('unknown policy status %L: expected ACTIVE or DISABLED', p_status));
+    END IF;
+    IF p_cursor IS NOT NULL THEN
+        SELECT p.* INTO v_after FROM cycles.policies AS p
+        WHERE p.policy_id = p_cursor AND (v_tenant_id IS NULL OR p.tenant_id = v_tenant_id);
+        IF v_after.policy_id IS NULL THEN
+            PERFORM cycles._fail('INVALID_REQUEST', format('unknown cursor %L', p_cursor));
+        END IF;
+    END IF;
+    SELECT coalesce(array_agg(page ORDER BY page.created_at DESC, page.policy_id DESC), '{}') INTO v_rows
+    FROM (
+        SELECT p.*
+        FROM cycles.policies AS p
+        WHERE (v_tenant_id IS NULL OR p.tenant_id = v_tenant_id)
+          AND (p_scope_pattern IS NULL OR p.scope_pattern = lower(p_scope_pattern))
+          AND (p_status IS NULL OR p.status = p_status)
+          AND (v_after.policy_id IS NULL OR (p.created_at, p.policy_id) < (v_after.created_at, v_after.policy_id))
+        ORDER BY p.created_at DESC, p.policy_id DESC
+        LIMIT v_limit + 1
+    ) AS page;
+    PERFORM cycles._audit(v_ctx, 'listPolicies', 'policy', NULL, 200, v_tenant_id);
+    RETURN jsonb_strip_nulls(jsonb_build_object(
+        'policies', coalesce((SELECT jsonb_agg(cycles._policy_json(v_rows[i]) ORDER BY i)
+                             FROM generate_series(1, least(cardinality(v_rows), v_limit)) AS i), '[]'::jsonb),
+        'has_more', cardinality(v_rows) > v_limit,
+        'next_cursor', CASE WHEN cardinality(v_rows) > v_limit THEN (v_rows[v_limit]).policy_id END));
+END;
+$$;
+
+-- cycles.update_policy -------------------------------------------------------------
+-- Applies a patch {name, description, priority, caps, commit_overage_policy,
+-- reservation_ttl_override, rate_limits, effective_from, effective_until,
+-- status} and returns the Policy. A null value clears an optional field
+-- (description, caps, commit_overage_policy, reservation_ttl_override,
+-- rate_limits, effective_from, effective_until). The scope pattern is fixed:
+-- create another policy for another pattern.
+-- Locks: the policy row FOR UPDATE, then the tenant row FOR SHARE.
+-- Errors, in precedence order:
+--   UNAUTHORIZED, INSUFFICIENT_PERMISSIONS (tenant key)
+--   INVALID_REQUEST    patch not an object, unknown field, bad value
+--   NOT_FOUND          no such policy (or another tenant's, for a tenant key)
+--   FORBIDDEN          the pattern is outside the key's scope_filter
+--   TENANT_CLOSED
+--   DUPLICATE_RESOURCE the new name is taken in the tenant
+-- Invariants: emits policy.updated with the changed fields (none changed: no
+-- event, nothing written but the audit row); one audit row (updatePolicy).
+CREATE FUNCTION cycles.update_policy(p_policy_id text, p_patch jsonb, p_ctx jsonb DEFAULT '{}') RETURNS jsonb
+LANGUAGE plpgsql
+AS $$
+DECLARE
+    v_ctx     jsonb := cycles._admin_principal(p_ctx, ARRAY['policies:write', 'admin:policies:write']);
+    v_patch   jsonb := cycles._require_known_options(p_patch, ARRAY['name', 'description', 'priority', 'caps',
+                           'commit_overage_policy', 'reservation_ttl_override', 'rate_limits', 'effective_from',
+                           'effective_until', 'status'], 'policy field');
+    v_old     cycles.policies;
+    v_new     cycles.policies;
+    v_changed text[];
+BEGIN
+    IF v_patch ? 'name' AND (jsonb_typeof(v_patch -> 'name') IS DISTINCT FROM 'string'
+                             OR char_length(v_patch ->> 'name') NOT BETWEEN 1 AND 256) THEN
+        PERFORM cycles._fail('INVALID_REQUEST', 'name must be a string of 1 to 256 characters');
+    END IF;
+    IF v_patch ? 'status' AND v_patch ->> 'status' IS DISTINCT FROM 'ACTIVE'
+                          AND v_patch ->> 'status' IS DISTINCT FROM 'DISABLED' THEN
+        PERFORM cycles._fail('INVALID_REQUEST', 'status must be ACTIVE or DISABLED');
+    END IF;
+    IF v_patch ? 'priority' AND (v_patch -> 'priority' = 'null'::jsonb
+                                 OR cycles._policy_int(v_patch, 'priority', 'policy', 0, 2147483647) IS NULL) THEN
+        PERFORM cycles._fail('INVALID_REQUEST', 'priority must be an integer >= 0');
+    END IF;
+    IF v_patch ? 'description' AND v_patch -> 'description' <> 'null'::jsonb
+       AND (jsonb_typeof(v_patch -> 'description') <> 'string' OR char_length(v_patch ->> 'description') > 1024) THEN
+        PERFORM cycles._fail('INVALID_REQUEST', 'description must be a string of at most 1024 characters');
+    END IF;
+    IF v_patch ? 'commit_overage_policy' AND v_patch -> 'commit_overage_policy' <> 'null'::jsonb
+       AND jsonb_typeof(v_patch -> 'commit_overage_policy') <> 'string' THEN
+        PERFORM cycles._fail('INVALID_REQUEST', 'commit_overage_policy must be a string');
+    END IF;
+
+    v_old := cycles._lock_policy(p_policy_id, v_ctx, true);
+    v_new := v_old;
+    IF v_patch ? 'name' THEN v_new.name := v_patch ->> 'name'; END IF;
+    IF v_patch ? 'description' THEN v_new.description := v_patch ->> 'description'; END IF;
+    IF v_patch ? 'priority' THEN v_new.priority := (v_patch ->> 'priority')::integer; END IF;
+    IF v_patch ? 'caps' THEN v_new.caps := cycles._require_caps(v_patch -> 'caps'); END IF;
+    IF v_patch ? 'commit_overage_policy' THEN
+        v_new.commit_overage_policy := cycles._require_overage_policy(v_patch ->> 'commit_overage_policy');
+    END IF;
+    IF v_patch ? 'reservation_ttl_override' THEN
+        v_new.reservation_ttl_override := cycles._require_ttl_override(v_patch -> 'reservation_ttl_override');
+    END IF;
+    IF v_patch ? 'rate_limits' THEN v_new.rate_limits := cycles._require_rate_limits(v_patch -> 'rate_limits'); END IF;
+    IF v_patch ? 'effective_from' THEN v_new.effective_from := cycles._policy_timestamp(v_patch, 'effective_from'); END IF;
+    IF v_patch ? 'effective_until' THEN
+        v_new.effective_until := cycles._policy_timestamp(v_patch, 'effective_until');
+    END IF;
+    IF v_patch ? 'status' THEN v_new.status := v_patch ->> 'status'; END IF;
+    IF v_new.effective_until <= v_new.effective_from THEN
+        PERFORM cycles._fail('INVALID_REQUEST', 'effective_until must be later than effective_from');
+    END IF;
+    PERFORM cycles._require_pattern_in_filter(v_ctx, v_old.scope_pattern);
+    PERFORM cycles._lock_tenant_for_child_change(v_old.tenant_id);
+
+    SELECT coalesce(array_agg(f.field ORDER BY f.field), '{}') INTO v_changed
+    FROM (VALUES
+        ('name', v_old.name IS DISTINCT FROM v_new.name),
+        ('description', v_old.description IS DISTINCT FROM v_new.description),
+        ('priority', v_old.priority IS DISTINCT FROM v_new.priority),
+        ('caps', v_old.caps IS DISTINCT FROM v_new.caps),
+        ('commit_overage_policy', v_old.commit_overage_policy IS DISTINCT FROM v_new.commit_overage_policy),
+        ('reservation_ttl_override', v_old.reservation_ttl_override IS DISTINCT FROM v_new.reservation_ttl_override),
+        ('rate_limits', v_old.rate_limits IS DISTINCT FROM v_new.rate_limits),
+        ('effective_from', v_old.effective_from IS DISTINCT FROM v_new.effective_from),
+        ('effective_until', v_old.effective_until IS DISTINCT FROM v_new.effective_until),
+        ('status', v_old.status IS DISTINCT FROM v_new.status)) AS f(field, changed)
+    WHERE f.changed;
+
+    IF cardinality(v_changed) > 0 THEN
+        BEGIN
+            UPDATE cycles.policies AS p SET
+                name = v_new.name,
+                description = v_new.description,
+                priority = v_new.priority,
+                caps = v_new.caps,
+                commit_overage_policy = v_new.commit_overage_policy,
+                reservation_ttl_override = v_new.reservation_ttl_override,
+                rate_limits = v_new.rate_limits,
+                effective_from = v_new.effective_from,
+                effective_until = v_new.effective_until,
+                status = v_new.status,
+                updated_at = clock_timestamp()
+            WHERE p.policy_id = p_policy_id
+            RETURNING * INTO v_new;
+        EXCEPTION WHEN unique_violation THEN
+            PERFORM cycles._fail('DUPLICATE_RESOURCE',
+                format('tenant %s already has a policy named %L', v_old.tenant_id, v_new.name),
+                jsonb_build_object('tenant_id', v_old.tenant_id, 'name', v_new.name));
+        END;
+        PERFORM cycles._policy_event(v_new, 'policy.updated', v_changed, v_ctx);
+    END IF;
+    PERFORM cycles._audit(v_ctx, 'updatePolicy', 'policy', p_policy_id, 200, v_old.tenant_id,
+        p_metadata => jsonb_build_object('changed_fields', to_jsonb(v_changed)));
+    RETURN cycles._policy_json(v_new);
+END;
+$$;
+
+-- cycles.disable_policy --------------------------------------------------------------
+-- Sets a policy DISABLED (it no longer matches anything); a disabled policy
+-- stays DISABLED and nothing is written but the audit row. The same as
+-- update_policy(p_policy_id, '{"status": "DISABLED"}').
+CREATE FUNCTION cycles.disable_policy(p_policy_id text, p_ctx jsonb DEFAULT '{}') RETURNS jsonb
+LANGUAGE plpgsql
+AS $$
+BEGIN
+    RETURN cycles.update_policy(p_policy_id, '{"status": "DISABLED"}'::jsonb, p_ctx);
+END;
+$$;
+
+-- ==== 18_events_read.sql ====
+
+-- Reading the event outbox: the admin's event stream (every tenant, every
+-- category) and a tenant key's view of its own budget, reservation and
+-- tenant events.
+
+-- The spec's EventType enum (normative), in its order.
+CREATE FUNCTION cycles._event_types() RETURNS text[]
+LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE
+AS $$
+BEGIN
+    RETURN (
+        SELECT ARRAY[
+            'budget.created', 'budget.updated', 'budget.funded', 'budget.debited', 'budget.reset',
+            'budget.reset_spent', 'budget.debt_repaid', 'budget.frozen', 'budget.unfrozen', 'budget.closed',
+            'budget.closed_via_tenant_cascade', 'budget.threshold_crossed', 'budget.exhausted',
+            'budget.over_limit_entered', 'budget.over_limit_exited', 'budget.debt_incurred',
+            'budget.burn_rate_anomaly',
+            'reservation.denied', 'reservation.denial_rate_spike', 'reservation.expired',
+            'reservation.expiry_rate_spike', 'reservation.commit_overage',
+            'reservation.released_via_tenant_cascade',
+            'tenant.created', 'tenant.updated', 'tenant.suspended', 'tenant.reactivated', 'tenant.closed',
+            'tenant.settings_changed',
+            'webhook.created', 'webhook.updated', 'webhook.paused', 'webhook.resumed', 'webhook.disabled',
+            'webhook.deleted', 'webhook.disabled_via_tenant_cascade',
+            'api_key.created', 'api_key.revoked', 'api_key.revoked_via_tenant_cascade', 'api_key.expired',
+            'api_key.permissions_changed', 'api_key.auth_failed', 'api_key.auth_failure_rate_spike',
+            'policy.created', 'policy.updated', 'policy.deleted',
+            'system.store_connection_lost', 'system.store_connection_restored', 'system.high_latency',
+            'system.webhook_delivery_failed', 'system.webhook_test']
+    );
+END;
+$$;
+
+-- The spec's Event object, nulls omitted: timestamp is the creation time in
+-- ISO-8601 UTC with milliseconds.
+CREATE FUNCTION cycles._event_json(p_event cycles.events) RETURNS jsonb
+LANGUAGE plpgsql STABLE
+AS $$
+BEGIN
+    RETURN (
+        SELECT jsonb_strip_nulls(jsonb_build_object(
+            'event_id', p_event.event_id,
+            'event_type', p_event.event_type,
+            'category', p_event.category,
+            'timestamp', cycles._iso8601(p_event.created_at),
+            'tenant_id', p_event.tenant_id,
+            'scope', p_event.scope,
+            'actor', p_event.actor,
+            'source', p_event.source,
+            'data', p_event.data,
+            'correlation_id', p_event.correlation_id,
+            'request_id', p_event.request_id,
+            'trace_id', p_event.trace_id,
+            'metadata', p_event.metadata))
+    );
+END;
+$$;
+
+-- A page of events matching the filters, as {events, has_more, next_cursor}.
+-- The shared engine of cycles.list_events and cycles.list_tenant_events;
+-- p_categories NULL means every category. Sorting: p_sort_by timestamp
+-- (default), event_type, category, scope or tenant_id, ties broken by time
+-- then by insertion order; p_sort_dir desc (default) or asc. The cursor is
+-- the event_id of the last event of the previous page.
+-- Errors: INVALID_REQUEST (unknown event type, category, sort, bad limit,
+-- search longer than 128, from after to, unknown cursor).
+CREATE FUNCTION cycles._list_events(
+    p_tenant_id      text,
+    p_categories     text[],
+    p_event_type     text,
+    p_category       text,
+    p_scope          text,
+    p_correlation_id text,
+    p_trace_id       text,
+    p_request_id     text,
+    p_from           timestamptz,
+    p_to             timestamptz,
+    p_search         text,
+    p_sort_by        text,
+    p_sort_dir       text,
+    p_cursor         text,
+    p_limit          integer
+) RETURNS jsonb
+LANGUAGE plpgsql
+AS $$
+DECLARE
+    v_limit   integer := cycles._page_limit(p_limit);
+    v_sort_by text := coalesce(nullif(p_sort_by, ''), 'timestamp');
+    v_desc    boolean;
+    v_key     text;
+    v_search  text := lower(nullif(p_search, ''));
+    v_after   cycles.events;
+    v_rows    cycles.events[];
+BEGIN
+    IF p_event_type IS NOT NULL AND p_event_type <> ALL (cycles._event_types())
+       AND p_event_type NOT LIKE 'custom.%' THEN
+        PERFORM cycles._fail('INVALID_REQUEST', format('unknown event_type %L', p_event_type));
+    END IF;
+    IF p_category IS NOT NULL
+       AND p_category NOT IN ('budget', 'tenant', 'api_key', 'policy', 'reservation', 'system', 'webhook') THEN
+        PERFORM cycles._fail('INVALID_REQUEST', format(
+            'unknown category %L: expected budget, tenant, api_key, policy, reservation, system or webhook',
+            p_category));
+    END IF;
+    IF v_sort_by NOT IN ('timestamp', 'event_type', 'category', 'scope', 'tenant_id') THEN
+        PERFORM cycles._fail('INVALID_REQUEST', format(
+            'sort_by must be timestamp, event_type, category, scope or tenant_id, got %L', p_sort_by));
+    END IF;
+    IF coalesce(nullif(p_sort_dir, ''), 'desc') NOT IN ('asc', 'desc') THEN
+        PERFORM cycles._fail('INVALID_REQUEST', format('sort_dir must be asc or desc, got %L', p_sort_dir));
+    END IF;
+    v_desc := coalesce(nullif(p_sort_dir, ''), 'desc') = 'desc';
+    IF char_length(v_search) > 128 THEN
+        PERFORM cycles._fail('INVALID_REQUEST', 'search must be at most 128 characters');
+    END IF;
+    IF p_from > p_to THEN
+        PERFORM cycles._fail('INVALID_REQUEST', 'from must not be later than to');
+    END IF;
+    IF p_cursor IS NOT NULL THEN
+        SELECT e.* INTO v_after FROM cycles.events AS e
+        WHERE e.event_id = p_cursor
+          AND (p_tenant_id IS NULL OR e.tenant_id = p_tenant_id)
+          AND (p_categories IS NULL OR e.category = ANY (p_categories));
+        IF v_after.event_id IS NULL THEN
+            PERFORM cycles._fail('INVALID_REQUEST', format('unknown cursor %L', p_cursor));
+        END IF;
+        v_key := CASE v_sort_by WHEN 'event_type' THEN v_after.event_type WHEN 'category' THEN v_after.category
+                                WHEN 'scope' THEN coalesce(v_after.scope, '') WHEN 'tenant_id' THEN v_after.tenant_id
+                                ELSE '' END;
+    END IF;
+
+    -- One statement for every sort: the sort key is '' for timestamp, so the
+    -- order is (key, created_at, seq) in the requested direction and the
+    -- cursor row's key continues it.
+    SELECT coalesce(array_agg(page.e ORDER BY page.o), '{}') INTO v_rows
+    FROM (
+        SELECT e, row_number() OVER (
+                   ORDER BY CASE WHEN v_desc THEN s.k END DESC, CASE WHEN v_desc THEN e.created_at END DESC,
+                            CASE WHEN v_desc THEN e.seq END DESC,
+                            CASE WHEN NOT v_desc THEN s.k END, CASE WHEN NOT v_desc THEN e.created_at END,
+                            CASE WHEN NOT v_desc THEN e.seq END) AS o
+        FROM cycles.events AS e
+        CROSS JOIN LATERAL (
+            SELECT (CASE v_sort_by WHEN 'event_type' THEN e.event_type WHEN 'category' THEN e.category
+                                   WHEN 'scope' THEN coalesce(e.scope, '') WHEN 'tenant_id' THEN e.tenant_id
+                                   ELSE '' END) COLLATE "C" AS k
+        ) AS s
+        WHERE (p_tenant_id IS NULL OR e.tenant_id = p_tenant_id)
+          AND (p_categories IS NULL OR e.category = ANY (p_categories))
+          AND (p_event_type IS NULL OR e.event_type = p_event_type)
+          AND (p_category IS NULL OR e.category = p_category)
+          AND (p_scope IS NULL OR left(e.scope, char_length(p_scope)) = lower(p_scope))
+          AND (p_correlation_id IS NULL OR e.correlation_id = p_correlation_id)
+          AND (p_trace_id IS NULL OR e.trace_id = p_trace_id)
+          AND (p_request_id IS NULL OR e.request_id = p_request_id)
+          AND (p_from IS NULL OR e.created_at >= p_from)
+          AND (p_to IS NULL OR e.created_at <= p_to)
+          AND (v_search IS NULL OR strpos(lower(e.correlation_id), v_search) > 0
+               OR strpos(lower(e.scope), v_search) > 0)
+          AND (v_after.event_id IS NULL
+               OR (v_desc AND (s.k, e.created_at, e.seq) < (v_key COLLATE "C", v_after.created_at, v_after.seq))
+               OR (NOT v_desc AND (s.k, e.created_at, e.seq) > (v_key COLLATE "C", v_after.created_at, v_after.seq)))
+        ORDER BY o
+        LIMIT v_limit + 1
+    ) AS page;
+
+    RETURN jsonb_strip_nulls(jsonb_build_object(
+        'events', coalesce((SELECT jsonb_agg(cycles._event_json(v_rows[i]) ORDER BY i)
+                             FROM generate_series(1, least(cardinality(v_rows), v_limit)) AS i), '[]'::jsonb),
+        'has_more', cardinality(v_rows) > v_limit,
+        'next_cursor', CASE WHEN cardinality(v_rows) > v_limit THEN (v_rows[v_limit]).event_id END));
+END;
+$$;
+
+-- cycles.list_events ------------------------------------------------------------
+-- GET /v1/admin/events: the whole event stream, newest first, for the admin.
+-- Filters (all optional, ANDed): tenant, event type, category, scope prefix
+-- (a plain string prefix of the lower-cased scope), correlation, trace and
+-- request ids, from/to (inclusive, on the event time), search (substring of
+-- correlation_id or scope, case-insensitive). From psql:
+--   SELECT cycles.list_events(p_tenant_id => 'acme', p_category => 'budget');
+-- Authorization: the admin key only (a tenant key gets
+-- INSUFFICIENT_PERMISSIONS). Writes one audit row (listEvents).
+-- Errors: UNAUTHORIZED, INSUFFICIENT_PERMISSIONS, INVALID_REQUEST.
+CREATE FUNCTION cycles.list_events(
+    p_tenant_id      text DEFAULT NULL,
+    p_event_type     text DEFAULT NULL,
+    p_category       text DEFAULT NULL,
+    p_scope          text DEFAULT NULL,
+    p_correlation_id text DEFAULT NULL,
+    p_trace_id       text DEFAULT NULL,
+    p_request_id     text DEFAULT NULL,
+    p_from           timestamptz DEFAULT NULL,
+    p_to             timestamptz DEFAULT NULL,
+    p_search         text DEFAULT NULL,
+    p_sort_by        text DEFAULT NULL,
+    p_sort_dir       text DEFAULT NULL,
+    p_cursor         text DEFAULT NULL,
+    p_limit          integer DEFAULT 50,
+    p_ctx            jsonb DEFAULT '{}'
+) RETURNS jsonb
+LANGUAGE plpgsql
+AS $$
+DECLARE
+    v_ctx    jsonb := cycles._admin_principal(p_ctx, NULL);
+    v_result jsonb;
+BEGIN
+    v_result := cycles._list_events(p_tenant_id, NULL, p_event_type, p_category, p_scope, p_correlation_id,
+                                    p_trace_id, p_request_id, p_from, p_to, p_search, p_sort_by, p_sort_dir,
+                                    p_cursor, p_limit);
+    PERFORM cycles._audit(v_ctx, 'listEvents', NULL, NULL, 200, p_tenant_id);
+    RETURN v_result;
+END;
+$$;
+
+-- cycles.get_event -----------------------------------------------------------------
+-- GET /v1/admin/events/{event_id}: one event, for the admin.
+-- Errors: UNAUTHORIZED, INSUFFICIENT_PERMISSIONS, NOT_FOUND.
+CREATE FUNCTION cycles.get_event(p_event_id text, p_ctx jsonb DEFAULT '{}') RETURNS jsonb
+LANGUAGE plpgsql
+AS $$
+DECLARE
+    v_ctx   jsonb := cycles._admin_principal(p_ctx, NULL);
+    v_event cycles.events;
+BEGIN
+    SELECT e.* INTO v_event FROM cycles.events AS e WHERE e.event_id = p_event_id;
+    IF v_event.event_id IS NULL THEN
+        PERFORM cycles._fail('NOT_FOUND', format('event %L not found', p_event_id),
+            jsonb_build_object('event_id', p_event_id));
+    END IF;
+    PERFORM cycles._audit(v_ctx, 'getEvent', NULL, p_event_id, 200, v_event.tenant_id);
+    RETURN cycles._event_json(v_event);
+END;
+$$;
+
+-- cycles.list_tenant_events ----------------------------------------------------------
+-- GET /v1/events: the calling key's tenant's events of the tenant-accessible
+-- categories only (budget, reservation, tenant), newest first, with the
+-- filters of cycles.list_events but no tenant, trace or request filter. A
+-- filter on an admin-only category or type simply matches nothing.
+-- Needs events:read (admin:read satisfies it). Reads are allowed whatever
+-- the tenant's status. Writes nothing.
+-- Errors, in precedence order: UNAUTHORIZED; INSUFFICIENT_PERMISSIONS;
+-- INVALID_REQUEST.
+CREATE FUNCTION cycles.list_tenant_events(
+    p_api_key        text,
+    p_event_type     text DEFAULT NULL,
+    p_category       text DEFAULT NULL,
+    p_scope          text DEFAULT NULL,
+    p_correlation_id text DEFAULT NULL,
+    p_from           timestamptz DEFAULT NULL,
+    p_to             timestamptz DEFAULT NULL,
+    p_cursor         text DEFAULT NULL,
+    p_limit          integer DEFAULT 50,
+    p_ctx            jsonb DEFAULT '{}'
+) RETURNS jsonb
+LANGUAGE plpgsql
+AS $$
+DECLARE
+    v_key cycles.api_keys;
+BEGIN
+    SELECT (a.o_key).* INTO v_key FROM cycles._authenticate(p_api_key) AS a;
+    IF NOT cycles._has_permission(v_key.permissions, 'events:read') THEN
+        PERFORM cycles._fail('INSUFFICIENT_PERMISSIONS', 'API key lacks the events:read permission',
+            jsonb_build_object('required_permission', 'events:read'));
+    END IF;
+    RETURN cycles._list_events(v_key.tenant_id, ARRAY['budget', 'reservation', 'tenant'], p_event_type,
+                               p_category, p_scope, p_correlation_id, NULL, NULL, p_from, p_to, NULL, NULL,
+                               NULL, p_cursor, p_limit);
+END;
+$$;
+
 -- ==== 20_runtime_common.sql ====
 
 -- Private helpers of the runtime protocol (reserve, commit, release, extend,
@@ -2525,14 +3479,15 @@ $$;
 
 -- Principal ----------------------------------------------------------------
 
--- The authenticated key's id and its tenant row, after checking that the key
--- grants p_permission (NULL: no permission needed).
+-- The authenticated key's id, its tenant row and its scope_filter, after
+-- checking that the key grants p_permission (NULL: no permission needed).
 -- Errors: UNAUTHORIZED (bad key), FORBIDDEN (permission missing).
 CREATE FUNCTION cycles._runtime_principal(
     p_api_key    text,
     p_permission text,
-    OUT o_key_id text,
-    OUT o_tenant cycles.tenants
+    OUT o_key_id       text,
+    OUT o_tenant       cycles.tenants,
+    OUT o_scope_filter text[]
 )
 LANGUAGE plpgsql
 AS $$
@@ -2545,7 +3500,25 @@ BEGIN
             jsonb_build_object('required_permission', p_permission));
     END IF;
     o_key_id := v_key.key_id;
+    o_scope_filter := v_key.scope_filter;
     SELECT t.* INTO o_tenant FROM cycles.tenants AS t WHERE t.tenant_id = v_key.tenant_id;
+END;
+$$;
+
+-- A key with a non-empty scope_filter acts only on scopes the filter allows
+-- (cycles._scope_filter_allows: an entry level:value or level:* must appear
+-- in the scope path, or the path must equal or descend from an entry that is
+-- a full scope). Checked on the reservation's scope path (its deepest scope).
+-- Errors: FORBIDDEN.
+CREATE FUNCTION cycles._require_scope_in_filter(p_scope_filter text[], p_scope_path text) RETURNS void
+LANGUAGE plpgsql
+AS $$
+BEGIN
+    IF cardinality(p_scope_filter) > 0
+       AND NOT cycles._scope_filter_allows(to_jsonb(p_scope_filter), p_scope_path) THEN
+        PERFORM cycles._fail('FORBIDDEN', format('API key''s scope_filter does not allow scope %s', p_scope_path),
+            jsonb_build_object('scope', p_scope_path, 'scope_filter', to_jsonb(p_scope_filter)));
+    END IF;
 END;
 $$;
 
@@ -3367,8 +4340,16 @@ $$;
 -- concurrent same-key requests serialise; then the budget rows of the derived
 -- scopes in the request unit, FOR UPDATE in scope byte order (live only).
 --
+-- Policies: the matching policy (cycles._match_policy on the scope path) of
+-- an allowed request supplies caps (decision ALLOW_WITH_CAPS), the commit
+-- overage policy (request > policy > deepest budget > tenant) and TTL
+-- governance: ttl_ms defaults to the policy's default_ttl_ms, else the
+-- tenant's, and is capped at the policy's max_ttl_ms, else the tenant's;
+-- max_extensions is the policy's, else the tenant's.
+--
 -- Errors, in precedence order: UNAUTHORIZED; FORBIDDEN (permission
 -- reservations:create); INVALID_REQUEST; FORBIDDEN (subject.tenant);
+-- FORBIDDEN (scope outside the key's scope_filter);
 -- IDEMPOTENCY_MISMATCH; [live] TENANT_CLOSED; FORBIDDEN (tenant suspended);
 -- UNIT_MISMATCH / NOT_FOUND (no budget in the unit); per scope from the top:
 -- BUDGET_FROZEN, BUDGET_CLOSED, OVERDRAFT_LIMIT_EXCEEDED, DEBT_OUTSTANDING,
@@ -3385,6 +4366,9 @@ DECLARE
     v_tenant      cycles.tenants;
     v_parsed      cycles.reserve_request;
     v_dry_run     boolean;
+    v_match       cycles.policies;
+    v_caps        jsonb;
+    v_ttl_req     bigint;
     v_ttl_ms      bigint;
     v_grace_ms    bigint;
     v_policy      text;
@@ -3398,16 +4382,16 @@ DECLARE
     v_expires_ms  bigint;
     v_id          text;
 BEGIN
-    SELECT p.o_key_id, p.o_tenant INTO v_principal
+    SELECT p.o_key_id, p.o_tenant, p.o_scope_filter INTO v_principal
     FROM cycles._runtime_principal(p_api_key, 'reservations:create') AS p;
     v_tenant := v_principal.o_tenant;
     v_parsed := cycles._parse_reserve_request(p_request, v_tenant.tenant_id);
+    PERFORM cycles._require_scope_in_filter(v_principal.o_scope_filter, v_parsed.scope_path);
     IF p_request ? 'dry_run' AND jsonb_typeof(p_request -> 'dry_run') NOT IN ('boolean', 'null') THEN
         PERFORM cycles._fail('INVALID_REQUEST', 'dry_run must be a boolean');
     END IF;
     v_dry_run := coalesce((p_request ->> 'dry_run')::boolean, false);
-    v_ttl_ms := least(cycles._request_int(p_request, 'ttl_ms', 1000, 86400000, v_tenant.default_reservation_ttl_ms),
-                      v_tenant.max_reservation_ttl_ms);
+    v_ttl_req := cycles._request_int(p_request, 'ttl_ms', 1000, 86400000, NULL);
     v_grace_ms := cycles._request_int(p_request, 'grace_period_ms', 0, 60000, 5000);
     v_policy := cycles._require_overage_policy(p_request ->> 'overage_policy');
     v_actor := cycles._runtime_actor(p_ctx, v_principal.o_key_id);
@@ -3420,13 +4404,18 @@ BEGIN
 
     IF v_dry_run THEN
         SELECT e.o_reason, e.o_row, e.o_rows INTO v_denial FROM cycles._evaluate_reserve(v_tenant, v_parsed) AS e;
+        IF v_denial.o_reason IS NULL THEN
+            v_caps := cycles._policy_caps(cycles._match_policy(v_tenant.tenant_id, v_parsed.scope_path));
+        END IF;
         v_response := jsonb_build_object(
-            'decision', CASE WHEN v_denial.o_reason IS NULL THEN 'ALLOW' ELSE 'DENY' END,
+            'decision', CASE WHEN v_denial.o_reason IS NOT NULL THEN 'DENY'
+                             WHEN v_caps IS NOT NULL THEN 'ALLOW_WITH_CAPS' ELSE 'ALLOW' END,
             'affected_scopes', to_jsonb(v_parsed.affected_scopes),
             'scope_path', v_parsed.scope_path);
         IF v_denial.o_reason IS NULL THEN
             v_response := v_response || jsonb_build_object(
-                'reserved', cycles._amount_json(v_parsed.unit, v_parsed.estimate));
+                'reserved', cycles._amount_json(v_parsed.unit, v_parsed.estimate))
+                || CASE WHEN v_caps IS NOT NULL THEN jsonb_build_object('caps', v_caps) ELSE '{}'::jsonb END;
         ELSE
             v_response := v_response || jsonb_build_object('reason_code', v_denial.o_reason);
             PERFORM cycles._emit_denied(v_tenant.tenant_id, v_parsed, v_denial.o_reason, v_denial.o_row,
@@ -3450,9 +4439,18 @@ BEGIN
         PERFORM cycles._fail_denial(v_denial.o_reason, v_denial.o_row, v_parsed.estimate);
     END IF;
 
-    -- Policy: the request's, else the deepest budget's, else the tenant's.
+    v_match := cycles._match_policy(v_tenant.tenant_id, v_parsed.scope_path);
+    v_caps := cycles._policy_caps(v_match);
+    v_ttl_ms := least(
+        coalesce(v_ttl_req, (v_match.reservation_ttl_override ->> 'default_ttl_ms')::bigint,
+                 v_tenant.default_reservation_ttl_ms),
+        coalesce((v_match.reservation_ttl_override ->> 'max_ttl_ms')::bigint, v_tenant.max_reservation_ttl_ms));
+
+    -- Overage policy: the request's, else the matching policy's, else the
+    -- deepest budget's, else the tenant's.
     v_policy := coalesce(
         v_policy,
+        v_match.commit_overage_policy,
         (SELECT b.commit_overage_policy FROM unnest(v_before) AS b
          WHERE b.commit_overage_policy IS NOT NULL ORDER BY b.scope COLLATE "C" DESC LIMIT 1),
         v_tenant.default_commit_overage_policy,
@@ -3480,7 +4478,8 @@ BEGIN
         v_id, v_tenant.tenant_id, v_principal.o_key_id, v_parsed.idempotency_key, v_parsed.subject,
         v_parsed.action, v_parsed.unit, v_parsed.estimate, v_parsed.scope_path, v_parsed.affected_scopes,
         ARRAY(SELECT r.scope FROM unnest(v_after) AS r ORDER BY r.scope COLLATE "C"), v_policy, 'ACTIVE',
-        v_now_ms, v_expires_ms, v_grace_ms, v_ttl_ms, 0, v_tenant.max_reservation_extensions,
+        v_now_ms, v_expires_ms, v_grace_ms, v_ttl_ms, 0,
+        coalesce((v_match.reservation_ttl_override ->> 'max_extensions')::integer, v_tenant.max_reservation_extensions),
         cycles._request_object(p_request, 'metadata'), p_ctx ->> 'request_id', p_ctx ->> 'trace_id');
 
     PERFORM cycles._record_changes(v_before, v_after, 'RESERVE', v_actor, p_ctx,
@@ -3488,14 +4487,15 @@ BEGIN
         p_idempotency_key => v_parsed.idempotency_key);
 
     v_response := jsonb_build_object(
-        'decision', 'ALLOW',
+        'decision', CASE WHEN v_caps IS NOT NULL THEN 'ALLOW_WITH_CAPS' ELSE 'ALLOW' END,
         'reservation_id', v_id,
         'affected_scopes', to_jsonb(v_parsed.affected_scopes),
         'expires_at_ms', v_expires_ms,
         'remaining_ttl_ms', greatest(0, v_expires_ms - cycles._now_ms()),
         'scope_path', v_parsed.scope_path,
         'reserved', cycles._amount_json(v_parsed.unit, v_parsed.estimate),
-        'balances', cycles._balances_json(v_after));
+        'balances', cycles._balances_json(v_after))
+        || CASE WHEN v_caps IS NOT NULL THEN jsonb_build_object('caps', v_caps) ELSE '{}'::jsonb END;
     PERFORM cycles._idempotent_store(v_tenant.tenant_id, 'reserve', v_parsed.idempotency_key, v_hash,
                                      v_response, v_id, v_expires_ms + v_grace_ms);
     RETURN v_response;
@@ -3512,9 +4512,12 @@ $$;
 --
 -- Locks: an advisory lock on (tenant, 'decide', idempotency key); no row locks.
 --
+-- An ALLOW under a matching policy with caps is ALLOW_WITH_CAPS with them.
+--
 -- Errors, in precedence order: UNAUTHORIZED; FORBIDDEN (permission
 -- reservations:create); INVALID_REQUEST; FORBIDDEN (subject.tenant);
--- IDEMPOTENCY_MISMATCH; UNIT_MISMATCH.
+-- FORBIDDEN (scope outside the key's scope_filter); IDEMPOTENCY_MISMATCH;
+-- UNIT_MISMATCH.
 CREATE FUNCTION cycles.decide(p_api_key text, p_request jsonb, p_ctx jsonb DEFAULT '{}') RETURNS jsonb
 LANGUAGE plpgsql
 AS $$
@@ -3525,11 +4528,13 @@ DECLARE
     v_hash      bytea;
     v_response  jsonb;
     v_denial    record;
+    v_caps      jsonb;
 BEGIN
-    SELECT p.o_key_id, p.o_tenant INTO v_principal
+    SELECT p.o_key_id, p.o_tenant, p.o_scope_filter INTO v_principal
     FROM cycles._runtime_principal(p_api_key, 'reservations:create') AS p;
     v_tenant := v_principal.o_tenant;
     v_parsed := cycles._parse_reserve_request(p_request, v_tenant.tenant_id);
+    PERFORM cycles._require_scope_in_filter(v_principal.o_scope_filter, v_parsed.scope_path);
 
     v_hash := cycles._request_hash(p_request);
     v_response := cycles._idempotent_replay(v_tenant.tenant_id, 'decide', v_parsed.idempotency_key, v_hash, true);
@@ -3539,8 +4544,11 @@ BEGIN
 
     SELECT e.o_reason, e.o_row INTO v_denial FROM cycles._evaluate_reserve(v_tenant, v_parsed) AS e;
     IF v_denial.o_reason IS NULL THEN
+        v_caps := cycles._policy_caps(cycles._match_policy(v_tenant.tenant_id, v_parsed.scope_path));
         v_response := jsonb_build_object(
-            'decision', 'ALLOW', 'affected_scopes', to_jsonb(v_parsed.affected_scopes));
+            'decision', CASE WHEN v_caps IS NOT NULL THEN 'ALLOW_WITH_CAPS' ELSE 'ALLOW' END,
+            'affected_scopes', to_jsonb(v_parsed.affected_scopes))
+            || CASE WHEN v_caps IS NOT NULL THEN jsonb_build_object('caps', v_caps) ELSE '{}'::jsonb END;
     ELSE
         v_response := jsonb_build_object(
             'decision', 'DENY', 'reason_code', v_denial.o_reason,
@@ -3576,7 +4584,8 @@ $$;
 --
 -- Errors, in precedence order: UNAUTHORIZED; FORBIDDEN (permission
 -- reservations:commit); INVALID_REQUEST; NOT_FOUND; FORBIDDEN (another
--- tenant's reservation); IDEMPOTENCY_MISMATCH; TENANT_CLOSED;
+-- tenant's reservation, or its scope outside the key's scope_filter);
+-- IDEMPOTENCY_MISMATCH; TENANT_CLOSED;
 -- RESERVATION_EXPIRED (status EXPIRED); RESERVATION_FINALIZED (COMMITTED
 -- with another key, or RELEASED); UNIT_MISMATCH; RESERVATION_EXPIRED (past
 -- grace); BUDGET_EXCEEDED (REJECT overage); OVERDRAFT_LIMIT_EXCEEDED.
@@ -3606,7 +4615,7 @@ DECLARE
     v_released    bigint;
     v_actor       jsonb;
 BEGIN
-    SELECT p.o_key_id, p.o_tenant INTO v_principal
+    SELECT p.o_key_id, p.o_tenant, p.o_scope_filter INTO v_principal
     FROM cycles._runtime_principal(p_api_key, 'reservations:commit') AS p;
     v_key := cycles._require_idempotency_key(p_request);
     SELECT a.o_unit, a.o_amount INTO v_amount FROM cycles._request_amount(p_request -> 'actual', 'actual') AS a;
@@ -3616,6 +4625,7 @@ BEGIN
     SELECT l.o_reservation, l.o_tenant INTO v_locked
     FROM cycles._lock_reservation(p_reservation_id, (v_principal.o_tenant).tenant_id) AS l;
     v_reservation := v_locked.o_reservation;
+    PERFORM cycles._require_scope_in_filter(v_principal.o_scope_filter, v_reservation.scope_path);
 
     v_hash := cycles._request_hash(p_request, p_reservation_id);
     v_response := cycles._idempotent_replay(v_reservation.tenant_id, 'commit:' || p_reservation_id, v_key,
@@ -3722,7 +4732,8 @@ $$;
 --
 -- Errors, in precedence order: UNAUTHORIZED; FORBIDDEN (permission
 -- reservations:release); INVALID_REQUEST; NOT_FOUND; FORBIDDEN (another
--- tenant's reservation); IDEMPOTENCY_MISMATCH; TENANT_CLOSED;
+-- tenant's reservation, or its scope outside the key's scope_filter);
+-- IDEMPOTENCY_MISMATCH; TENANT_CLOSED;
 -- RESERVATION_EXPIRED (status EXPIRED); RESERVATION_FINALIZED;
 -- RESERVATION_EXPIRED (past grace).
 --
@@ -3736,6 +4747,7 @@ AS $$
 DECLARE
     v_key_id      text;
     v_tenant_id   text;
+    v_filter      text[];
     v_locked      record;
     v_reservation cycles.reservations;
     v_key         text;
@@ -3748,7 +4760,7 @@ BEGIN
     IF p_api_key IS NULL THEN
         PERFORM cycles._require_admin_context(p_ctx, ARRAY['admin_on_behalf_of']);
     ELSE
-        SELECT p.o_key_id, (p.o_tenant).tenant_id INTO v_key_id, v_tenant_id
+        SELECT p.o_key_id, (p.o_tenant).tenant_id, p.o_scope_filter INTO v_key_id, v_tenant_id, v_filter
         FROM cycles._runtime_principal(p_api_key, 'reservations:release') AS p;
     END IF;
     v_key := cycles._require_idempotency_key(p_request);
@@ -3761,6 +4773,7 @@ BEGIN
     SELECT l.o_reservation, l.o_tenant INTO v_locked
     FROM cycles._lock_reservation(p_reservation_id, v_tenant_id) AS l;
     v_reservation := v_locked.o_reservation;
+    PERFORM cycles._require_scope_in_filter(v_filter, v_reservation.scope_path);
 
     v_hash := cycles._request_hash(p_request, p_reservation_id);
     v_response := cycles._idempotent_replay(v_reservation.tenant_id, 'release:' || p_reservation_id, v_key,
@@ -3804,7 +4817,8 @@ $$;
 -- cycles.extend: POST /v1/reservations/{reservation_id}/extend.
 --
 -- Moves expires_at_ms to its current value + extend_by_ms, but never more
--- than the tenant's max_reservation_ttl_ms ahead of now (and never earlier
+-- than the max TTL ahead of now (the matching policy's max_ttl_ms, else the
+-- tenant's max_reservation_ttl_ms) (and never earlier
 -- than it was); the returned expires_at_ms is authoritative. Allowed only
 -- while ACTIVE and not past expires_at_ms (no grace), at most the
 -- reservation's max_extensions times. No balance changes. The reserve's
@@ -3814,7 +4828,8 @@ $$;
 --
 -- Errors, in precedence order: UNAUTHORIZED; FORBIDDEN (permission
 -- reservations:extend); INVALID_REQUEST; NOT_FOUND; FORBIDDEN (another
--- tenant's reservation); IDEMPOTENCY_MISMATCH; TENANT_CLOSED;
+-- tenant's reservation, or its scope outside the key's scope_filter);
+-- IDEMPOTENCY_MISMATCH; TENANT_CLOSED;
 -- RESERVATION_EXPIRED (status EXPIRED); RESERVATION_FINALIZED;
 -- RESERVATION_EXPIRED (past expires_at_ms); MAX_EXTENSIONS_EXCEEDED.
 CREATE FUNCTION cycles.extend(
@@ -3833,7 +4848,7 @@ DECLARE
     v_now_ms      bigint;
     v_expires_ms  bigint;
 BEGIN
-    SELECT p.o_key_id, p.o_tenant INTO v_principal
+    SELECT p.o_key_id, p.o_tenant, p.o_scope_filter INTO v_principal
     FROM cycles._runtime_principal(p_api_key, 'reservations:extend') AS p;
     v_key := cycles._require_idempotency_key(p_request);
     IF p_request -> 'extend_by_ms' IS NULL OR p_request -> 'extend_by_ms' = 'null'::jsonb THEN
@@ -3845,6 +4860,7 @@ BEGIN
     SELECT l.o_reservation, l.o_tenant INTO v_locked
     FROM cycles._lock_reservation(p_reservation_id, (v_principal.o_tenant).tenant_id) AS l;
     v_reservation := v_locked.o_reservation;
+    PERFORM cycles._require_scope_in_filter(v_principal.o_scope_filter, v_reservation.scope_path);
 
     v_hash := cycles._request_hash(p_request, p_reservation_id);
     v_response := cycles._idempotent_replay(v_reservation.tenant_id, 'extend:' || p_reservation_id, v_key,
@@ -3866,7 +4882,10 @@ BEGIN
     v_now_ms := cycles._now_ms();
     v_expires_ms := greatest(v_reservation.expires_at_ms,
                              least(v_reservation.expires_at_ms + v_extend_by,
-                                   v_now_ms + (v_locked.o_tenant).max_reservation_ttl_ms));
+                                   v_now_ms + coalesce(
+                                       ((cycles._match_policy(v_reservation.tenant_id, v_reservation.scope_path))
+                                           .reservation_ttl_override ->> 'max_ttl_ms')::bigint,
+                                       (v_locked.o_tenant).max_reservation_ttl_ms)));
     UPDATE cycles.reservations AS r SET
         expires_at_ms = v_expires_ms,
         extension_count = r.extension_count + 1
@@ -3899,7 +4918,8 @@ $$;
 --
 -- Charges actual to every derived scope with a budget in its unit,
 -- atomically. Debt and over-limit do not block an event; by overage policy
--- (request, else deepest budget's, else tenant's): REJECT refuses an event
+-- (request, else the matching policy's, else deepest budget's, else
+-- tenant's): REJECT refuses an event
 -- larger than some scope's remaining; ALLOW_IF_AVAILABLE caps the charge at
 -- the smallest positive remaining (the response then carries charged) and
 -- marks the scopes that could not cover it over limit; ALLOW_WITH_OVERDRAFT
@@ -3911,6 +4931,7 @@ $$;
 --
 -- Errors, in precedence order: UNAUTHORIZED; FORBIDDEN (permission
 -- reservations:commit); INVALID_REQUEST; FORBIDDEN (subject.tenant);
+-- FORBIDDEN (scope outside the key's scope_filter);
 -- IDEMPOTENCY_MISMATCH; TENANT_CLOSED; FORBIDDEN (tenant suspended);
 -- UNIT_MISMATCH / NOT_FOUND; per scope from the top: BUDGET_FROZEN,
 -- BUDGET_CLOSED; BUDGET_EXCEEDED (REJECT); OVERDRAFT_LIMIT_EXCEEDED.
@@ -3936,7 +4957,7 @@ DECLARE
     v_cap       record;
     v_event_id  text;
 BEGIN
-    SELECT p.o_key_id, p.o_tenant INTO v_principal
+    SELECT p.o_key_id, p.o_tenant, p.o_scope_filter INTO v_principal
     FROM cycles._runtime_principal(p_api_key, 'reservations:commit') AS p;
     v_tenant := v_principal.o_tenant;
     v_key := cycles._require_idempotency_key(p_request);
@@ -3948,6 +4969,7 @@ BEGIN
     PERFORM cycles._request_int(p_request, 'client_time_ms', 0, 9223372036854775807, NULL);
     SELECT d.o_scope_path, d.o_affected_scopes INTO v_scopes
     FROM cycles._derive_scopes(p_request -> 'subject', v_tenant.tenant_id) AS d;
+    PERFORM cycles._require_scope_in_filter(v_principal.o_scope_filter, v_scopes.o_scope_path);
 
     v_hash := cycles._request_hash(p_request);
     v_response := cycles._idempotent_replay(v_tenant.tenant_id, 'event', v_key, v_hash, true);
@@ -3968,6 +4990,7 @@ BEGIN
     END LOOP;
     v_policy := coalesce(
         v_policy,
+        (cycles._match_policy(v_tenant.tenant_id, v_scopes.o_scope_path)).commit_overage_policy,
         (SELECT b.commit_overage_policy FROM unnest(v_before) AS b
          WHERE b.commit_overage_policy IS NOT NULL ORDER BY b.scope COLLATE "C" DESC LIMIT 1),
         v_tenant.default_commit_overage_policy,

@@ -23,6 +23,7 @@ _TENANT = "UPDATE cycles.tenants SET {} WHERE tenant_id = 'acme'"
 _KEY = "UPDATE cycles.api_keys SET {}"
 _RESERVATION = "UPDATE cycles.reservations SET {}"
 _IDEMPOTENCY = "UPDATE cycles.idempotency_records SET {}"
+_POLICY = "UPDATE cycles.policies SET {}"
 
 _WEBHOOK_INSERT = """
     INSERT INTO cycles.webhook_subscriptions (subscription_id, tenant_id, url, event_types, event_categories,
@@ -111,6 +112,17 @@ VIOLATIONS: dict[str, str] = {
     "events_data_object": _EVENT_INSERT.format(
         event_type="'budget.created'", category="'budget'", source="'cycles-admin'", data="'[]'"),
 
+    "policies_name_length": _POLICY.format("name = ''"),
+    "policies_description_length": _POLICY.format("description = repeat('x', 1025)"),
+    "policies_scope_pattern_lower": _POLICY.format("scope_pattern = 'tenant:ACME'"),
+    "policies_priority_nonnegative": _POLICY.format("priority = -1"),
+    "policies_caps_object": _POLICY.format("caps = '[]'"),
+    "policies_overage_policy_valid": _POLICY.format("commit_overage_policy = 'SOMETIMES'"),
+    "policies_ttl_override_object": _POLICY.format("reservation_ttl_override = '1'"),
+    "policies_rate_limits_object": _POLICY.format("rate_limits = '\"x\"'"),
+    "policies_status_valid": _POLICY.format("status = 'DELETED'"),
+    "policies_effective_window": _POLICY.format("effective_from = now(), effective_until = now()"),
+
     "webhook_subscriptions_selector_present": _WEBHOOK_INSERT.format(**{**_WEBHOOK_OK, "types": "'{}'"}),
     "webhook_subscriptions_tenant_selectors": _WEBHOOK_INSERT.format(**{**_WEBHOOK_OK, "categories": "'{policy}'"}),
     "webhook_subscriptions_status_valid": _WEBHOOK_INSERT.format(**{**_WEBHOOK_OK, "status": "'GONE'"}),
@@ -143,6 +155,7 @@ def baseline(db: psycopg.Connection) -> psycopg.Connection:
     db.execute("SELECT cycles.create_budget('tenant:acme', 'TOKENS', 100)")
     db.execute("SELECT cycles.create_api_key('acme', 'agent')")
     db.execute("SELECT cycles.fund_budget('tenant:acme', 'TOKENS', 'CREDIT', 5, 'k1')")
+    db.execute("SELECT cycles.create_policy('acme', 'caps', 'tenant:acme/*')")
     db.execute("""
         INSERT INTO cycles.reservations (
             reservation_id, tenant_id, idempotency_key, subject, action, unit, estimate, scope_path,
