@@ -5,6 +5,8 @@ Every failure is reported as one line on stderr with a non-zero exit status.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import dataclasses
 import importlib
 import os
@@ -48,6 +50,19 @@ def serve(host: str | None, port: int | None) -> None:
     if port is not None:
         settings = dataclasses.replace(settings, port=port)
     server.serve(settings)
+
+
+@cli.command()
+def worker() -> None:
+    """Run the webhook delivery worker (the database must be migrated; any number may run at once)."""
+    from app.webhooks.worker import run_worker
+
+    settings = _settings()
+    with server.open_database(settings) as database:
+        settings = dataclasses.replace(settings, database_url=database.url)
+        click.echo("webhook worker running  (Ctrl-C to stop)", err=True)
+        with contextlib.suppress(KeyboardInterrupt):
+            asyncio.run(run_worker(settings))
 
 
 @cli.command(name="migrate")

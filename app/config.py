@@ -26,6 +26,15 @@ def _int_env(name: str, default: int) -> int:
         raise SystemExit(f"{name} must be an integer, got {raw!r}") from exc
 
 
+def _bool_env(name: str) -> bool:
+    raw = os.environ.get(name, "").strip().lower()
+    if raw in ("", "0", "false", "no", "off"):
+        return False
+    if raw in ("1", "true", "yes", "on"):
+        return True
+    raise SystemExit(f"{name} must be true or false, got {raw!r}")
+
+
 @dataclass(frozen=True)
 class Settings:
     database_url: str | None = None
@@ -38,6 +47,15 @@ class Settings:
     pool_max_size: int = 16
     sweep_interval_ms: int = 500
     log_level: str = "info"
+    # Webhooks: dev mode allows http:// URLs; allow_private lets URLs resolve
+    # to private, loopback and link-local addresses (refused otherwise: SSRF).
+    dev_mode: bool = False
+    webhook_allow_private: bool = False
+    webhooks_disabled: bool = False
+    webhook_poll_interval_ms: int = 1000
+    webhook_timeout_ms: int = 10000
+    event_retention_days: int = 90
+    delivery_retention_days: int = 14
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -52,4 +70,11 @@ class Settings:
             pool_max_size=_int_env("CYCLES_POOL_MAX_SIZE", 16),
             sweep_interval_ms=_int_env("CYCLES_SWEEP_INTERVAL_MS", 500),
             log_level=os.environ.get("CYCLES_LOG_LEVEL", "info"),
+            dev_mode=_bool_env("CYCLES_DEV_MODE"),
+            webhook_allow_private=_bool_env("CYCLES_WEBHOOK_ALLOW_PRIVATE"),
+            webhooks_disabled=_bool_env("CYCLES_WEBHOOKS_DISABLED"),
+            webhook_poll_interval_ms=_int_env("CYCLES_WEBHOOK_POLL_INTERVAL_MS", 1000),
+            webhook_timeout_ms=_int_env("CYCLES_WEBHOOK_TIMEOUT_MS", 10000),
+            event_retention_days=_int_env("CYCLES_EVENT_RETENTION_DAYS", 90),
+            delivery_retention_days=_int_env("CYCLES_DELIVERY_RETENTION_DAYS", 14),
         )

@@ -23,6 +23,7 @@ from app.db import Database
 from app.errors import EXCEPTION_HANDLERS
 from app.sweeper import run_sweeper
 from app.tracing import add_id_headers
+from app.webhooks.worker import run_worker
 
 # Request bodies are small JSON objects; anything larger is refused (413)
 # before it is read into memory.
@@ -48,9 +49,16 @@ def create_app(settings: Settings | None = None) -> Litestar:
     async def lifespan(_: Litestar) -> AsyncIterator[None]:
         await database.open()
         sweeper = asyncio.create_task(run_sweeper(database, settings.sweep_interval_ms), name="cycles-sweeper")
+        # Every server process runs a delivery worker; they share the work safely.
+        webhook_worker = None if settings.webhooks_disabled else asyncio.create_task(
+            run_worker(settings), name="cycles-webhooks")
         try:
             yield
         finally:
+            if webhook_worker is not None:
+                webhook_worker.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await webhook_worker
             sweeper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await sweeper

@@ -1227,6 +1227,37 @@ BEGIN
 END;
 $$;
 
+-- cycles.claim_webhook_delivery ------------------------------------------------------------------
+-- Locks one open delivery (waiting for it, unlike the batch claim) and
+-- returns it in the claim shape, or {} when it is settled or unknown. Used to
+-- send a test probe synchronously in the transaction that queued it.
+CREATE FUNCTION cycles.claim_webhook_delivery(p_delivery_id text, p_ctx jsonb DEFAULT '{}') RETURNS jsonb
+LANGUAGE plpgsql
+AS $$
+DECLARE
+    v_delivery cycles.webhook_deliveries;
+    v_sub      cycles.webhook_subscriptions;
+    v_event    jsonb;
+BEGIN
+    SELECT d.* INTO v_delivery FROM cycles.webhook_deliveries AS d
+    WHERE d.delivery_id = p_delivery_id AND d.status IN ('PENDING', 'RETRYING') FOR UPDATE;
+    SELECT s.* INTO v_sub FROM cycles.webhook_subscriptions AS s
+    WHERE s.subscription_id = v_delivery.subscription_id;
+    IF v_delivery.delivery_id IS NULL OR v_sub.subscription_id IS NULL THEN
+        RETURN '{}'::jsonb;
+    END IF;
+    v_event := coalesce(v_delivery.test_event,
+        (SELECT cycles._webhook_event_json(e) FROM cycles.events AS e WHERE e.seq = v_delivery.event_seq));
+    IF v_event IS NULL THEN
+        RETURN '{}'::jsonb;
+    END IF;
+    RETURN jsonb_build_object(
+        'delivery_id', v_delivery.delivery_id, 'kind', v_delivery.kind, 'url', v_sub.url,
+        'signing_secret', v_sub.signing_secret, 'headers', v_sub.headers, 'event', v_event,
+        'attempts', v_delivery.attempts, 'trace_flags', v_delivery.trace_flags);
+END;
+$$;
+
 -- cycles.complete_webhook_delivery --------------------------------------------------------------
 -- Records the outcome of one attempt (p_success: a 2xx arrived). A test probe
 -- is settled at once and leaves the subscription alone. Otherwise: success

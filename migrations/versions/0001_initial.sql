@@ -4779,6 +4779,8 @@ BEGIN
     v_response := cycles._idempotent_replay(v_reservation.tenant_id, 'release:' || p_reservation_id, v_key,
                                             v_hash, false);
     IF v_response IS NOT NULL THEN
+        PERFORM cycles._audit_on_behalf(p_api_key, p_ctx, 'releaseReservation', p_reservation_id,
+                                        v_reservation.tenant_id);
         RETURN v_response;
     END IF;
 
@@ -4806,6 +4808,8 @@ BEGIN
         'balances', cycles._balances_json(v_after));
     PERFORM cycles._idempotent_store(v_reservation.tenant_id, 'release:' || p_reservation_id, v_key, v_hash,
                                      v_response, p_reservation_id);
+    PERFORM cycles._audit_on_behalf(p_api_key, p_ctx, 'releaseReservation', p_reservation_id,
+                                    v_reservation.tenant_id);
     RETURN v_response;
 END;
 $$;
@@ -6877,6 +6881,37 @@ BEGIN
         'deliveries', v_claims,
         'next_due_ms', CASE WHEN v_next IS NOT NULL
             THEN greatest(0, ceil(extract(epoch FROM v_next - clock_timestamp()) * 1000))::bigint END));
+END;
+$$;
+
+-- cycles.claim_webhook_delivery ------------------------------------------------------------------
+-- Locks one open delivery (waiting for it, unlike the batch claim) and
+-- returns it in the claim shape, or {} when it is settled or unknown. Used to
+-- send a test probe synchronously in the transaction that queued it.
+CREATE FUNCTION cycles.claim_webhook_delivery(p_delivery_id text, p_ctx jsonb DEFAULT '{}') RETURNS jsonb
+LANGUAGE plpgsql
+AS $$
+DECLARE
+    v_delivery cycles.webhook_deliveries;
+    v_sub      cycles.webhook_subscriptions;
+    v_event    jsonb;
+BEGIN
+    SELECT d.* INTO v_delivery FROM cycles.webhook_deliveries AS d
+    WHERE d.delivery_id = p_delivery_id AND d.status IN ('PENDING', 'RETRYING') FOR UPDATE;
+    SELECT s.* INTO v_sub FROM cycles.webhook_subscriptions AS s
+    WHERE s.subscription_id = v_delivery.subscription_id;
+    IF v_delivery.delivery_id IS NULL OR v_sub.subscription_id IS NULL THEN
+        RETURN '{}'::jsonb;
+    END IF;
+    v_event := coalesce(v_delivery.test_event,
+        (SELECT cycles._webhook_event_json(e) FROM cycles.events AS e WHERE e.seq = v_delivery.event_seq));
+    IF v_event IS NULL THEN
+        RETURN '{}'::jsonb;
+    END IF;
+    RETURN jsonb_build_object(
+        'delivery_id', v_delivery.delivery_id, 'kind', v_delivery.kind, 'url', v_sub.url,
+        'signing_secret', v_sub.signing_secret, 'headers', v_sub.headers, 'event', v_event,
+        'attempts', v_delivery.attempts, 'trace_flags', v_delivery.trace_flags);
 END;
 $$;
 

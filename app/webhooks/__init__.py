@@ -1,0 +1,1 @@
+"""Webhook delivery: signing, URL policy, sending, and the worker loop."""
