@@ -55,6 +55,10 @@ SQLSTATE_ERRORS: Final[Mapping[str, tuple[int, str]]] = {
     "CY4WN": (404, "WEBHOOK_NOT_FOUND"),
     "CY4WU": (400, "WEBHOOK_URL_INVALID"),
     "CY9RP": (409, "REPLAY_IN_PROGRESS"),
+    "CY9CM": (409, "COUNT_MISMATCH"),
+    # LIMIT_EXCEEDED is also a 400 (a bulk action matching more than 500
+    # rows): raised with its own SQLSTATE by cycles._fail_bulk_limit.
+    "CY4LE": (400, "LIMIT_EXCEEDED"),
 }
 
 # Error codes for failures that never reach SQL, by HTTP status.

@@ -38,6 +38,7 @@ BEGIN
             WHEN 'WEBHOOK_NOT_FOUND'        THEN 'CY4WN'
             WHEN 'WEBHOOK_URL_INVALID'      THEN 'CY4WU'
             WHEN 'REPLAY_IN_PROGRESS'       THEN 'CY9RP'
+            WHEN 'COUNT_MISMATCH'           THEN 'CY9CM'
         END
     );
 END;

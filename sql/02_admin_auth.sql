@@ -99,7 +99,9 @@ BEGIN
         resource_id, request_id, trace_id, status, error_code, subject, action, amount, metadata)
     VALUES (
         v_log_id,
-        coalesce(p_tenant_id, v_ctx ->> 'principal_tenant_id', '__admin__'),
+        coalesce(CASE WHEN p_tenant_id ~ '^[a-z0-9-]{3,64}$' OR p_tenant_id IN ('__admin__', '__unauth__')
+                      THEN p_tenant_id END,
+                 v_ctx ->> 'principal_tenant_id', '__admin__'),
         v_ctx ->> 'key_id',
         coalesce(v_ctx ->> 'actor_type', 'admin'),
         left(v_ctx ->> 'user_agent', 512),
@@ -235,6 +237,24 @@ BEGIN
        OR NOT cycles._scope_filter_allows(p_ctx -> 'scope_filter', p_scope) THEN
         PERFORM cycles._fail('FORBIDDEN', format('API key may not act on scope %L', p_scope),
             jsonb_build_object('scope', p_scope));
+    END IF;
+END;
+$$;
+
+-- The audit row of a runtime call the admin made on a tenant's behalf (a
+-- NULL API key: release, list and get of reservations); nothing for a
+-- tenant key's own runtime calls. Called by those functions just before they
+-- return, in their transaction.
+CREATE FUNCTION cycles._audit_on_behalf(
+    p_api_key text, p_ctx jsonb, p_operation text, p_resource_id text, p_tenant_id text
+) RETURNS void
+LANGUAGE plpgsql
+AS $$
+BEGIN
+    IF p_api_key IS NULL THEN
+        PERFORM cycles._audit(
+            coalesce(p_ctx, '{}'::jsonb) || jsonb_build_object('actor_type', 'admin_on_behalf_of'),
+            p_operation, 'reservation', p_resource_id, 200, coalesce(p_tenant_id, '__admin__'));
     END IF;
 END;
 $$;

@@ -212,7 +212,12 @@ $$;
 --   INVALID_REQUEST    malformed id or name, unknown option, option out of range
 --   DUPLICATE_RESOURCE the id exists with a different name
 --   TENANT_NOT_FOUND   parent_tenant_id does not exist
--- Invariants: emits tenant.created exactly once per tenant.
+-- Authorization: the admin only (cycles._admin_principal).
+-- Invariants: emits tenant.created exactly once per tenant; one audit row
+-- (createTenant) per successful call.
+-- Returns the Tenant; when p_ctx ->> 'with_status' is true (the HTTP layer),
+-- {"status": 201|200, "body": Tenant} so the caller can tell a new tenant
+-- from an idempotent repeat.
 CREATE FUNCTION cycles.create_tenant(
     p_tenant_id text,
     p_name      text,
@@ -222,9 +227,11 @@ CREATE FUNCTION cycles.create_tenant(
 LANGUAGE plpgsql
 AS $$
 DECLARE
+    v_ctx      jsonb := cycles._admin_principal(p_ctx, NULL);
     v_options  jsonb;
     v_parent   text;
     v_tenant   cycles.tenants;
+    v_status   integer := 201;
 BEGIN
     IF p_tenant_id IS NULL OR p_tenant_id !~ '^[a-z0-9-]{3,64}$' THEN
         PERFORM cycles._fail('INVALID_REQUEST',
@@ -264,21 +271,27 @@ BEGIN
                 format('tenant %L already exists with a different name', p_tenant_id),
                 jsonb_build_object('tenant_id', p_tenant_id));
         END IF;
-        RETURN cycles._tenant_json(v_tenant);
+        v_status := 200;
+    ELSE
+        PERFORM cycles._tenant_lifecycle_event(v_tenant, 'tenant.created', NULL, v_ctx);
     END IF;
-
-    PERFORM cycles._tenant_lifecycle_event(v_tenant, 'tenant.created', NULL, p_ctx);
+    PERFORM cycles._audit(v_ctx, 'createTenant', 'tenant', p_tenant_id, v_status, p_tenant_id);
+    IF (p_ctx ->> 'with_status')::boolean THEN
+        RETURN jsonb_build_object('status', v_status, 'body', cycles._tenant_json(v_tenant));
+    END IF;
     RETURN cycles._tenant_json(v_tenant);
 END;
 $$;
 
 -- cycles.get_tenant ------------------------------------------------------------
 -- The Tenant object. Reads only; allowed whatever the tenant's status.
--- Errors: TENANT_NOT_FOUND.
+-- Authorization: the admin only. Writes one audit row (getTenant).
+-- Errors: INSUFFICIENT_PERMISSIONS, TENANT_NOT_FOUND.
 CREATE FUNCTION cycles.get_tenant(p_tenant_id text, p_ctx jsonb DEFAULT '{}') RETURNS jsonb
-LANGUAGE plpgsql STABLE
+LANGUAGE plpgsql
 AS $$
 DECLARE
+    v_ctx    jsonb := cycles._admin_principal(p_ctx, NULL);
     v_tenant cycles.tenants;
 BEGIN
     SELECT t.* INTO v_tenant FROM cycles.tenants AS t WHERE t.tenant_id = p_tenant_id;
@@ -286,6 +299,7 @@ BEGIN
         PERFORM cycles._fail('TENANT_NOT_FOUND', format('tenant %L not found', p_tenant_id),
             jsonb_build_object('tenant_id', p_tenant_id));
     END IF;
+    PERFORM cycles._audit(v_ctx, 'getTenant', 'tenant', p_tenant_id, 200, p_tenant_id);
     RETURN cycles._tenant_json(v_tenant);
 END;
 $$;
@@ -294,8 +308,9 @@ $$;
 -- A page of tenants, newest first: {tenants, has_more, next_cursor}. The
 -- cursor is the tenant_id of the last row of the previous page. p_search is a
 -- case-insensitive substring of tenant_id or name (empty means absent).
--- Errors: INVALID_REQUEST (unknown status, limit outside 1..100, search
--- longer than 128, unknown cursor).
+-- Authorization: the admin only. Writes one audit row (listTenants).
+-- Errors: INSUFFICIENT_PERMISSIONS; INVALID_REQUEST (unknown status, limit
+-- outside 1..100, search longer than 128, unknown cursor).
 CREATE FUNCTION cycles.list_tenants(
     p_status           text DEFAULT NULL,
     p_parent_tenant_id text DEFAULT NULL,
@@ -304,9 +319,10 @@ CREATE FUNCTION cycles.list_tenants(
     p_cursor           text DEFAULT NULL,
     p_ctx              jsonb DEFAULT '{}'
 ) RETURNS jsonb
-LANGUAGE plpgsql STABLE
+LANGUAGE plpgsql
 AS $$
 DECLARE
+    v_ctx    jsonb := cycles._admin_principal(p_ctx, NULL);
     v_limit  integer := cycles._page_limit(p_limit);
     v_after  cycles.tenants;
     v_search text := lower(nullif(p_search, ''));
@@ -338,6 +354,7 @@ BEGIN
         LIMIT v_limit + 1
     ) AS page;
 
+    PERFORM cycles._audit(v_ctx, 'listTenants', 'tenant', NULL, 200);
     RETURN jsonb_strip_nulls(jsonb_build_object(
         'tenants', coalesce((SELECT jsonb_agg(cycles._tenant_json(v_rows[i]) ORDER BY i)
                              FROM generate_series(1, least(cardinality(v_rows), v_limit)) AS i), '[]'::jsonb),
@@ -346,13 +363,15 @@ BEGIN
 END;
 $$;
 
--- cycles.suspend_tenant --------------------------------------------------------
+-- cycles._suspend_tenant -------------------------------------------------------
+-- The transition behind cycles.suspend_tenant, update_tenant and the bulk
+-- action (no authorization, no audit row: the public caller does both).
 -- ACTIVE -> SUSPENDED: new reservations are refused; open ones may still be
 -- committed or released. Suspending a SUSPENDED tenant is a no-op (no event).
 -- Locks: the tenant row FOR NO KEY UPDATE.
 -- Errors: TENANT_NOT_FOUND; INVALID_TRANSITION when the tenant is CLOSED.
 -- Invariants: emits tenant.suspended on the transition.
-CREATE FUNCTION cycles.suspend_tenant(p_tenant_id text, p_ctx jsonb DEFAULT '{}') RETURNS jsonb
+CREATE FUNCTION cycles._suspend_tenant(p_tenant_id text, p_ctx jsonb) RETURNS jsonb
 LANGUAGE plpgsql
 AS $$
 DECLARE
@@ -374,17 +393,19 @@ BEGIN
     SET status = 'SUSPENDED', suspended_at = clock_timestamp(), updated_at = clock_timestamp()
     WHERE t.tenant_id = p_tenant_id
     RETURNING t.* INTO v_tenant;
-    PERFORM cycles._tenant_lifecycle_event(v_tenant, 'tenant.suspended', 'ACTIVE', p_ctx);
+    PERFORM cycles._tenant_lifecycle_event(v_tenant, 'tenant.suspended', 'ACTIVE', p_ctx,
+        p_ctx ->> 'correlation_id');
     RETURN cycles._tenant_json(v_tenant);
 END;
 $$;
 
--- cycles.reactivate_tenant -----------------------------------------------------
--- SUSPENDED -> ACTIVE. Reactivating an ACTIVE tenant is a no-op (no event).
+-- cycles._reactivate_tenant ----------------------------------------------------
+-- The transition behind cycles.reactivate_tenant, update_tenant and the bulk
+-- action (no authorization, no audit row). SUSPENDED -> ACTIVE. Reactivating an ACTIVE tenant is a no-op (no event).
 -- Locks: the tenant row FOR NO KEY UPDATE.
 -- Errors: TENANT_NOT_FOUND; INVALID_TRANSITION when the tenant is CLOSED.
 -- Invariants: emits tenant.reactivated on the transition.
-CREATE FUNCTION cycles.reactivate_tenant(p_tenant_id text, p_ctx jsonb DEFAULT '{}') RETURNS jsonb
+CREATE FUNCTION cycles._reactivate_tenant(p_tenant_id text, p_ctx jsonb) RETURNS jsonb
 LANGUAGE plpgsql
 AS $$
 DECLARE
@@ -406,13 +427,15 @@ BEGIN
     SET status = 'ACTIVE', suspended_at = NULL, updated_at = clock_timestamp()
     WHERE t.tenant_id = p_tenant_id
     RETURNING t.* INTO v_tenant;
-    PERFORM cycles._tenant_lifecycle_event(v_tenant, 'tenant.reactivated', 'SUSPENDED', p_ctx);
+    PERFORM cycles._tenant_lifecycle_event(v_tenant, 'tenant.reactivated', 'SUSPENDED', p_ctx,
+        p_ctx ->> 'correlation_id');
     RETURN cycles._tenant_json(v_tenant);
 END;
 $$;
 
--- cycles.close_tenant ----------------------------------------------------------
--- ACTIVE|SUSPENDED -> CLOSED, irreversibly, with the whole cascade in this
+-- cycles._close_tenant ---------------------------------------------------------
+-- The close behind cycles.close_tenant, update_tenant and the bulk action (no
+-- authorization, no audit row). ACTIVE|SUSPENDED -> CLOSED, irreversibly, with the whole cascade in this
 -- transaction, in this order:
 --   1. every ACTIVE reservation of the tenant -> RELEASED, release_reason
 --      'tenant_closed': its estimate leaves `reserved` (and returns to
@@ -431,7 +454,8 @@ $$;
 -- api_key.revoked_via_tenant_cascade, webhook.disabled_via_tenant_cascade,
 -- then tenant.closed, all with
 -- correlation_id 'tenant_close_cascade:<tenant_id>:<request_id>' (a request
--- id is generated when the caller gives none).
+-- id is generated when the caller gives none); a bulk close gives
+-- tenant.closed the bulk correlation id (p_ctx ->> 'correlation_id').
 -- Closing a CLOSED tenant is a no-op at the tenant level (no tenant.closed
 -- event) that re-drives the cascade: anything still open is closed, so the
 -- call converges whatever happened before.
@@ -443,7 +467,7 @@ $$;
 -- Errors: TENANT_NOT_FOUND.
 -- Invariants: every budget's counters change only together with a ledger row
 -- carrying the same deltas; remaining = allocated - spent - reserved - debt.
-CREATE FUNCTION cycles.close_tenant(p_tenant_id text, p_ctx jsonb DEFAULT '{}') RETURNS jsonb
+CREATE FUNCTION cycles._close_tenant(p_tenant_id text, p_ctx jsonb) RETURNS jsonb
 LANGUAGE plpgsql
 AS $$
 DECLARE
@@ -602,8 +626,171 @@ BEGIN
         RETURNING t.* INTO v_tenant;
         PERFORM cycles._tenant_lifecycle_event(
             v_tenant, 'tenant.closed', v_previous, v_ctx || jsonb_build_object('request_id', v_request_id),
-            v_correlation);
+            coalesce(v_ctx ->> 'correlation_id', v_correlation));
     END IF;
     RETURN cycles._tenant_json(v_tenant);
+END;
+$$;
+
+-- cycles.suspend_tenant / cycles.reactivate_tenant / cycles.close_tenant ------
+-- The lifecycle transitions for psql callers (REST expresses them as PATCH
+-- status, cycles.update_tenant): see cycles._suspend_tenant,
+-- cycles._reactivate_tenant and cycles._close_tenant for their semantics,
+-- locks and errors. Authorization: the admin only
+-- (INSUFFICIENT_PERMISSIONS first). One audit row per successful call.
+CREATE FUNCTION cycles.suspend_tenant(p_tenant_id text, p_ctx jsonb DEFAULT '{}') RETURNS jsonb
+LANGUAGE plpgsql
+AS $$
+DECLARE
+    v_ctx    jsonb := cycles._admin_principal(p_ctx, NULL);
+    v_result jsonb;
+BEGIN
+    v_result := cycles._suspend_tenant(p_tenant_id, v_ctx);
+    PERFORM cycles._audit(v_ctx, 'suspendTenant', 'tenant', p_tenant_id, 200, p_tenant_id);
+    RETURN v_result;
+END;
+$$;
+
+CREATE FUNCTION cycles.reactivate_tenant(p_tenant_id text, p_ctx jsonb DEFAULT '{}') RETURNS jsonb
+LANGUAGE plpgsql
+AS $$
+DECLARE
+    v_ctx    jsonb := cycles._admin_principal(p_ctx, NULL);
+    v_result jsonb;
+BEGIN
+    v_result := cycles._reactivate_tenant(p_tenant_id, v_ctx);
+    PERFORM cycles._audit(v_ctx, 'reactivateTenant', 'tenant', p_tenant_id, 200, p_tenant_id);
+    RETURN v_result;
+END;
+$$;
+
+CREATE FUNCTION cycles.close_tenant(p_tenant_id text, p_ctx jsonb DEFAULT '{}') RETURNS jsonb
+LANGUAGE plpgsql
+AS $$
+DECLARE
+    v_ctx    jsonb := cycles._admin_principal(p_ctx, NULL);
+    v_result jsonb;
+BEGIN
+    v_result := cycles._close_tenant(p_tenant_id, v_ctx);
+    PERFORM cycles._audit(v_ctx, 'closeTenant', 'tenant', p_tenant_id, 200, p_tenant_id);
+    RETURN v_result;
+END;
+$$;
+
+-- cycles.update_tenant -------------------------------------------------------
+-- PATCH /v1/admin/tenants/{tenant_id}. p_patch may hold name (1..256),
+-- metadata (<= 32 string values), default_commit_overage_policy,
+-- default_reservation_ttl_ms and max_reservation_ttl_ms (1000..86400000),
+-- max_reservation_extensions (>= 0) and status (ACTIVE, SUSPENDED, CLOSED).
+-- Property changes are applied first (one tenant.settings_changed event when
+-- a default_* field changed, else one tenant.updated, each listing
+-- changed_fields; nothing when no value differs), then the status transition
+-- (see cycles._suspend_tenant, _reactivate_tenant, _close_tenant: CLOSED
+-- runs the whole cascade in this transaction). Returns the Tenant.
+-- Authorization: the admin only.
+-- Locks: the tenant row FOR NO KEY UPDATE (then whatever the transition
+-- takes, in its documented order).
+-- Errors, in precedence order:
+--   INSUFFICIENT_PERMISSIONS  a tenant key
+--   INVALID_REQUEST           unknown field, malformed value, empty patch
+--   TENANT_NOT_FOUND          no such tenant
+--   TENANT_CLOSED             a property change on a CLOSED tenant
+--   INVALID_TRANSITION        status ACTIVE or SUSPENDED on a CLOSED tenant
+-- Invariants: one audit row (updateTenant) per successful call.
+CREATE FUNCTION cycles.update_tenant(p_tenant_id text, p_patch jsonb, p_ctx jsonb DEFAULT '{}') RETURNS jsonb
+LANGUAGE plpgsql
+AS $$
+DECLARE
+    v_ctx      jsonb := cycles._admin_principal(p_ctx, NULL);
+    v_patch    jsonb;
+    v_status   text;
+    v_before   cycles.tenants;
+    v_after    cycles.tenants;
+    v_changed  text[];
+    v_settings boolean;
+BEGIN
+    v_patch := cycles._require_known_options(p_patch, ARRAY[
+        'name', 'status', 'metadata', 'default_commit_overage_policy', 'default_reservation_ttl_ms',
+        'max_reservation_ttl_ms', 'max_reservation_extensions'], 'tenant field');
+    IF v_patch = '{}'::jsonb THEN
+        PERFORM cycles._fail('INVALID_REQUEST', 'the patch names no field to change');
+    END IF;
+    IF EXISTS (SELECT FROM jsonb_each(v_patch) AS e WHERE e.value = 'null'::jsonb) THEN
+        PERFORM cycles._fail('INVALID_REQUEST', 'tenant fields cannot be set to null');
+    END IF;
+    v_status := cycles._text_option(v_patch, 'status', 16);
+    IF v_status IS NOT NULL AND v_status NOT IN ('ACTIVE', 'SUSPENDED', 'CLOSED') THEN
+        PERFORM cycles._fail('INVALID_REQUEST',
+            format('unknown tenant status %L: expected ACTIVE, SUSPENDED or CLOSED', v_status));
+    END IF;
+    IF v_patch ? 'name' AND char_length(coalesce(cycles._text_option(v_patch, 'name', 256), '')) = 0 THEN
+        PERFORM cycles._fail('INVALID_REQUEST', 'name must be 1 to 256 characters long');
+    END IF;
+    PERFORM cycles._require_overage_policy(cycles._text_option(v_patch, 'default_commit_overage_policy', 64));
+    PERFORM cycles._int_option(v_patch, 'default_reservation_ttl_ms', 1000, 86400000, NULL);
+    PERFORM cycles._int_option(v_patch, 'max_reservation_ttl_ms', 1000, 86400000, NULL);
+    PERFORM cycles._int_option(v_patch, 'max_reservation_extensions', 0, 10000, NULL);
+    IF v_patch ? 'metadata' THEN
+        PERFORM cycles._require_tenant_metadata(v_patch -> 'metadata');
+    END IF;
+
+    SELECT t.* INTO v_before FROM cycles.tenants AS t WHERE t.tenant_id = p_tenant_id FOR NO KEY UPDATE;
+    IF v_before.tenant_id IS NULL THEN
+        PERFORM cycles._fail('TENANT_NOT_FOUND', format('tenant %L not found', p_tenant_id),
+            jsonb_build_object('tenant_id', p_tenant_id));
+    END IF;
+
+    UPDATE cycles.tenants AS t SET
+        name = coalesce(v_patch ->> 'name', t.name),
+        metadata = coalesce(v_patch -> 'metadata', t.metadata),
+        default_commit_overage_policy = coalesce(v_patch ->> 'default_commit_overage_policy',
+                                                 t.default_commit_overage_policy),
+        default_reservation_ttl_ms = coalesce(cycles._int_option(v_patch, 'default_reservation_ttl_ms', 1000, 86400000, NULL),
+                                              t.default_reservation_ttl_ms),
+        max_reservation_ttl_ms = coalesce(cycles._int_option(v_patch, 'max_reservation_ttl_ms', 1000, 86400000, NULL),
+                                          t.max_reservation_ttl_ms),
+        max_reservation_extensions = coalesce(cycles._int_option(v_patch, 'max_reservation_extensions', 0, 10000, NULL)::integer,
+                                              t.max_reservation_extensions)
+    WHERE t.tenant_id = p_tenant_id
+    RETURNING t.* INTO v_after;
+
+    SELECT array_agg(f ORDER BY f) INTO v_changed
+    FROM unnest(ARRAY['name', 'metadata', 'default_commit_overage_policy', 'default_reservation_ttl_ms',
+                      'max_reservation_ttl_ms', 'max_reservation_extensions']) AS f
+    WHERE to_jsonb(v_before) -> f IS DISTINCT FROM to_jsonb(v_after) -> f;
+
+    IF v_changed IS NOT NULL THEN
+        IF v_before.status = 'CLOSED' THEN
+            PERFORM cycles._fail('TENANT_CLOSED', format('tenant %L is closed', p_tenant_id),
+                jsonb_build_object('tenant_id', p_tenant_id));
+        END IF;
+        UPDATE cycles.tenants AS t SET updated_at = clock_timestamp()
+        WHERE t.tenant_id = p_tenant_id
+        RETURNING t.* INTO v_after;
+        v_settings := EXISTS (SELECT FROM unnest(v_changed) AS f WHERE f LIKE '%default%' OR f LIKE 'max_%');
+        PERFORM cycles._emit_event(
+            p_tenant_id => p_tenant_id,
+            p_event_type => CASE WHEN v_settings THEN 'tenant.settings_changed' ELSE 'tenant.updated' END,
+            p_source => 'cycles-admin', p_actor => cycles._actor(v_ctx),
+            p_data => jsonb_build_object(
+                'tenant_id', p_tenant_id, 'previous_status', v_before.status, 'new_status', v_after.status,
+                'changed_fields', to_jsonb(v_changed)),
+            p_scope => 'tenant:' || p_tenant_id, p_request_id => v_ctx ->> 'request_id',
+            p_trace_id => v_ctx ->> 'trace_id');
+    END IF;
+
+    IF v_status = 'SUSPENDED' THEN
+        PERFORM cycles._suspend_tenant(p_tenant_id, v_ctx);
+    ELSIF v_status = 'ACTIVE' THEN
+        PERFORM cycles._reactivate_tenant(p_tenant_id, v_ctx);
+    ELSIF v_status = 'CLOSED' THEN
+        PERFORM cycles._close_tenant(p_tenant_id, v_ctx);
+    END IF;
+
+    SELECT t.* INTO v_after FROM cycles.tenants AS t WHERE t.tenant_id = p_tenant_id;
+    PERFORM cycles._audit(v_ctx, 'updateTenant', 'tenant', p_tenant_id, 200, p_tenant_id,
+        p_metadata => jsonb_build_object('changed_fields', (SELECT jsonb_agg(k ORDER BY k)
+                                                            FROM jsonb_object_keys(v_patch) AS k)));
+    RETURN cycles._tenant_json(v_after);
 END;
 $$;

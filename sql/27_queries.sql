@@ -390,6 +390,7 @@ BEGIN
             'id', v_last.reservation_id,
             'f', v_hash)));
     END IF;
+    PERFORM cycles._audit_on_behalf(p_api_key, p_ctx, 'listReservations', NULL, v_tenant);
     RETURN v_response;
 END;
 $$;
@@ -430,6 +431,7 @@ BEGIN
         PERFORM cycles._fail('RESERVATION_EXPIRED', format('reservation %s has expired', p_reservation_id),
             jsonb_build_object('reservation_id', p_reservation_id, 'expires_at_ms', v_row.expires_at_ms));
     END IF;
+    PERFORM cycles._audit_on_behalf(p_api_key, p_ctx, 'getReservation', p_reservation_id, v_row.tenant_id);
     RETURN cycles._reservation_json(v_row, true, true);
 END;
 $$;

@@ -24,6 +24,16 @@ _KEY = "UPDATE cycles.api_keys SET {}"
 _RESERVATION = "UPDATE cycles.reservations SET {}"
 _IDEMPOTENCY = "UPDATE cycles.idempotency_records SET {}"
 _POLICY = "UPDATE cycles.policies SET {}"
+# Audit rows are append-only (an UPDATE is refused by trigger before any
+# CHECK runs), so their constraints are exercised by inserts.
+_AUDIT_INSERT = """
+    INSERT INTO cycles.audit_logs (log_id, tenant_id, actor_type, operation, status, error_code, metadata)
+    VALUES ('audit_bad', {tenant}, {actor}, {operation}, {status}, {error}, {metadata})"""
+_BULK_INSERT = """
+    INSERT INTO cycles.bulk_action_records (kind, idempotency_key, request_hash, response, created_at, expires_at)
+    SELECT {kind}, {key}, '\\x00', '{{}}', created_at, {expires} FROM (SELECT now() AS created_at) AS n"""
+_AUDIT_OK = {"tenant": "'acme'", "actor": "'admin'", "operation": "'getTenant'", "status": "200",
+             "error": "NULL", "metadata": "'{}'"}
 
 _WEBHOOK_INSERT = """
     INSERT INTO cycles.webhook_subscriptions (subscription_id, tenant_id, url, event_types, event_categories,
@@ -111,6 +121,17 @@ VIOLATIONS: dict[str, str] = {
         event_type="'budget.created'", category="'budget'", source="'elsewhere'", data="'{}'"),
     "events_data_object": _EVENT_INSERT.format(
         event_type="'budget.created'", category="'budget'", source="'cycles-admin'", data="'[]'"),
+
+    "audit_logs_tenant_id_format": _AUDIT_INSERT.format(**{**_AUDIT_OK, "tenant": "'__nobody__'"}),
+    "audit_logs_actor_type_valid": _AUDIT_INSERT.format(**{**_AUDIT_OK, "actor": "'robot'"}),
+    "audit_logs_status_range": _AUDIT_INSERT.format(**{**_AUDIT_OK, "status": "99"}),
+    "audit_logs_error_iff_failed": _AUDIT_INSERT.format(**{**_AUDIT_OK, "status": "404"}),
+    "audit_logs_operation_length": _AUDIT_INSERT.format(**{**_AUDIT_OK, "operation": "''"}),
+    "audit_logs_metadata_object": _AUDIT_INSERT.format(**{**_AUDIT_OK, "metadata": "'[]'"}),
+
+    "bulk_action_records_kind_valid": _BULK_INSERT.format(kind="'webhook'", key="'k'", expires="now() + interval '1 hour'"),
+    "bulk_action_records_key_length": _BULK_INSERT.format(kind="'tenant'", key="''", expires="now() + interval '1 hour'"),
+    "bulk_action_records_expiry_after_creation": _BULK_INSERT.format(kind="'tenant'", key="'k'", expires="created_at"),
 
     "policies_name_length": _POLICY.format("name = ''"),
     "policies_description_length": _POLICY.format("description = repeat('x', 1025)"),

@@ -259,7 +259,11 @@ def test_amounts_up_to_the_int64_limit_are_exact(acme: psycopg.Connection) -> No
 
 
 def test_actor_context_is_recorded(acme: psycopg.Connection) -> None:
-    acme.execute("""SELECT cycles.fund_budget('tenant:acme', 'TOKENS', 'CREDIT', 1, 'k1',
-                        p_ctx => '{"actor_type": "api_key", "key_id": "key_1", "request_id": "r", "trace_id": "t"}')""")
+    # The actor comes from the credential SQL authenticated, never from what
+    # the context claims: a tenant key's secret in p_ctx makes it api_key.
+    key = call(acme, "SELECT cycles.create_api_key('acme', 'funder', ARRAY['budgets:write'])")
+    acme.execute("SELECT cycles.fund_budget('tenant:acme', 'TOKENS', 'CREDIT', 1, 'k1', p_ctx => %s::jsonb)",
+                 (psycopg.types.json.Jsonb({"api_key": key["key_secret"], "actor_type": "admin",
+                                            "request_id": "r", "trace_id": "t"}),))
     assert acme.execute("SELECT actor_type, actor_key_id, request_id, trace_id FROM cycles.ledger_entries "
-                        "ORDER BY entry_id DESC LIMIT 1").fetchone() == ("api_key", "key_1", "r", "t")
+                        "ORDER BY entry_id DESC LIMIT 1").fetchone() == ("api_key", key["key_id"], "r", "t")
