@@ -339,6 +339,7 @@ BEGIN
             WHEN 'WEBHOOK_NOT_FOUND'        THEN 'CY4WN'
             WHEN 'WEBHOOK_URL_INVALID'      THEN 'CY4WU'
             WHEN 'REPLAY_IN_PROGRESS'       THEN 'CY9RP'
+            WHEN 'COUNT_MISMATCH'           THEN 'CY9CM'
         END
     );
 END;
@@ -750,7 +751,9 @@ BEGIN
         resource_id, request_id, trace_id, status, error_code, subject, action, amount, metadata)
     VALUES (
         v_log_id,
-        coalesce(p_tenant_id, v_ctx ->> 'principal_tenant_id', '__admin__'),
+        coalesce(CASE WHEN p_tenant_id ~ '^[a-z0-9-]{3,64}$' OR p_tenant_id IN ('__admin__', '__unauth__')
+                      THEN p_tenant_id END,
+                 v_ctx ->> 'principal_tenant_id', '__admin__'),
         v_ctx ->> 'key_id',
         coalesce(v_ctx ->> 'actor_type', 'admin'),
         left(v_ctx ->> 'user_agent', 512),
@@ -886,6 +889,24 @@ BEGIN
        OR NOT cycles._scope_filter_allows(p_ctx -> 'scope_filter', p_scope) THEN
         PERFORM cycles._fail('FORBIDDEN', format('API key may not act on scope %L', p_scope),
             jsonb_build_object('scope', p_scope));
+    END IF;
+END;
+$$;
+
+-- The audit row of a runtime call the admin made on a tenant's behalf (a
+-- NULL API key: release, list and get of reservations); nothing for a
+-- tenant key's own runtime calls. Called by those functions just before they
+-- return, in their transaction.
+CREATE FUNCTION cycles._audit_on_behalf(
+    p_api_key text, p_ctx jsonb, p_operation text, p_resource_id text, p_tenant_id text
+) RETURNS void
+LANGUAGE plpgsql
+AS $$
+BEGIN
+    IF p_api_key IS NULL THEN
+        PERFORM cycles._audit(
+            coalesce(p_ctx, '{}'::jsonb) || jsonb_build_object('actor_type', 'admin_on_behalf_of'),
+            p_operation, 'reservation', p_resource_id, 200, coalesce(p_tenant_id, '__admin__'));
     END IF;
 END;
 $$;
@@ -1106,7 +1127,12 @@ $$;
 --   INVALID_REQUEST    malformed id or name, unknown option, option out of range
 --   DUPLICATE_RESOURCE the id exists with a different name
 --   TENANT_NOT_FOUND   parent_tenant_id does not exist
--- Invariants: emits tenant.created exactly once per tenant.
+-- Authorization: the admin only (cycles._admin_principal).
+-- Invariants: emits tenant.created exactly once per tenant; one audit row
+-- (createTenant) per successful call.
+-- Returns the Tenant; when p_ctx ->> 'with_status' is true (the HTTP layer),
+-- {"status": 201|200, "body": Tenant} so the caller can tell a new tenant
+-- from an idempotent repeat.
 CREATE FUNCTION cycles.create_tenant(
     p_tenant_id text,
     p_name      text,
@@ -1116,9 +1142,11 @@ CREATE FUNCTION cycles.create_tenant(
 LANGUAGE plpgsql
 AS $$
 DECLARE
+    v_ctx      jsonb := cycles._admin_principal(p_ctx, NULL);
     v_options  jsonb;
     v_parent   text;
     v_tenant   cycles.tenants;
+    v_status   integer := 201;
 BEGIN
     IF p_tenant_id IS NULL OR p_tenant_id !~ '^[a-z0-9-]{3,64}$' THEN
         PERFORM cycles._fail('INVALID_REQUEST',
@@ -1158,21 +1186,27 @@ BEGIN
                 format('tenant %L already exists with a different name', p_tenant_id),
                 jsonb_build_object('tenant_id', p_tenant_id));
         END IF;
-        RETURN cycles._tenant_json(v_tenant);
+        v_status := 200;
+    ELSE
+        PERFORM cycles._tenant_lifecycle_event(v_tenant, 'tenant.created', NULL, v_ctx);
     END IF;
-
-    PERFORM cycles._tenant_lifecycle_event(v_tenant, 'tenant.created', NULL, p_ctx);
+    PERFORM cycles._audit(v_ctx, 'createTenant', 'tenant', p_tenant_id, v_status, p_tenant_id);
+    IF (p_ctx ->> 'with_status')::boolean THEN
+        RETURN jsonb_build_object('status', v_status, 'body', cycles._tenant_json(v_tenant));
+    END IF;
     RETURN cycles._tenant_json(v_tenant);
 END;
 $$;
 
 -- cycles.get_tenant ------------------------------------------------------------
 -- The Tenant object. Reads only; allowed whatever the tenant's status.
--- Errors: TENANT_NOT_FOUND.
+-- Authorization: the admin only. Writes one audit row (getTenant).
+-- Errors: INSUFFICIENT_PERMISSIONS, TENANT_NOT_FOUND.
 CREATE FUNCTION cycles.get_tenant(p_tenant_id text, p_ctx jsonb DEFAULT '{}') RETURNS jsonb
-LANGUAGE plpgsql STABLE
+LANGUAGE plpgsql
 AS $$
 DECLARE
+    v_ctx    jsonb := cycles._admin_principal(p_ctx, NULL);
     v_tenant cycles.tenants;
 BEGIN
     SELECT t.* INTO v_tenant FROM cycles.tenants AS t WHERE t.tenant_id = p_tenant_id;
@@ -1180,6 +1214,7 @@ BEGIN
         PERFORM cycles._fail('TENANT_NOT_FOUND', format('tenant %L not found', p_tenant_id),
             jsonb_build_object('tenant_id', p_tenant_id));
     END IF;
+    PERFORM cycles._audit(v_ctx, 'getTenant', 'tenant', p_tenant_id, 200, p_tenant_id);
     RETURN cycles._tenant_json(v_tenant);
 END;
 $$;
@@ -1188,8 +1223,9 @@ $$;
 -- A page of tenants, newest first: {tenants, has_more, next_cursor}. The
 -- cursor is the tenant_id of the last row of the previous page. p_search is a
 -- case-insensitive substring of tenant_id or name (empty means absent).
--- Errors: INVALID_REQUEST (unknown status, limit outside 1..100, search
--- longer than 128, unknown cursor).
+-- Authorization: the admin only. Writes one audit row (listTenants).
+-- Errors: INSUFFICIENT_PERMISSIONS; INVALID_REQUEST (unknown status, limit
+-- outside 1..100, search longer than 128, unknown cursor).
 CREATE FUNCTION cycles.list_tenants(
     p_status           text DEFAULT NULL,
     p_parent_tenant_id text DEFAULT NULL,
@@ -1198,9 +1234,10 @@ CREATE FUNCTION cycles.list_tenants(
     p_cursor           text DEFAULT NULL,
     p_ctx              jsonb DEFAULT '{}'
 ) RETURNS jsonb
-LANGUAGE plpgsql STABLE
+LANGUAGE plpgsql
 AS $$
 DECLARE
+    v_ctx    jsonb := cycles._admin_principal(p_ctx, NULL);
     v_limit  integer := cycles._page_limit(p_limit);
     v_after  cycles.tenants;
     v_search text := lower(nullif(p_search, ''));
@@ -1232,6 +1269,7 @@ BEGIN
         LIMIT v_limit + 1
     ) AS page;
 
+    PERFORM cycles._audit(v_ctx, 'listTenants', 'tenant', NULL, 200);
     RETURN jsonb_strip_nulls(jsonb_build_object(
         'tenants', coalesce((SELECT jsonb_agg(cycles._tenant_json(v_rows[i]) ORDER BY i)
                              FROM generate_series(1, least(cardinality(v_rows), v_limit)) AS i), '[]'::jsonb),
@@ -1240,13 +1278,15 @@ BEGIN
 END;
 $$;
 
--- cycles.suspend_tenant --------------------------------------------------------
+-- cycles._suspend_tenant -------------------------------------------------------
+-- The transition behind cycles.suspend_tenant, update_tenant and the bulk
+-- action (no authorization, no audit row: the public caller does both).
 -- ACTIVE -> SUSPENDED: new reservations are refused; open ones may still be
 -- committed or released. Suspending a SUSPENDED tenant is a no-op (no event).
 -- Locks: the tenant row FOR NO KEY UPDATE.
 -- Errors: TENANT_NOT_FOUND; INVALID_TRANSITION when the tenant is CLOSED.
 -- Invariants: emits tenant.suspended on the transition.
-CREATE FUNCTION cycles.suspend_tenant(p_tenant_id text, p_ctx jsonb DEFAULT '{}') RETURNS jsonb
+CREATE FUNCTION cycles._suspend_tenant(p_tenant_id text, p_ctx jsonb) RETURNS jsonb
 LANGUAGE plpgsql
 AS $$
 DECLARE
@@ -1268,17 +1308,19 @@ BEGIN
     SET status = 'SUSPENDED', suspended_at = clock_timestamp(), updated_at = clock_timestamp()
     WHERE t.tenant_id = p_tenant_id
     RETURNING t.* INTO v_tenant;
-    PERFORM cycles._tenant_lifecycle_event(v_tenant, 'tenant.suspended', 'ACTIVE', p_ctx);
+    PERFORM cycles._tenant_lifecycle_event(v_tenant, 'tenant.suspended', 'ACTIVE', p_ctx,
+        p_ctx ->> 'correlation_id');
     RETURN cycles._tenant_json(v_tenant);
 END;
 $$;
 
--- cycles.reactivate_tenant -----------------------------------------------------
--- SUSPENDED -> ACTIVE. Reactivating an ACTIVE tenant is a no-op (no event).
+-- cycles._reactivate_tenant ----------------------------------------------------
+-- The transition behind cycles.reactivate_tenant, update_tenant and the bulk
+-- action (no authorization, no audit row). SUSPENDED -> ACTIVE. Reactivating an ACTIVE tenant is a no-op (no event).
 -- Locks: the tenant row FOR NO KEY UPDATE.
 -- Errors: TENANT_NOT_FOUND; INVALID_TRANSITION when the tenant is CLOSED.
 -- Invariants: emits tenant.reactivated on the transition.
-CREATE FUNCTION cycles.reactivate_tenant(p_tenant_id text, p_ctx jsonb DEFAULT '{}') RETURNS jsonb
+CREATE FUNCTION cycles._reactivate_tenant(p_tenant_id text, p_ctx jsonb) RETURNS jsonb
 LANGUAGE plpgsql
 AS $$
 DECLARE
@@ -1300,13 +1342,15 @@ BEGIN
     SET status = 'ACTIVE', suspended_at = NULL, updated_at = clock_timestamp()
     WHERE t.tenant_id = p_tenant_id
     RETURNING t.* INTO v_tenant;
-    PERFORM cycles._tenant_lifecycle_event(v_tenant, 'tenant.reactivated', 'SUSPENDED', p_ctx);
+    PERFORM cycles._tenant_lifecycle_event(v_tenant, 'tenant.reactivated', 'SUSPENDED', p_ctx,
+        p_ctx ->> 'correlation_id');
     RETURN cycles._tenant_json(v_tenant);
 END;
 $$;
 
--- cycles.close_tenant ----------------------------------------------------------
--- ACTIVE|SUSPENDED -> CLOSED, irreversibly, with the whole cascade in this
+-- cycles._close_tenant ---------------------------------------------------------
+-- The close behind cycles.close_tenant, update_tenant and the bulk action (no
+-- authorization, no audit row). ACTIVE|SUSPENDED -> CLOSED, irreversibly, with the whole cascade in this
 -- transaction, in this order:
 --   1. every ACTIVE reservation of the tenant -> RELEASED, release_reason
 --      'tenant_closed': its estimate leaves `reserved` (and returns to
@@ -1325,7 +1369,8 @@ $$;
 -- api_key.revoked_via_tenant_cascade, webhook.disabled_via_tenant_cascade,
 -- then tenant.closed, all with
 -- correlation_id 'tenant_close_cascade:<tenant_id>:<request_id>' (a request
--- id is generated when the caller gives none).
+-- id is generated when the caller gives none); a bulk close gives
+-- tenant.closed the bulk correlation id (p_ctx ->> 'correlation_id').
 -- Closing a CLOSED tenant is a no-op at the tenant level (no tenant.closed
 -- event) that re-drives the cascade: anything still open is closed, so the
 -- call converges whatever happened before.
@@ -1337,7 +1382,7 @@ $$;
 -- Errors: TENANT_NOT_FOUND.
 -- Invariants: every budget's counters change only together with a ledger row
 -- carrying the same deltas; remaining = allocated - spent - reserved - debt.
-CREATE FUNCTION cycles.close_tenant(p_tenant_id text, p_ctx jsonb DEFAULT '{}') RETURNS jsonb
+CREATE FUNCTION cycles._close_tenant(p_tenant_id text, p_ctx jsonb) RETURNS jsonb
 LANGUAGE plpgsql
 AS $$
 DECLARE
@@ -1496,9 +1541,172 @@ BEGIN
         RETURNING t.* INTO v_tenant;
         PERFORM cycles._tenant_lifecycle_event(
             v_tenant, 'tenant.closed', v_previous, v_ctx || jsonb_build_object('request_id', v_request_id),
-            v_correlation);
+            coalesce(v_ctx ->> 'correlation_id', v_correlation));
     END IF;
     RETURN cycles._tenant_json(v_tenant);
+END;
+$$;
+
+-- cycles.suspend_tenant / cycles.reactivate_tenant / cycles.close_tenant ------
+-- The lifecycle transitions for psql callers (REST expresses them as PATCH
+-- status, cycles.update_tenant): see cycles._suspend_tenant,
+-- cycles._reactivate_tenant and cycles._close_tenant for their semantics,
+-- locks and errors. Authorization: the admin only
+-- (INSUFFICIENT_PERMISSIONS first). One audit row per successful call.
+CREATE FUNCTION cycles.suspend_tenant(p_tenant_id text, p_ctx jsonb DEFAULT '{}') RETURNS jsonb
+LANGUAGE plpgsql
+AS $$
+DECLARE
+    v_ctx    jsonb := cycles._admin_principal(p_ctx, NULL);
+    v_result jsonb;
+BEGIN
+    v_result := cycles._suspend_tenant(p_tenant_id, v_ctx);
+    PERFORM cycles._audit(v_ctx, 'suspendTenant', 'tenant', p_tenant_id, 200, p_tenant_id);
+    RETURN v_result;
+END;
+$$;
+
+CREATE FUNCTION cycles.reactivate_tenant(p_tenant_id text, p_ctx jsonb DEFAULT '{}') RETURNS jsonb
+LANGUAGE plpgsql
+AS $$
+DECLARE
+    v_ctx    jsonb := cycles._admin_principal(p_ctx, NULL);
+    v_result jsonb;
+BEGIN
+    v_result := cycles._reactivate_tenant(p_tenant_id, v_ctx);
+    PERFORM cycles._audit(v_ctx, 'reactivateTenant', 'tenant', p_tenant_id, 200, p_tenant_id);
+    RETURN v_result;
+END;
+$$;
+
+CREATE FUNCTION cycles.close_tenant(p_tenant_id text, p_ctx jsonb DEFAULT '{}') RETURNS jsonb
+LANGUAGE plpgsql
+AS $$
+DECLARE
+    v_ctx    jsonb := cycles._admin_principal(p_ctx, NULL);
+    v_result jsonb;
+BEGIN
+    v_result := cycles._close_tenant(p_tenant_id, v_ctx);
+    PERFORM cycles._audit(v_ctx, 'closeTenant', 'tenant', p_tenant_id, 200, p_tenant_id);
+    RETURN v_result;
+END;
+$$;
+
+-- cycles.update_tenant -------------------------------------------------------
+-- PATCH /v1/admin/tenants/{tenant_id}. p_patch may hold name (1..256),
+-- metadata (<= 32 string values), default_commit_overage_policy,
+-- default_reservation_ttl_ms and max_reservation_ttl_ms (1000..86400000),
+-- max_reservation_extensions (>= 0) and status (ACTIVE, SUSPENDED, CLOSED).
+-- Property changes are applied first (one tenant.settings_changed event when
+-- a default_* field changed, else one tenant.updated, each listing
+-- changed_fields; nothing when no value differs), then the status transition
+-- (see cycles._suspend_tenant, _reactivate_tenant, _close_tenant: CLOSED
+-- runs the whole cascade in this transaction). Returns the Tenant.
+-- Authorization: the admin only.
+-- Locks: the tenant row FOR NO KEY UPDATE (then whatever the transition
+-- takes, in its documented order).
+-- Errors, in precedence order:
+--   INSUFFICIENT_PERMISSIONS  a tenant key
+--   INVALID_REQUEST           unknown field, malformed value, empty patch
+--   TENANT_NOT_FOUND          no such tenant
+--   TENANT_CLOSED             a property change on a CLOSED tenant
+--   INVALID_TRANSITION        status ACTIVE or SUSPENDED on a CLOSED tenant
+-- Invariants: one audit row (updateTenant) per successful call.
+CREATE FUNCTION cycles.update_tenant(p_tenant_id text, p_patch jsonb, p_ctx jsonb DEFAULT '{}') RETURNS jsonb
+LANGUAGE plpgsql
+AS $$
+DECLARE
+    v_ctx      jsonb := cycles._admin_principal(p_ctx, NULL);
+    v_patch    jsonb;
+    v_status   text;
+    v_before   cycles.tenants;
+    v_after    cycles.tenants;
+    v_changed  text[];
+    v_settings boolean;
+BEGIN
+    v_patch := cycles._require_known_options(p_patch, ARRAY[
+        'name', 'status', 'metadata', 'default_commit_overage_policy', 'default_reservation_ttl_ms',
+        'max_reservation_ttl_ms', 'max_reservation_extensions'], 'tenant field');
+    IF v_patch = '{}'::jsonb THEN
+        PERFORM cycles._fail('INVALID_REQUEST', 'the patch names no field to change');
+    END IF;
+    IF EXISTS (SELECT FROM jsonb_each(v_patch) AS e WHERE e.value = 'null'::jsonb) THEN
+        PERFORM cycles._fail('INVALID_REQUEST', 'tenant fields cannot be set to null');
+    END IF;
+    v_status := cycles._text_option(v_patch, 'status', 16);
+    IF v_status IS NOT NULL AND v_status NOT IN ('ACTIVE', 'SUSPENDED', 'CLOSED') THEN
+        PERFORM cycles._fail('INVALID_REQUEST',
+            format('unknown tenant status %L: expected ACTIVE, SUSPENDED or CLOSED', v_status));
+    END IF;
+    IF v_patch ? 'name' AND char_length(coalesce(cycles._text_option(v_patch, 'name', 256), '')) = 0 THEN
+        PERFORM cycles._fail('INVALID_REQUEST', 'name must be 1 to 256 characters long');
+    END IF;
+    PERFORM cycles._require_overage_policy(cycles._text_option(v_patch, 'default_commit_overage_policy', 64));
+    PERFORM cycles._int_option(v_patch, 'default_reservation_ttl_ms', 1000, 86400000, NULL);
+    PERFORM cycles._int_option(v_patch, 'max_reservation_ttl_ms', 1000, 86400000, NULL);
+    PERFORM cycles._int_option(v_patch, 'max_reservation_extensions', 0, 10000, NULL);
+    IF v_patch ? 'metadata' THEN
+        PERFORM cycles._require_tenant_metadata(v_patch -> 'metadata');
+    END IF;
+
+    SELECT t.* INTO v_before FROM cycles.tenants AS t WHERE t.tenant_id = p_tenant_id FOR NO KEY UPDATE;
+    IF v_before.tenant_id IS NULL THEN
+        PERFORM cycles._fail('TENANT_NOT_FOUND', format('tenant %L not found', p_tenant_id),
+            jsonb_build_object('tenant_id', p_tenant_id));
+    END IF;
+
+    UPDATE cycles.tenants AS t SET
+        name = coalesce(v_patch ->> 'name', t.name),
+        metadata = coalesce(v_patch -> 'metadata', t.metadata),
+        default_commit_overage_policy = coalesce(v_patch ->> 'default_commit_overage_policy',
+                                                 t.default_commit_overage_policy),
+        default_reservation_ttl_ms = coalesce(cycles._int_option(v_patch, 'default_reservation_ttl_ms', 1000, 86400000, NULL),
+                                              t.default_reservation_ttl_ms),
+        max_reservation_ttl_ms = coalesce(cycles._int_option(v_patch, 'max_reservation_ttl_ms', 1000, 86400000, NULL),
+                                          t.max_reservation_ttl_ms),
+        max_reservation_extensions = coalesce(cycles._int_option(v_patch, 'max_reservation_extensions', 0, 10000, NULL)::integer,
+                                              t.max_reservation_extensions)
+    WHERE t.tenant_id = p_tenant_id
+    RETURNING t.* INTO v_after;
+
+    SELECT array_agg(f ORDER BY f) INTO v_changed
+    FROM unnest(ARRAY['name', 'metadata', 'default_commit_overage_policy', 'default_reservation_ttl_ms',
+                      'max_reservation_ttl_ms', 'max_reservation_extensions']) AS f
+    WHERE to_jsonb(v_before) -> f IS DISTINCT FROM to_jsonb(v_after) -> f;
+
+    IF v_changed IS NOT NULL THEN
+        IF v_before.status = 'CLOSED' THEN
+            PERFORM cycles._fail('TENANT_CLOSED', format('tenant %L is closed', p_tenant_id),
+                jsonb_build_object('tenant_id', p_tenant_id));
+        END IF;
+        UPDATE cycles.tenants AS t SET updated_at = clock_timestamp()
+        WHERE t.tenant_id = p_tenant_id
+        RETURNING t.* INTO v_after;
+        v_settings := EXISTS (SELECT FROM unnest(v_changed) AS f WHERE f LIKE '%default%' OR f LIKE 'max_%');
+        PERFORM cycles._emit_event(
+            p_tenant_id => p_tenant_id,
+            p_event_type => CASE WHEN v_settings THEN 'tenant.settings_changed' ELSE 'tenant.updated' END,
+            p_source => 'cycles-admin', p_actor => cycles._actor(v_ctx),
+            p_data => jsonb_build_object(
+                'tenant_id', p_tenant_id, 'previous_status', v_before.status, 'new_status', v_after.status,
+                'changed_fields', to_jsonb(v_changed)),
+            p_scope => 'tenant:' || p_tenant_id, p_request_id => v_ctx ->> 'request_id',
+            p_trace_id => v_ctx ->> 'trace_id');
+    END IF;
+
+    IF v_status = 'SUSPENDED' THEN
+        PERFORM cycles._suspend_tenant(p_tenant_id, v_ctx);
+    ELSIF v_status = 'ACTIVE' THEN
+        PERFORM cycles._reactivate_tenant(p_tenant_id, v_ctx);
+    ELSIF v_status = 'CLOSED' THEN
+        PERFORM cycles._close_tenant(p_tenant_id, v_ctx);
+    END IF;
+
+    SELECT t.* INTO v_after FROM cycles.tenants AS t WHERE t.tenant_id = p_tenant_id;
+    PERFORM cycles._audit(v_ctx, 'updateTenant', 'tenant', p_tenant_id, 200, p_tenant_id,
+        p_metadata => jsonb_build_object('changed_fields', (SELECT jsonb_agg(k ORDER BY k)
+                                                            FROM jsonb_object_keys(v_patch) AS k)));
+    RETURN cycles._tenant_json(v_after);
 END;
 $$;
 
@@ -1570,6 +1778,59 @@ BEGIN
 END;
 $$;
 
+-- A permission list as given (NULL: the defaults), checked against the
+-- Permission enum, repeats dropped, order kept. INVALID_REQUEST for an
+-- unknown permission or an empty list.
+CREATE FUNCTION cycles._require_permissions(p_permissions text[]) RETURNS text[]
+LANGUAGE plpgsql IMMUTABLE
+AS $$
+DECLARE
+    v_unknown     text[];
+    v_permissions text[];
+BEGIN
+    IF p_permissions IS NULL THEN
+        RETURN cycles._default_permissions();
+    END IF;
+    SELECT array_agg(DISTINCT p) FILTER (WHERE p IS NULL OR p <> ALL (cycles._permissions()))
+    INTO v_unknown
+    FROM unnest(p_permissions) AS p;
+    IF v_unknown IS NOT NULL THEN
+        PERFORM cycles._fail('INVALID_REQUEST',
+            format('unknown permission(s): %s', array_to_string(v_unknown, ', ', 'null')),
+            jsonb_build_object('unknown_permissions', to_jsonb(v_unknown)));
+    END IF;
+    SELECT coalesce(array_agg(p ORDER BY first_position), '{}') INTO v_permissions
+    FROM (SELECT p, min(o) AS first_position FROM unnest(p_permissions) WITH ORDINALITY AS u(p, o) GROUP BY p) AS d;
+    IF cardinality(v_permissions) = 0 THEN
+        PERFORM cycles._fail('INVALID_REQUEST', 'permissions must not be empty');
+    END IF;
+    RETURN v_permissions;
+END;
+$$;
+
+-- A scope_filter JSON value as text[] ('{}' for absent or null).
+-- INVALID_REQUEST unless an array of at most 100 strings of 1..1024 chars.
+CREATE FUNCTION cycles._require_scope_filter(p_filter jsonb) RETURNS text[]
+LANGUAGE plpgsql IMMUTABLE
+AS $$
+DECLARE
+    v_filter text[];
+BEGIN
+    IF p_filter IS NULL OR p_filter = 'null'::jsonb THEN
+        RETURN '{}';
+    END IF;
+    IF jsonb_typeof(p_filter) <> 'array'
+       OR EXISTS (SELECT FROM jsonb_array_elements(p_filter) AS e
+                  WHERE jsonb_typeof(e) <> 'string' OR char_length(e #>> '{}') NOT BETWEEN 1 AND 1024)
+       OR jsonb_array_length(p_filter) > 100 THEN
+        PERFORM cycles._fail('INVALID_REQUEST', 'scope_filter must be an array of at most 100 non-empty strings');
+    END IF;
+    SELECT coalesce(array_agg(e ORDER BY o), '{}') INTO v_filter
+    FROM jsonb_array_elements_text(p_filter) WITH ORDINALITY AS u(e, o);
+    RETURN v_filter;
+END;
+$$;
+
 -- cycles.create_api_key --------------------------------------------------------
 -- Issues a key for a tenant and returns {key_id, key_secret, key_prefix,
 -- tenant_id, permissions, created_at, expires_at}: the only time the secret
@@ -1585,8 +1846,9 @@ $$;
 --                     not in the future, unknown or malformed option
 --   TENANT_NOT_FOUND  no such tenant
 --   TENANT_CLOSED     the tenant is closed
+-- Authorization: the admin only (INSUFFICIENT_PERMISSIONS before anything).
 -- Invariants: emits api_key.created; key_prefix is unique (a colliding
--- secret is drawn again).
+-- secret is drawn again); one audit row (createApiKey).
 CREATE FUNCTION cycles.create_api_key(
     p_tenant_id   text,
     p_name        text,
@@ -1598,9 +1860,9 @@ CREATE FUNCTION cycles.create_api_key(
 LANGUAGE plpgsql
 AS $$
 DECLARE
+    v_ctx          jsonb := cycles._admin_principal(p_ctx, NULL);
     v_options      jsonb;
     v_permissions  text[];
-    v_unknown      text[];
     v_expires_at   timestamptz := coalesce(p_expires_at, clock_timestamp() + interval '90 days');
     v_scope_filter text[] := '{}';
     v_metadata     jsonb;
@@ -1611,40 +1873,14 @@ BEGIN
     IF p_name IS NULL OR char_length(p_name) NOT BETWEEN 1 AND 256 THEN
         PERFORM cycles._fail('INVALID_REQUEST', 'name must be 1 to 256 characters long');
     END IF;
-    IF p_permissions IS NULL THEN
-        v_permissions := cycles._default_permissions();
-    ELSE
-        SELECT array_agg(DISTINCT p) FILTER (WHERE p IS NULL OR p <> ALL (cycles._permissions()))
-        INTO v_unknown
-        FROM unnest(p_permissions) AS p;
-        IF v_unknown IS NOT NULL THEN
-            PERFORM cycles._fail('INVALID_REQUEST',
-                format('unknown permission(s): %s', array_to_string(v_unknown, ', ', 'null')),
-                jsonb_build_object('unknown_permissions', to_jsonb(v_unknown)));
-        END IF;
-        -- Keep the caller's order, drop repeats.
-        SELECT coalesce(array_agg(p ORDER BY first_position), '{}') INTO v_permissions
-        FROM (SELECT p, min(o) AS first_position FROM unnest(p_permissions) WITH ORDINALITY AS u(p, o) GROUP BY p) AS d;
-        IF cardinality(v_permissions) = 0 THEN
-            PERFORM cycles._fail('INVALID_REQUEST', 'permissions must not be empty');
-        END IF;
-    END IF;
+    v_permissions := cycles._require_permissions(p_permissions);
     IF v_expires_at <= clock_timestamp() THEN
         PERFORM cycles._fail('INVALID_REQUEST',
             format('expires_at %s is not in the future', cycles._iso8601(v_expires_at)));
     END IF;
     v_options := cycles._require_known_options(p_options, ARRAY['description', 'scope_filter', 'metadata'],
                                                'api key option');
-    IF v_options ? 'scope_filter' AND v_options -> 'scope_filter' <> 'null'::jsonb THEN
-        IF jsonb_typeof(v_options -> 'scope_filter') <> 'array'
-           OR EXISTS (SELECT FROM jsonb_array_elements(v_options -> 'scope_filter') AS e
-                      WHERE jsonb_typeof(e) <> 'string' OR char_length(e #>> '{}') NOT BETWEEN 1 AND 1024)
-           OR jsonb_array_length(v_options -> 'scope_filter') > 100 THEN
-            PERFORM cycles._fail('INVALID_REQUEST', 'scope_filter must be an array of at most 100 non-empty strings');
-        END IF;
-        SELECT coalesce(array_agg(e ORDER BY o), '{}') INTO v_scope_filter
-        FROM jsonb_array_elements_text(v_options -> 'scope_filter') WITH ORDINALITY AS u(e, o);
-    END IF;
+    v_scope_filter := cycles._require_scope_filter(v_options -> 'scope_filter');
     v_metadata := coalesce(nullif(v_options -> 'metadata', 'null'::jsonb), '{}'::jsonb);
     IF jsonb_typeof(v_metadata) <> 'object' THEN
         PERFORM cycles._fail('INVALID_REQUEST', 'metadata must be a JSON object');
@@ -1675,11 +1911,12 @@ BEGIN
 
     PERFORM cycles._emit_event(
         p_tenant_id => p_tenant_id, p_event_type => 'api_key.created', p_source => 'cycles-admin',
-        p_actor => cycles._actor(p_ctx),
+        p_actor => cycles._actor(v_ctx),
         p_data => jsonb_build_object(
             'key_id', v_key.key_id, 'key_name', v_key.name, 'new_status', 'ACTIVE',
             'permissions', to_jsonb(v_key.permissions)),
-        p_request_id => p_ctx ->> 'request_id', p_trace_id => p_ctx ->> 'trace_id');
+        p_request_id => v_ctx ->> 'request_id', p_trace_id => v_ctx ->> 'trace_id');
+    PERFORM cycles._audit(v_ctx, 'createApiKey', 'api_key', v_key.key_id, 201, p_tenant_id);
 
     RETURN jsonb_build_object(
         'key_id', v_key.key_id,
@@ -1693,36 +1930,46 @@ END;
 $$;
 
 -- cycles.list_api_keys ---------------------------------------------------------
--- A page of a tenant's keys, oldest first: {keys, has_more, next_cursor}
--- (never a hash or a secret). p_status filters on the shown status (ACTIVE,
--- REVOKED, EXPIRED). The cursor is the key_id of the last row of the previous
--- page. Reads only; allowed for a closed tenant.
--- Errors: INVALID_REQUEST (unknown status, limit outside 1..100, unknown
--- cursor), TENANT_NOT_FOUND.
+-- A page of keys, oldest first: {keys, has_more, next_cursor} (never a hash
+-- or a secret). p_tenant_id NULL lists every tenant's keys. p_status filters
+-- on the shown status (ACTIVE, REVOKED, EXPIRED); p_search is a
+-- case-insensitive substring of key_id or name (empty means absent). The
+-- cursor is the key_id of the last row of the previous page. Reads only;
+-- allowed for a closed tenant.
+-- Authorization: the admin only. One audit row (listApiKeys).
+-- Errors: INSUFFICIENT_PERMISSIONS; INVALID_REQUEST (unknown status, limit
+-- outside 1..100, search longer than 128, unknown cursor); TENANT_NOT_FOUND.
 CREATE FUNCTION cycles.list_api_keys(
-    p_tenant_id text,
+    p_tenant_id text DEFAULT NULL,
     p_status    text DEFAULT NULL,
     p_limit     integer DEFAULT 50,
     p_cursor    text DEFAULT NULL,
+    p_search    text DEFAULT NULL,
     p_ctx       jsonb DEFAULT '{}'
 ) RETURNS jsonb
-LANGUAGE plpgsql STABLE
+LANGUAGE plpgsql
 AS $$
 DECLARE
-    v_limit integer := cycles._page_limit(p_limit);
-    v_after cycles.api_keys;
-    v_rows  cycles.api_keys[];
+    v_ctx    jsonb := cycles._admin_principal(p_ctx, NULL);
+    v_limit  integer := cycles._page_limit(p_limit);
+    v_search text := lower(nullif(p_search, ''));
+    v_after  cycles.api_keys;
+    v_rows   cycles.api_keys[];
 BEGIN
     IF p_status IS NOT NULL AND p_status NOT IN ('ACTIVE', 'REVOKED', 'EXPIRED') THEN
         PERFORM cycles._fail('INVALID_REQUEST',
             format('unknown key status %L: expected ACTIVE, REVOKED or EXPIRED', p_status));
     END IF;
-    IF NOT EXISTS (SELECT FROM cycles.tenants AS t WHERE t.tenant_id = p_tenant_id) THEN
+    IF char_length(v_search) > 128 THEN
+        PERFORM cycles._fail('INVALID_REQUEST', 'search must be at most 128 characters');
+    END IF;
+    IF p_tenant_id IS NOT NULL AND NOT EXISTS (SELECT FROM cycles.tenants AS t WHERE t.tenant_id = p_tenant_id) THEN
         PERFORM cycles._fail('TENANT_NOT_FOUND', format('tenant %L not found', p_tenant_id),
             jsonb_build_object('tenant_id', p_tenant_id));
     END IF;
     IF p_cursor IS NOT NULL THEN
-        SELECT k.* INTO v_after FROM cycles.api_keys AS k WHERE k.key_id = p_cursor AND k.tenant_id = p_tenant_id;
+        SELECT k.* INTO v_after FROM cycles.api_keys AS k
+        WHERE k.key_id = p_cursor AND (p_tenant_id IS NULL OR k.tenant_id = p_tenant_id);
         IF v_after.key_id IS NULL THEN
             PERFORM cycles._fail('INVALID_REQUEST', format('unknown cursor %L', p_cursor));
         END IF;
@@ -1732,13 +1979,15 @@ BEGIN
     FROM (
         SELECT k.*
         FROM cycles.api_keys AS k
-        WHERE k.tenant_id = p_tenant_id
+        WHERE (p_tenant_id IS NULL OR k.tenant_id = p_tenant_id)
           AND (p_status IS NULL OR cycles._api_key_json(k) ->> 'status' = p_status)
+          AND (v_search IS NULL OR strpos(lower(k.key_id), v_search) > 0 OR strpos(lower(k.name), v_search) > 0)
           AND (v_after.key_id IS NULL OR (k.created_at, k.key_id) > (v_after.created_at, v_after.key_id))
         ORDER BY k.created_at, k.key_id
         LIMIT v_limit + 1
     ) AS page;
 
+    PERFORM cycles._audit(v_ctx, 'listApiKeys', 'api_key', NULL, 200, p_tenant_id);
     RETURN jsonb_strip_nulls(jsonb_build_object(
         'keys', coalesce((SELECT jsonb_agg(cycles._api_key_json(v_rows[i]) ORDER BY i)
                           FROM generate_series(1, least(cardinality(v_rows), v_limit)) AS i), '[]'::jsonb),
@@ -1747,16 +1996,131 @@ BEGIN
 END;
 $$;
 
+-- cycles.get_api_key -----------------------------------------------------------
+-- The ApiKey object (never the hash). Reads only.
+-- Authorization: the admin only. One audit row (getApiKey).
+-- Errors: INSUFFICIENT_PERMISSIONS, NOT_FOUND.
+CREATE FUNCTION cycles.get_api_key(p_key_id text, p_ctx jsonb DEFAULT '{}') RETURNS jsonb
+LANGUAGE plpgsql
+AS $$
+DECLARE
+    v_ctx jsonb := cycles._admin_principal(p_ctx, NULL);
+    v_key cycles.api_keys;
+BEGIN
+    SELECT k.* INTO v_key FROM cycles.api_keys AS k WHERE k.key_id = p_key_id;
+    IF v_key.key_id IS NULL THEN
+        PERFORM cycles._fail('NOT_FOUND', format('API key %L not found', p_key_id),
+            jsonb_build_object('key_id', p_key_id));
+    END IF;
+    PERFORM cycles._audit(v_ctx, 'getApiKey', 'api_key', p_key_id, 200, v_key.tenant_id);
+    RETURN cycles._api_key_json(v_key);
+END;
+$$;
+
+-- cycles.update_api_key --------------------------------------------------------
+-- PATCH /v1/admin/api-keys/{key_id}: p_patch may hold name (1..256),
+-- description (<= 1024, null clears), permissions (replaces the set; checked
+-- against the Permission enum), scope_filter (replaces; null clears) and
+-- metadata (object). tenant_id, key_prefix, expires_at and status are
+-- immutable. Returns the ApiKey.
+-- Authorization: the admin only.
+-- Locks: the owning tenant FOR SHARE (a close waits), then the key FOR UPDATE.
+-- Errors, in precedence order:
+--   INSUFFICIENT_PERMISSIONS  a tenant key
+--   INVALID_REQUEST           unknown or malformed field, empty patch
+--   NOT_FOUND                 no such key
+--   TENANT_CLOSED             the key's tenant is closed
+--   INVALID_TRANSITION        the key is revoked or expired (409)
+-- Invariants: emits api_key.permissions_changed when permissions or
+-- scope_filter changed; one audit row (updateApiKey).
+CREATE FUNCTION cycles.update_api_key(p_key_id text, p_patch jsonb, p_ctx jsonb DEFAULT '{}') RETURNS jsonb
+LANGUAGE plpgsql
+AS $$
+DECLARE
+    v_ctx         jsonb := cycles._admin_principal(p_ctx, NULL);
+    v_patch       jsonb;
+    v_permissions text[];
+    v_filter      text[];
+    v_tenant_id   text;
+    v_before      cycles.api_keys;
+    v_after       cycles.api_keys;
+BEGIN
+    v_patch := cycles._require_known_options(p_patch,
+        ARRAY['name', 'description', 'permissions', 'scope_filter', 'metadata'], 'API key field');
+    IF v_patch = '{}'::jsonb THEN
+        PERFORM cycles._fail('INVALID_REQUEST', 'the patch names no field to change');
+    END IF;
+    IF v_patch ? 'name' AND (jsonb_typeof(v_patch -> 'name') IS DISTINCT FROM 'string'
+                             OR char_length(v_patch ->> 'name') NOT BETWEEN 1 AND 256) THEN
+        PERFORM cycles._fail('INVALID_REQUEST', 'name must be 1 to 256 characters long');
+    END IF;
+    PERFORM cycles._text_option(v_patch, 'description', 1024);
+    IF v_patch ? 'permissions' THEN
+        IF jsonb_typeof(v_patch -> 'permissions') IS DISTINCT FROM 'array'
+           OR EXISTS (SELECT FROM jsonb_array_elements(v_patch -> 'permissions') AS e
+                      WHERE jsonb_typeof(e) <> 'string') THEN
+            PERFORM cycles._fail('INVALID_REQUEST', 'permissions must be an array of permission names');
+        END IF;
+        v_permissions := cycles._require_permissions(
+            ARRAY(SELECT jsonb_array_elements_text(v_patch -> 'permissions')));
+    END IF;
+    v_filter := cycles._require_scope_filter(v_patch -> 'scope_filter');
+    IF v_patch ? 'metadata' AND jsonb_typeof(v_patch -> 'metadata') IS DISTINCT FROM 'object' THEN
+        PERFORM cycles._fail('INVALID_REQUEST', 'metadata must be a JSON object');
+    END IF;
+
+    SELECT k.tenant_id INTO v_tenant_id FROM cycles.api_keys AS k WHERE k.key_id = p_key_id;
+    IF v_tenant_id IS NULL THEN
+        PERFORM cycles._fail('NOT_FOUND', format('API key %L not found', p_key_id),
+            jsonb_build_object('key_id', p_key_id));
+    END IF;
+    PERFORM cycles._lock_tenant_for_child_change(v_tenant_id);
+    SELECT k.* INTO v_before FROM cycles.api_keys AS k WHERE k.key_id = p_key_id FOR UPDATE;
+    IF cycles._api_key_json(v_before) ->> 'status' <> 'ACTIVE' THEN
+        PERFORM cycles._fail('INVALID_TRANSITION',
+            format('API key %L is %s and cannot be modified', p_key_id, cycles._api_key_json(v_before) ->> 'status'),
+            jsonb_build_object('key_id', p_key_id, 'status', cycles._api_key_json(v_before) ->> 'status'));
+    END IF;
+
+    UPDATE cycles.api_keys AS k SET
+        name = coalesce(v_patch ->> 'name', k.name),
+        description = CASE WHEN v_patch ? 'description' THEN v_patch ->> 'description' ELSE k.description END,
+        permissions = coalesce(v_permissions, k.permissions),
+        scope_filter = CASE WHEN v_patch ? 'scope_filter' THEN v_filter ELSE k.scope_filter END,
+        metadata = coalesce(v_patch -> 'metadata', k.metadata)
+    WHERE k.key_id = p_key_id
+    RETURNING k.* INTO v_after;
+
+    IF v_before.permissions IS DISTINCT FROM v_after.permissions
+       OR v_before.scope_filter IS DISTINCT FROM v_after.scope_filter THEN
+        PERFORM cycles._emit_event(
+            p_tenant_id => v_after.tenant_id, p_event_type => 'api_key.permissions_changed',
+            p_source => 'cycles-admin', p_actor => cycles._actor(v_ctx),
+            p_data => jsonb_build_object(
+                'key_id', v_after.key_id, 'key_name', v_after.name, 'previous_status', 'ACTIVE',
+                'new_status', 'ACTIVE', 'permissions', to_jsonb(v_after.permissions)),
+            p_request_id => v_ctx ->> 'request_id', p_trace_id => v_ctx ->> 'trace_id');
+    END IF;
+    PERFORM cycles._audit(v_ctx, 'updateApiKey', 'api_key', p_key_id, 200, v_after.tenant_id,
+        p_metadata => jsonb_build_object('changed_fields', (SELECT jsonb_agg(k ORDER BY k)
+                                                            FROM jsonb_object_keys(v_patch) AS k)));
+    RETURN cycles._api_key_json(v_after);
+END;
+$$;
+
 -- cycles.revoke_api_key --------------------------------------------------------
 -- ACTIVE -> REVOKED, permanently; the row is kept for audit. Reservations made
--- with the key may still be committed or released. Returns the ApiKey object.
+-- with the key may still be committed or released. Returns the ApiKey object
+-- (revoked_reason = p_reason).
+-- Authorization: the admin only.
 -- Locks: the key row FOR UPDATE.
 -- Errors, in precedence order:
+--   INSUFFICIENT_PERMISSIONS a tenant key
 --   INVALID_REQUEST  reason longer than 512 characters
 --   NOT_FOUND        no such key
 --   INVALID_TRANSITION the key is already revoked (409: the spec's "already
 --                    revoked"; KEY_REVOKED is the authentication failure, 401)
--- Invariants: emits api_key.revoked.
+-- Invariants: emits api_key.revoked; one audit row (revokeApiKey).
 CREATE FUNCTION cycles.revoke_api_key(
     p_key_id text,
     p_reason text DEFAULT NULL,
@@ -1765,6 +2129,7 @@ CREATE FUNCTION cycles.revoke_api_key(
 LANGUAGE plpgsql
 AS $$
 DECLARE
+    v_ctx      jsonb := cycles._admin_principal(p_ctx, NULL);
     v_key      cycles.api_keys;
     v_previous text;
 BEGIN
@@ -1787,11 +2152,13 @@ BEGIN
     RETURNING k.* INTO v_key;
     PERFORM cycles._emit_event(
         p_tenant_id => v_key.tenant_id, p_event_type => 'api_key.revoked', p_source => 'cycles-admin',
-        p_actor => cycles._actor(p_ctx),
+        p_actor => cycles._actor(v_ctx),
         p_data => jsonb_build_object(
             'key_id', v_key.key_id, 'key_name', v_key.name, 'previous_status', v_previous,
             'new_status', 'REVOKED', 'permissions', to_jsonb(v_key.permissions)),
-        p_request_id => p_ctx ->> 'request_id', p_trace_id => p_ctx ->> 'trace_id');
+        p_request_id => v_ctx ->> 'request_id', p_trace_id => v_ctx ->> 'trace_id');
+    PERFORM cycles._audit(v_ctx, 'revokeApiKey', 'api_key', p_key_id, 200, v_key.tenant_id,
+        p_metadata => jsonb_build_object('reason', p_reason));
     RETURN cycles._api_key_json(v_key);
 END;
 $$;
@@ -1907,7 +2274,8 @@ BEGIN
             'previous_state', CASE WHEN p_before.budget_id IS NOT NULL THEN cycles._budget_state(p_before) END,
             'new_state', cycles._budget_state(p_after),
             'reason', p_reason) || coalesce(p_extra, '{}'::jsonb),
-        p_scope => p_after.scope, p_request_id => p_ctx ->> 'request_id', p_trace_id => p_ctx ->> 'trace_id');
+        p_scope => p_after.scope, p_request_id => p_ctx ->> 'request_id', p_trace_id => p_ctx ->> 'trace_id',
+        p_correlation_id => p_ctx ->> 'correlation_id');
     IF p_before.budget_id IS NOT NULL AND p_before.is_over_limit <> p_after.is_over_limit THEN
         PERFORM cycles._emit_event(
             p_tenant_id => p_after.tenant_id,
@@ -1965,18 +2333,26 @@ $$;
 -- Creates the (scope, unit) budget with remaining = allocated and nothing
 -- reserved, spent or owed. The scope is canonicalised; its tenant is the
 -- owner and must be ACTIVE. commit_overage_policy NULL means "inherit from
--- the tenant". Options (p_options): metadata (object).
+-- the tenant". Options (p_options): metadata (object); tenant_id (the
+-- owner the admin names; must be the scope's tenant; a tenant key may not
+-- send it); rollover_policy (only NONE: periods are not implemented).
+-- Authorization: the admin, or a tenant key with budgets:write or
+-- admin:budgets:write whose tenant owns the scope and whose scope_filter
+-- covers it (FORBIDDEN otherwise).
 -- Locks: the tenant row FOR SHARE; the new budget row (ON CONFLICT waits for
 -- a concurrent insert of the same scope and unit).
 -- Errors, in precedence order:
+--   INSUFFICIENT_PERMISSIONS the tenant key lacks the permission
 --   INVALID_REQUEST    malformed scope, unknown unit, negative or missing
---                      amount, unknown policy, unknown option
+--                      amount, unknown policy, unknown option, tenant_id
+--                      other than the scope's
+--   FORBIDDEN          a tenant key outside its tenant or scope_filter
 --   TENANT_NOT_FOUND   the scope's tenant does not exist
 --   TENANT_CLOSED      the tenant is closed
 --   TENANT_SUSPENDED   the tenant is suspended
 --   DUPLICATE_RESOURCE a budget exists for this scope and unit
 -- Invariants: one CREATE ledger row with allocated_delta = allocated;
--- emits budget.created.
+-- emits budget.created; one audit row (createBudget).
 CREATE FUNCTION cycles.create_budget(
     p_scope                 text,
     p_unit                  text,
@@ -1989,6 +2365,7 @@ CREATE FUNCTION cycles.create_budget(
 LANGUAGE plpgsql
 AS $$
 DECLARE
+    v_ctx      jsonb := cycles._admin_principal(p_ctx, ARRAY['budgets:write', 'admin:budgets:write']);
     v_scope    text := cycles._canonical_scope(p_scope);
     v_unit     text := cycles._require_unit(p_unit);
     v_options  jsonb;
@@ -2000,11 +2377,26 @@ BEGIN
     PERFORM cycles._require_amount(p_allocated, 'allocated');
     PERFORM cycles._require_amount(p_overdraft_limit, 'overdraft_limit');
     PERFORM cycles._require_overage_policy(p_commit_overage_policy);
-    v_options := cycles._require_known_options(p_options, ARRAY['metadata'], 'budget option');
+    v_options := cycles._require_known_options(p_options, ARRAY['metadata', 'tenant_id', 'rollover_policy'],
+                                               'budget option');
     v_metadata := coalesce(nullif(v_options -> 'metadata', 'null'::jsonb), '{}'::jsonb);
     IF jsonb_typeof(v_metadata) <> 'object' THEN
         PERFORM cycles._fail('INVALID_REQUEST', 'metadata must be a JSON object');
     END IF;
+    IF coalesce(cycles._text_option(v_options, 'rollover_policy', 32), 'NONE') <> 'NONE' THEN
+        PERFORM cycles._fail('INVALID_REQUEST', 'rollover_policy: only NONE is supported');
+    END IF;
+    IF v_options ? 'tenant_id' AND v_ctx ? 'principal_tenant_id' THEN
+        PERFORM cycles._fail('INVALID_REQUEST',
+            'tenant_id must not be sent with an API key: the key''s tenant owns the budget');
+    END IF;
+    IF cycles._text_option(v_options, 'tenant_id', 64) IS DISTINCT FROM cycles._scope_tenant(v_scope)
+       AND v_options ? 'tenant_id' THEN
+        PERFORM cycles._fail('INVALID_REQUEST',
+            format('scope %L does not belong to tenant %L', v_scope, v_options ->> 'tenant_id'),
+            jsonb_build_object('scope', v_scope, 'tenant_id', v_options ->> 'tenant_id'));
+    END IF;
+    PERFORM cycles._admin_require_scope(v_ctx, v_scope);
 
     v_tenant := cycles._lock_tenant_for_child_change(cycles._scope_tenant(v_scope));
     IF v_tenant.status = 'SUSPENDED' THEN
@@ -2026,10 +2418,13 @@ BEGIN
 
     PERFORM cycles._append_ledger(
         p_budget_id => v_budget.budget_id, p_tenant_id => v_budget.tenant_id, p_scope => v_scope,
-        p_unit => v_unit, p_operation => 'CREATE', p_actor => cycles._actor(p_ctx),
+        p_unit => v_unit, p_operation => 'CREATE', p_actor => cycles._actor(v_ctx),
         p_allocated_delta => p_allocated,
-        p_request_id => p_ctx ->> 'request_id', p_trace_id => p_ctx ->> 'trace_id');
-    PERFORM cycles._budget_event('budget.created', 'CREATE', v_none, v_budget, NULL, p_ctx);
+        p_request_id => v_ctx ->> 'request_id', p_trace_id => v_ctx ->> 'trace_id');
+    PERFORM cycles._budget_event('budget.created', 'CREATE', v_none, v_budget, NULL, v_ctx);
+    PERFORM cycles._audit(v_ctx, 'createBudget', 'budget', v_budget.budget_id::text, 201, v_budget.tenant_id,
+        p_amount => cycles._amount_json(v_unit, p_allocated),
+        p_metadata => jsonb_build_object('scope', v_scope, 'unit', v_unit));
     RETURN cycles._budget_json(v_budget);
 END;
 $$;
@@ -2071,15 +2466,18 @@ $$;
 --   INVALID_REQUEST      a counter would leave the 64-bit range
 -- Invariants: exactly one ledger row with the deltas applied;
 -- remaining = allocated - spent - reserved - debt.
-CREATE FUNCTION cycles.fund_budget(
+-- This is the body behind cycles.fund_budget and the budget bulk action
+-- (no authorization, no audit row); a NULL p_idempotency_key (bulk rows,
+-- whose idempotency is the bulk call's) skips the idempotency record.
+CREATE FUNCTION cycles._fund_budget(
     p_scope           text,
     p_unit            text,
     p_operation       text,
     p_amount          bigint,
     p_idempotency_key text,
-    p_spent           bigint DEFAULT NULL,
-    p_reason          text DEFAULT NULL,
-    p_ctx             jsonb DEFAULT '{}'
+    p_spent           bigint,
+    p_reason          text,
+    p_ctx             jsonb
 ) RETURNS jsonb
 LANGUAGE plpgsql
 AS $$
@@ -2115,7 +2513,7 @@ BEGIN
     IF char_length(p_reason) > 512 THEN
         PERFORM cycles._fail('INVALID_REQUEST', 'reason must be at most 512 characters');
     END IF;
-    IF p_idempotency_key IS NULL OR char_length(p_idempotency_key) NOT BETWEEN 1 AND 256 THEN
+    IF char_length(p_idempotency_key) NOT BETWEEN 1 AND 256 THEN
         PERFORM cycles._fail('INVALID_REQUEST', 'idempotency_key must be 1 to 256 characters long');
     END IF;
 
@@ -2125,16 +2523,18 @@ BEGIN
         'spent', v_spent_arg, 'reason', p_reason)::text, 'UTF8'));
 
     -- Serialise requests carrying the same key, then replay or refuse.
-    PERFORM pg_advisory_xact_lock(hashtextextended(v_tenant_id || ':fund_budget:' || p_idempotency_key, 0));
-    SELECT r.* INTO v_record FROM cycles.idempotency_records AS r
-    WHERE r.tenant_id = v_tenant_id AND r.endpoint = 'fund_budget' AND r.idempotency_key = p_idempotency_key;
-    IF v_record.tenant_id IS NOT NULL AND v_record.expires_at > clock_timestamp() THEN
-        IF v_record.request_hash <> v_hash THEN
-            PERFORM cycles._fail('IDEMPOTENCY_MISMATCH',
-                format('idempotency_key %L was already used for a different funding request', p_idempotency_key),
-                jsonb_build_object('idempotency_key', p_idempotency_key));
+    IF p_idempotency_key IS NOT NULL THEN
+        PERFORM pg_advisory_xact_lock(hashtextextended(v_tenant_id || ':fund_budget:' || p_idempotency_key, 0));
+        SELECT r.* INTO v_record FROM cycles.idempotency_records AS r
+        WHERE r.tenant_id = v_tenant_id AND r.endpoint = 'fund_budget' AND r.idempotency_key = p_idempotency_key;
+        IF v_record.tenant_id IS NOT NULL AND v_record.expires_at > clock_timestamp() THEN
+            IF v_record.request_hash <> v_hash THEN
+                PERFORM cycles._fail('IDEMPOTENCY_MISMATCH',
+                    format('idempotency_key %L was already used for a different funding request', p_idempotency_key),
+                    jsonb_build_object('idempotency_key', p_idempotency_key));
+            END IF;
+            RETURN v_record.response;
         END IF;
-        RETURN v_record.response;
     END IF;
 
     v_before := cycles._lock_budget_for_change(v_scope, v_unit);
@@ -2203,14 +2603,16 @@ BEGIN
         'new_spent', cycles._amount_json(v_unit, v_after.spent),
         'timestamp', cycles._iso8601(v_after.updated_at));
 
-    INSERT INTO cycles.idempotency_records AS r (
-        tenant_id, endpoint, idempotency_key, request_hash, response, created_at, expires_at)
-    VALUES (
-        v_tenant_id, 'fund_budget', p_idempotency_key, v_hash, v_response, clock_timestamp(),
-        clock_timestamp() + interval '24 hours')
-    ON CONFLICT ON CONSTRAINT idempotency_records_pkey DO UPDATE
-        SET request_hash = excluded.request_hash, response = excluded.response,
-            created_at = excluded.created_at, expires_at = excluded.expires_at;
+    IF p_idempotency_key IS NOT NULL THEN
+        INSERT INTO cycles.idempotency_records AS r (
+            tenant_id, endpoint, idempotency_key, request_hash, response, created_at, expires_at)
+        VALUES (
+            v_tenant_id, 'fund_budget', p_idempotency_key, v_hash, v_response, clock_timestamp(),
+            clock_timestamp() + interval '24 hours')
+        ON CONFLICT ON CONSTRAINT idempotency_records_pkey DO UPDATE
+            SET request_hash = excluded.request_hash, response = excluded.response,
+                created_at = excluded.created_at, expires_at = excluded.expires_at;
+    END IF;
     RETURN v_response;
 END;
 $$;
@@ -2222,8 +2624,11 @@ $$;
 -- Errors, in precedence order: INVALID_REQUEST (malformed scope, unknown
 -- unit, reason > 512), TENANT_NOT_FOUND, TENANT_CLOSED, BUDGET_NOT_FOUND,
 -- INVALID_TRANSITION (already in the target state, or CLOSED).
+-- Authorization (public functions): the admin, or a tenant key with
+-- admin:budgets:write on a scope of its tenant within its scope_filter
+-- (INSUFFICIENT_PERMISSIONS, then FORBIDDEN, before anything else).
 -- Invariants: no counter changes, so no ledger row; emits budget.frozen /
--- budget.unfrozen.
+-- budget.unfrozen; one audit row (freezeBudget / unfreezeBudget).
 CREATE FUNCTION cycles._set_budget_frozen(
     p_scope text, p_unit text, p_frozen boolean, p_reason text, p_ctx jsonb
 ) RETURNS jsonb
@@ -2260,10 +2665,16 @@ CREATE FUNCTION cycles.freeze_budget(
 ) RETURNS jsonb
 LANGUAGE plpgsql
 AS $$
+DECLARE
+    v_ctx    jsonb := cycles._admin_principal(p_ctx, ARRAY['admin:budgets:write']);
+    v_result jsonb;
 BEGIN
-    RETURN (
-        SELECT cycles._set_budget_frozen(p_scope, p_unit, true, p_reason, coalesce(p_ctx, '{}'::jsonb))
-    );
+    PERFORM cycles._admin_require_scope(v_ctx, cycles._canonical_scope(p_scope));
+    v_result := cycles._set_budget_frozen(p_scope, p_unit, true, p_reason, v_ctx);
+    PERFORM cycles._audit(v_ctx, 'freezeBudget', 'budget', v_result ->> 'ledger_id', 200, v_result ->> 'tenant_id',
+        p_metadata => jsonb_build_object('scope', v_result ->> 'scope', 'unit', v_result ->> 'unit',
+                                         'reason', p_reason));
+    RETURN v_result;
 END;
 $$;
 
@@ -2272,10 +2683,16 @@ CREATE FUNCTION cycles.unfreeze_budget(
 ) RETURNS jsonb
 LANGUAGE plpgsql
 AS $$
+DECLARE
+    v_ctx    jsonb := cycles._admin_principal(p_ctx, ARRAY['admin:budgets:write']);
+    v_result jsonb;
 BEGIN
-    RETURN (
-        SELECT cycles._set_budget_frozen(p_scope, p_unit, false, p_reason, coalesce(p_ctx, '{}'::jsonb))
-    );
+    PERFORM cycles._admin_require_scope(v_ctx, cycles._canonical_scope(p_scope));
+    v_result := cycles._set_budget_frozen(p_scope, p_unit, false, p_reason, v_ctx);
+    PERFORM cycles._audit(v_ctx, 'unfreezeBudget', 'budget', v_result ->> 'ledger_id', 200, v_result ->> 'tenant_id',
+        p_metadata => jsonb_build_object('scope', v_result ->> 'scope', 'unit', v_result ->> 'unit',
+                                         'reason', p_reason));
+    RETURN v_result;
 END;
 $$;
 
@@ -2289,16 +2706,20 @@ $$;
 -- Errors, in precedence order: INVALID_REQUEST (malformed scope, unknown
 -- unit, reason > 512), TENANT_NOT_FOUND, TENANT_CLOSED, BUDGET_NOT_FOUND,
 -- INVALID_TRANSITION (already CLOSED, or reserved > 0).
--- Invariants: one CLOSE ledger row with zero deltas; emits budget.closed.
+-- Authorization: as freeze_budget (admin:budgets:write).
+-- Invariants: one CLOSE ledger row with zero deltas; emits budget.closed;
+-- one audit row (closeBudget).
 CREATE FUNCTION cycles.close_budget(
     p_scope text, p_unit text, p_reason text DEFAULT NULL, p_ctx jsonb DEFAULT '{}'
 ) RETURNS jsonb
 LANGUAGE plpgsql
 AS $$
 DECLARE
+    v_ctx    jsonb := cycles._admin_principal(p_ctx, ARRAY['admin:budgets:write']);
     v_before cycles.budgets;
     v_after  cycles.budgets;
 BEGIN
+    PERFORM cycles._admin_require_scope(v_ctx, cycles._canonical_scope(p_scope));
     IF char_length(p_reason) > 512 THEN
         PERFORM cycles._fail('INVALID_REQUEST', 'reason must be at most 512 characters');
     END IF;
@@ -2320,16 +2741,18 @@ BEGIN
     RETURNING b.* INTO v_after;
     PERFORM cycles._append_ledger(
         p_budget_id => v_after.budget_id, p_tenant_id => v_after.tenant_id, p_scope => v_after.scope,
-        p_unit => v_after.unit, p_operation => 'CLOSE', p_actor => cycles._actor(p_ctx), p_reason => p_reason,
-        p_request_id => p_ctx ->> 'request_id', p_trace_id => p_ctx ->> 'trace_id');
-    PERFORM cycles._budget_event('budget.closed', 'STATUS_CHANGE', v_before, v_after, p_reason, p_ctx);
+        p_unit => v_after.unit, p_operation => 'CLOSE', p_actor => cycles._actor(v_ctx), p_reason => p_reason,
+        p_request_id => v_ctx ->> 'request_id', p_trace_id => v_ctx ->> 'trace_id');
+    PERFORM cycles._budget_event('budget.closed', 'STATUS_CHANGE', v_before, v_after, p_reason, v_ctx);
+    PERFORM cycles._audit(v_ctx, 'closeBudget', 'budget', v_after.budget_id::text, 200, v_after.tenant_id,
+        p_metadata => jsonb_build_object('scope', v_after.scope, 'unit', v_after.unit, 'reason', p_reason));
     RETURN cycles._budget_json(v_after);
 END;
 $$;
 
 -- cycles.update_budget -------------------------------------------------------
 -- Changes a budget's properties: p_patch may hold overdraft_limit (integer
--- >= 0), commit_overage_policy (a policy, or null to inherit from the tenant)
+-- >= 0, or an Amount object {unit, amount} in the budget's unit), commit_overage_policy (a policy, or null to inherit from the tenant)
 -- and metadata (object). Allowed while FROZEN. is_over_limit is recomputed as
 -- debt > overdraft_limit. An empty patch changes nothing and emits nothing.
 -- Returns BudgetLedger.
@@ -2337,13 +2760,16 @@ $$;
 -- Errors, in precedence order: INVALID_REQUEST (malformed scope, unknown
 -- unit, unknown or malformed field), TENANT_NOT_FOUND, TENANT_CLOSED,
 -- BUDGET_NOT_FOUND, BUDGET_CLOSED.
--- Invariants: no counter changes, so no ledger row; emits budget.updated.
+-- Authorization: as freeze_budget (admin:budgets:write).
+-- Invariants: no counter changes, so no ledger row; emits budget.updated;
+-- one audit row (updateBudget).
 CREATE FUNCTION cycles.update_budget(
     p_scope text, p_unit text, p_patch jsonb, p_ctx jsonb DEFAULT '{}'
 ) RETURNS jsonb
 LANGUAGE plpgsql
 AS $$
 DECLARE
+    v_ctx      jsonb := cycles._admin_principal(p_ctx, ARRAY['admin:budgets:write']);
     v_patch    jsonb := cycles._require_known_options(p_patch,
                             ARRAY['overdraft_limit', 'commit_overage_policy', 'metadata'], 'budget field');
     v_limit    bigint;
@@ -2352,6 +2778,16 @@ DECLARE
     v_before   cycles.budgets;
     v_after    cycles.budgets;
 BEGIN
+    PERFORM cycles._admin_require_scope(v_ctx, cycles._canonical_scope(p_scope));
+    IF jsonb_typeof(v_patch -> 'overdraft_limit') = 'object' THEN
+        IF v_patch #>> '{overdraft_limit,unit}' IS DISTINCT FROM p_unit THEN
+            PERFORM cycles._fail('UNIT_MISMATCH',
+                format('overdraft_limit unit %s does not match the budget unit %s',
+                       coalesce(v_patch #>> '{overdraft_limit,unit}', 'null'), p_unit),
+                jsonb_build_object('unit', p_unit));
+        END IF;
+        v_patch := jsonb_set(v_patch, '{overdraft_limit}', coalesce(v_patch #> '{overdraft_limit,amount}', 'null'));
+    END IF;
     IF v_patch ? 'overdraft_limit' THEN
         v_limit := cycles._int_option(v_patch, 'overdraft_limit', 0, 9223372036854775807, NULL);
         IF v_limit IS NULL THEN
@@ -2369,6 +2805,8 @@ BEGIN
     v_before := cycles._lock_budget_for_change(p_scope, p_unit);
     PERFORM cycles._require_budget_open(v_before, true);
     IF v_patch = '{}'::jsonb THEN
+        PERFORM cycles._audit(v_ctx, 'updateBudget', 'budget', v_before.budget_id::text, 200, v_before.tenant_id,
+            p_metadata => jsonb_build_object('scope', v_before.scope, 'unit', v_before.unit));
         RETURN cycles._budget_json(v_before);
     END IF;
     UPDATE cycles.budgets AS b
@@ -2380,55 +2818,95 @@ BEGIN
         updated_at = clock_timestamp()
     WHERE b.budget_id = v_before.budget_id
     RETURNING b.* INTO v_after;
-    PERFORM cycles._budget_event('budget.updated', 'UPDATE', v_before, v_after, NULL, p_ctx,
+    PERFORM cycles._budget_event('budget.updated', 'UPDATE', v_before, v_after, NULL, v_ctx,
         jsonb_build_object('changed_fields', (SELECT jsonb_agg(k ORDER BY k) FROM jsonb_object_keys(v_patch) AS k)));
+    PERFORM cycles._audit(v_ctx, 'updateBudget', 'budget', v_after.budget_id::text, 200, v_after.tenant_id,
+        p_metadata => jsonb_build_object('scope', v_after.scope, 'unit', v_after.unit,
+            'changed_fields', (SELECT jsonb_agg(k ORDER BY k) FROM jsonb_object_keys(v_patch) AS k)));
     RETURN cycles._budget_json(v_after);
 END;
 $$;
 
 -- cycles.get_budget ----------------------------------------------------------
--- The BudgetLedger at (scope, unit). Reads only; allowed for a closed tenant.
--- Errors: INVALID_REQUEST (malformed scope, unknown unit), BUDGET_NOT_FOUND.
+-- The BudgetLedger at (scope, unit) (lookupBudget). Reads only; allowed for
+-- a closed tenant.
+-- Authorization: the admin, or a tenant key with budgets:read or
+-- admin:budgets:read on a scope of its tenant within its scope_filter.
+-- Errors: INSUFFICIENT_PERMISSIONS, INVALID_REQUEST (malformed scope,
+-- unknown unit), FORBIDDEN, BUDGET_NOT_FOUND.
+-- Invariants: one audit row (lookupBudget).
 CREATE FUNCTION cycles.get_budget(p_scope text, p_unit text, p_ctx jsonb DEFAULT '{}') RETURNS jsonb
-LANGUAGE plpgsql STABLE
+LANGUAGE plpgsql
 AS $$
 DECLARE
+    v_ctx    jsonb := cycles._admin_principal(p_ctx, ARRAY['budgets:read', 'admin:budgets:read']);
     v_scope  text := cycles._canonical_scope(p_scope);
     v_unit   text := cycles._require_unit(p_unit);
     v_budget cycles.budgets;
 BEGIN
+    PERFORM cycles._admin_require_scope(v_ctx, v_scope);
     SELECT b.* INTO v_budget FROM cycles.budgets AS b WHERE b.scope = v_scope AND b.unit = v_unit;
     IF v_budget.budget_id IS NULL THEN
         PERFORM cycles._fail('BUDGET_NOT_FOUND', format('no %s budget at scope %L', v_unit, v_scope),
             jsonb_build_object('scope', v_scope, 'unit', v_unit));
     END IF;
+    PERFORM cycles._audit(v_ctx, 'lookupBudget', 'budget', v_budget.budget_id::text, 200, v_budget.tenant_id,
+        p_metadata => jsonb_build_object('scope', v_scope, 'unit', v_unit));
     RETURN cycles._budget_json(v_budget);
+END;
+$$;
+
+-- spent / allocated, 0 when nothing is allocated (the utilization filters).
+CREATE FUNCTION cycles._utilization(p_budget cycles.budgets) RETURNS numeric
+LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE
+AS $$
+BEGIN
+    RETURN (
+        SELECT CASE WHEN p_budget.allocated > 0 THEN p_budget.spent::numeric / p_budget.allocated ELSE 0 END
+    );
 END;
 $$;
 
 -- cycles.list_budgets --------------------------------------------------------
 -- A page of budgets in scope order: {ledgers, has_more, next_cursor}.
--- p_tenant_id NULL lists every tenant's budgets (admin view). p_scope_prefix
--- matches the start of the canonical scope (case-insensitive). The cursor is
+-- Filters (AND): p_tenant_id (NULL: every tenant, admin view), p_scope_prefix
+-- (start of the canonical scope, case-insensitive), p_unit, p_status,
+-- p_over_limit (is_over_limit equals it), p_has_debt (debt > 0 equals it),
+-- p_utilization_min / p_utilization_max (inclusive bounds on spent /
+-- allocated in [0, 1]; allocated = 0 counts as 0), p_search (substring of
+-- tenant_id or scope, case-insensitive; empty means absent). The cursor is
 -- the ledger_id of the last row of the previous page.
--- Errors: INVALID_REQUEST (unknown unit or status, limit outside 1..100,
--- unknown cursor), TENANT_NOT_FOUND.
+-- Authorization: the admin, or a tenant key with budgets:read or
+-- admin:budgets:read: its own tenant's budgets only (p_tenant_id is
+-- ignored), and only scopes within its scope_filter.
+-- Errors: INSUFFICIENT_PERMISSIONS; INVALID_REQUEST (unknown unit or status,
+-- utilization bound outside [0, 1] or min > max, search > 128, limit outside
+-- 1..100, unknown cursor); TENANT_NOT_FOUND.
+-- Invariants: one audit row (listBudgets).
 CREATE FUNCTION cycles.list_budgets(
-    p_tenant_id    text DEFAULT NULL,
-    p_scope_prefix text DEFAULT NULL,
-    p_unit         text DEFAULT NULL,
-    p_status       text DEFAULT NULL,
-    p_limit        integer DEFAULT 50,
-    p_cursor       text DEFAULT NULL,
-    p_ctx          jsonb DEFAULT '{}'
+    p_tenant_id       text DEFAULT NULL,
+    p_scope_prefix    text DEFAULT NULL,
+    p_unit            text DEFAULT NULL,
+    p_status          text DEFAULT NULL,
+    p_limit           integer DEFAULT 50,
+    p_cursor          text DEFAULT NULL,
+    p_over_limit      boolean DEFAULT NULL,
+    p_has_debt        boolean DEFAULT NULL,
+    p_utilization_min numeric DEFAULT NULL,
+    p_utilization_max numeric DEFAULT NULL,
+    p_search          text DEFAULT NULL,
+    p_ctx             jsonb DEFAULT '{}'
 ) RETURNS jsonb
-LANGUAGE plpgsql STABLE
+LANGUAGE plpgsql
 AS $$
 DECLARE
-    v_limit  integer := cycles._page_limit(p_limit);
-    v_prefix text := lower(nullif(p_scope_prefix, ''));
-    v_after  cycles.budgets;
-    v_rows   cycles.budgets[];
+    v_ctx       jsonb := cycles._admin_principal(p_ctx, ARRAY['budgets:read', 'admin:budgets:read']);
+    v_tenant_id text := coalesce(v_ctx ->> 'principal_tenant_id', p_tenant_id);
+    v_limit     integer := cycles._page_limit(p_limit);
+    v_prefix    text := lower(nullif(p_scope_prefix, ''));
+    v_search    text := lower(nullif(p_search, ''));
+    v_after     cycles.budgets;
+    v_rows      cycles.budgets[];
 BEGIN
     IF p_unit IS NOT NULL THEN
         PERFORM cycles._require_unit(p_unit);
@@ -2437,13 +2915,22 @@ BEGIN
         PERFORM cycles._fail('INVALID_REQUEST',
             format('unknown budget status %L: expected ACTIVE, FROZEN or CLOSED', p_status));
     END IF;
-    IF p_tenant_id IS NOT NULL AND NOT EXISTS (SELECT FROM cycles.tenants AS t WHERE t.tenant_id = p_tenant_id) THEN
-        PERFORM cycles._fail('TENANT_NOT_FOUND', format('tenant %L not found', p_tenant_id),
-            jsonb_build_object('tenant_id', p_tenant_id));
+    IF p_utilization_min NOT BETWEEN 0 AND 1 OR p_utilization_max NOT BETWEEN 0 AND 1 THEN
+        PERFORM cycles._fail('INVALID_REQUEST', 'utilization_min and utilization_max must lie in [0, 1]');
+    END IF;
+    IF p_utilization_min > p_utilization_max THEN
+        PERFORM cycles._fail('INVALID_REQUEST', 'utilization_min must not exceed utilization_max');
+    END IF;
+    IF char_length(v_search) > 128 THEN
+        PERFORM cycles._fail('INVALID_REQUEST', 'search must be at most 128 characters');
+    END IF;
+    IF v_tenant_id IS NOT NULL AND NOT EXISTS (SELECT FROM cycles.tenants AS t WHERE t.tenant_id = v_tenant_id) THEN
+        PERFORM cycles._fail('TENANT_NOT_FOUND', format('tenant %L not found', v_tenant_id),
+            jsonb_build_object('tenant_id', v_tenant_id));
     END IF;
     IF p_cursor IS NOT NULL THEN
         SELECT b.* INTO v_after FROM cycles.budgets AS b
-        WHERE b.budget_id::text = p_cursor AND (p_tenant_id IS NULL OR b.tenant_id = p_tenant_id);
+        WHERE b.budget_id::text = p_cursor AND (v_tenant_id IS NULL OR b.tenant_id = v_tenant_id);
         IF v_after.budget_id IS NULL THEN
             PERFORM cycles._fail('INVALID_REQUEST', format('unknown cursor %L', p_cursor));
         END IF;
@@ -2453,21 +2940,77 @@ BEGIN
     FROM (
         SELECT b.*
         FROM cycles.budgets AS b
-        WHERE (p_tenant_id IS NULL OR b.tenant_id = p_tenant_id)
+        WHERE (v_tenant_id IS NULL OR b.tenant_id = v_tenant_id)
           AND (v_prefix IS NULL OR left(b.scope, char_length(v_prefix)) = v_prefix)
           AND (p_unit IS NULL OR b.unit = p_unit)
           AND (p_status IS NULL OR b.status = p_status)
+          AND (p_over_limit IS NULL OR b.is_over_limit = p_over_limit)
+          AND (p_has_debt IS NULL OR (b.debt > 0) = p_has_debt)
+          AND (p_utilization_min IS NULL OR cycles._utilization(b) >= p_utilization_min)
+          AND (p_utilization_max IS NULL OR cycles._utilization(b) <= p_utilization_max)
+          AND (v_search IS NULL OR strpos(b.tenant_id, v_search) > 0 OR strpos(b.scope, v_search) > 0)
+          AND (NOT v_ctx ? 'principal_tenant_id' OR cycles._scope_filter_allows(v_ctx -> 'scope_filter', b.scope))
           AND (v_after.budget_id IS NULL
                OR (b.scope COLLATE "C", b.unit) > (v_after.scope COLLATE "C", v_after.unit))
         ORDER BY b.scope COLLATE "C", b.unit
         LIMIT v_limit + 1
     ) AS page;
 
+    PERFORM cycles._audit(v_ctx, 'listBudgets', 'budget', NULL, 200, v_tenant_id);
     RETURN jsonb_strip_nulls(jsonb_build_object(
         'ledgers', coalesce((SELECT jsonb_agg(cycles._budget_json(v_rows[i]) ORDER BY i)
                              FROM generate_series(1, least(cardinality(v_rows), v_limit)) AS i), '[]'::jsonb),
         'has_more', cardinality(v_rows) > v_limit,
         'next_cursor', CASE WHEN cardinality(v_rows) > v_limit THEN (v_rows[v_limit]).budget_id::text END));
+END;
+$$;
+
+-- cycles.fund_budget ---------------------------------------------------------
+-- POST /v1/admin/budgets/fund: see cycles._fund_budget for the five
+-- operations, idempotency (p_idempotency_key required, 1..256), locks and
+-- errors. p_tenant_id, when given, must be the scope's tenant (the REST
+-- admin path requires it, as the reference does).
+-- Authorization: the admin, or a tenant key with budgets:write or
+-- admin:budgets:write on a scope of its tenant within its scope_filter.
+-- Errors first, in precedence order: INSUFFICIENT_PERMISSIONS;
+-- INVALID_REQUEST (malformed scope, missing key, tenant_id other than the
+-- scope's); FORBIDDEN; then those of cycles._fund_budget.
+-- Invariants: one audit row (fundBudget), also for an idempotent replay.
+CREATE FUNCTION cycles.fund_budget(
+    p_scope           text,
+    p_unit            text,
+    p_operation       text,
+    p_amount          bigint,
+    p_idempotency_key text,
+    p_spent           bigint DEFAULT NULL,
+    p_reason          text DEFAULT NULL,
+    p_tenant_id       text DEFAULT NULL,
+    p_ctx             jsonb DEFAULT '{}'
+) RETURNS jsonb
+LANGUAGE plpgsql
+AS $$
+DECLARE
+    v_ctx      jsonb := cycles._admin_principal(p_ctx, ARRAY['budgets:write', 'admin:budgets:write']);
+    v_scope    text := cycles._canonical_scope(p_scope);
+    v_response jsonb;
+BEGIN
+    IF p_idempotency_key IS NULL OR char_length(p_idempotency_key) NOT BETWEEN 1 AND 256 THEN
+        PERFORM cycles._fail('INVALID_REQUEST', 'idempotency_key must be 1 to 256 characters long');
+    END IF;
+    IF p_tenant_id IS NOT NULL AND NOT v_ctx ? 'principal_tenant_id'
+       AND p_tenant_id <> cycles._scope_tenant(v_scope) THEN
+        PERFORM cycles._fail('INVALID_REQUEST',
+            format('scope %L does not belong to tenant %L', v_scope, p_tenant_id),
+            jsonb_build_object('scope', v_scope, 'tenant_id', p_tenant_id));
+    END IF;
+    PERFORM cycles._admin_require_scope(v_ctx, v_scope);
+    v_response := cycles._fund_budget(p_scope, p_unit, p_operation, p_amount, p_idempotency_key, p_spent,
+                                      p_reason, v_ctx);
+    PERFORM cycles._audit(v_ctx, 'fundBudget', 'budget', v_scope || ' ' || p_unit, 200, cycles._scope_tenant(v_scope),
+        p_amount => cycles._amount_json(p_unit, p_amount),
+        p_metadata => jsonb_build_object('scope', v_scope, 'unit', p_unit, 'operation', p_operation,
+                                         'idempotency_key', p_idempotency_key, 'reason', p_reason));
+    RETURN v_response;
 END;
 $$;
 
@@ -2513,6 +3056,677 @@ AS $$
     ) AS c (counter, expected, actual)
     WHERE c.expected <> c.actual
     ORDER BY s.scope COLLATE "C", s.unit, c.counter
+$$;
+
+-- ==== 15_audit.sql ====
+
+-- The audit log's public functions: list it, and record a failed request.
+--
+-- Successful admin calls write their audit row themselves, in the same
+-- transaction as their change (cycles._audit, 02_admin_auth.sql). A call that
+-- raised has rolled back, its audit row with it; the caller then records the
+-- failure with cycles.record_audit_failure in a second, short transaction,
+-- so every admin request leaves exactly one row.
+
+-- The AuditLogEntry object, nulls omitted.
+CREATE FUNCTION cycles._audit_json(p_row cycles.audit_logs) RETURNS jsonb
+LANGUAGE plpgsql STABLE
+AS $$
+BEGIN
+    RETURN (
+        SELECT jsonb_strip_nulls(jsonb_build_object(
+            'log_id', p_row.log_id,
+            'timestamp', cycles._iso8601(p_row.created_at),
+            'tenant_id', p_row.tenant_id,
+            'key_id', p_row.key_id,
+            'user_agent', p_row.user_agent,
+            'source_ip', p_row.source_ip,
+            'operation', p_row.operation,
+            'resource_type', p_row.resource_type,
+            'resource_id', p_row.resource_id,
+            'request_id', p_row.request_id,
+            'trace_id', p_row.trace_id,
+            'status', p_row.status,
+            'error_code', p_row.error_code,
+            'subject', p_row.subject,
+            'action', p_row.action,
+            'amount', p_row.amount,
+            'metadata', p_row.metadata))
+    );
+END;
+$$;
+
+-- A filter value that is a list: a JSON array of strings, or a string of
+-- comma-separated values; at most 25 values. NULL when absent.
+CREATE FUNCTION cycles._audit_list_filter(p_filter jsonb, p_key text) RETURNS text[]
+LANGUAGE plpgsql IMMUTABLE
+AS $$
+DECLARE
+    v_value  jsonb := p_filter -> p_key;
+    v_values text[];
+BEGIN
+    IF v_value IS NULL OR v_value = 'null'::jsonb THEN
+        RETURN NULL;
+    END IF;
+    IF jsonb_typeof(v_value) = 'string' THEN
+        SELECT array_agg(btrim(v)) INTO v_values
+        FROM unnest(string_to_array(v_value #>> '{}', ',')) AS v WHERE btrim(v) <> '';
+    ELSIF jsonb_typeof(v_value) = 'array'
+          AND NOT EXISTS (SELECT FROM jsonb_array_elements(v_value) AS e WHERE jsonb_typeof(e) <> 'string') THEN
+        SELECT array_agg(v) INTO v_values FROM jsonb_array_elements_text(v_value) AS v;
+    ELSE
+        PERFORM cycles._fail('INVALID_REQUEST', format('%s must be a list of strings', p_key));
+    END IF;
+    IF cardinality(v_values) > 25 THEN
+        PERFORM cycles._fail('INVALID_REQUEST', format('%s accepts at most 25 values', p_key));
+    END IF;
+    RETURN v_values;
+END;
+$$;
+
+-- A timestamp filter value, or NULL when absent; INVALID_REQUEST otherwise.
+CREATE FUNCTION cycles._audit_time_filter(p_filter jsonb, p_key text) RETURNS timestamptz
+LANGUAGE plpgsql STABLE
+AS $$
+DECLARE
+    v_text text := cycles._text_option(p_filter, p_key, 64);
+BEGIN
+    IF v_text IS NULL THEN
+        RETURN NULL;
+    END IF;
+    BEGIN
+        RETURN v_text::timestamptz;
+    EXCEPTION WHEN data_exception THEN
+        PERFORM cycles._fail('INVALID_REQUEST', format('%s must be an ISO-8601 date-time, got %L', p_key, v_text));
+    END;
+    RETURN NULL;
+END;
+$$;
+
+-- cycles.list_audit_logs -------------------------------------------------------
+-- GET /v1/admin/audit/logs: a page of audit entries, newest first:
+-- {logs, has_more, next_cursor}. p_filter (all optional, AND-combined):
+--   tenant_id, key_id, resource_id, trace_id, request_id   exact match
+--   operation, resource_type, error_code                   IN-lists
+--   error_code_exclude                                     NOT IN-list (rows
+--                                                          without an error
+--                                                          code are kept)
+--   status | status_min, status_max                        exact or range
+--                                                          (100..599)
+--   from, to                                               timestamp bounds
+--                                                          (inclusive)
+--   search    case-insensitive substring of resource_id, log_id,
+--             error_code or operation (<= 128 chars; empty is absent)
+-- IN-lists are JSON arrays or comma-separated strings, at most 25 values.
+-- The cursor is the log_id of the last row of the previous page.
+-- Authorization: the admin only. Writes one audit row of its own
+-- (listAuditLogs) after reading the page.
+-- Errors: INSUFFICIENT_PERMISSIONS; INVALID_REQUEST (unknown filter, bad
+-- value, status with status_min/max, status_min > status_max, limit outside
+-- 1..100, unknown cursor).
+CREATE FUNCTION cycles.list_audit_logs(
+    p_filter jsonb DEFAULT '{}',
+    p_limit  integer DEFAULT 50,
+    p_cursor text DEFAULT NULL,
+    p_ctx    jsonb DEFAULT '{}'
+) RETURNS jsonb
+LANGUAGE plpgsql
+AS $$
+DECLARE
+    v_ctx        jsonb := cycles._admin_principal(p_ctx, NULL);
+    v_filter     jsonb;
+    v_limit      integer := cycles._page_limit(p_limit);
+    v_operations text[];
+    v_types      text[];
+    v_errors     text[];
+    v_excluded   text[];
+    v_status     integer;
+    v_status_min integer;
+    v_status_max integer;
+    v_from       timestamptz;
+    v_to         timestamptz;
+    v_search     text;
+    v_after      cycles.audit_logs;
+    v_rows       cycles.audit_logs[];
+BEGIN
+    v_filter := cycles._require_known_options(p_filter, ARRAY[
+        'tenant_id', 'key_id', 'operation', 'status', 'status_min', 'status_max', 'resource_type',
+        'resource_id', 'error_code', 'error_code_exclude', 'from', 'to', 'search', 'trace_id',
+        'request_id'], 'audit filter');
+    v_operations := cycles._audit_list_filter(v_filter, 'operation');
+    v_types := cycles._audit_list_filter(v_filter, 'resource_type');
+    v_errors := cycles._audit_list_filter(v_filter, 'error_code');
+    v_excluded := cycles._audit_list_filter(v_filter, 'error_code_exclude');
+    v_status := cycles._int_option(v_filter, 'status', 100, 599, NULL);
+    v_status_min := cycles._int_option(v_filter, 'status_min', 100, 599, NULL);
+    v_status_max := cycles._int_option(v_filter, 'status_max', 100, 599, NULL);
+    IF v_status IS NOT NULL AND (v_status_min IS NOT NULL OR v_status_max IS NOT NULL) THEN
+        PERFORM cycles._fail('INVALID_REQUEST', 'status cannot be combined with status_min or status_max');
+    END IF;
+    IF v_status_min > v_status_max THEN
+        PERFORM cycles._fail('INVALID_REQUEST', 'status_min must not exceed status_max');
+    END IF;
+    v_from := cycles._audit_time_filter(v_filter, 'from');
+    v_to := cycles._audit_time_filter(v_filter, 'to');
+    v_search := lower(nullif(cycles._text_option(v_filter, 'search', 128), ''));
+    PERFORM cycles._text_option(v_filter, 'tenant_id', 128), cycles._text_option(v_filter, 'key_id', 128),
+            cycles._text_option(v_filter, 'resource_id', 1024), cycles._text_option(v_filter, 'trace_id', 64),
+            cycles._text_option(v_filter, 'request_id', 256);
+    IF p_cursor IS NOT NULL THEN
+        SELECT a.* INTO v_after FROM cycles.audit_logs AS a WHERE a.log_id = p_cursor;
+        IF v_after.log_id IS NULL THEN
+            PERFORM cycles._fail('INVALID_REQUEST', format('unknown cursor %L', p_cursor));
+        END IF;
+    END IF;
+
+    SELECT coalesce(array_agg(page ORDER BY page.created_at DESC, page.seq DESC), '{}') INTO v_rows
+    FROM (
+        SELECT a.*
+        FROM cycles.audit_logs AS a
+        WHERE (NOT v_filter ? 'tenant_id' OR a.tenant_id = v_filter ->> 'tenant_id')
+          AND (NOT v_filter ? 'key_id' OR a.key_id = v_filter ->> 'key_id')
+          AND (NOT v_filter ? 'resource_id' OR a.resource_id = v_filter ->> 'resource_id')
+          AND (NOT v_filter ? 'trace_id' OR a.trace_id = v_filter ->> 'trace_id')
+          AND (NOT v_filter ? 'request_id' OR a.request_id = v_filter ->> 'request_id')
+          AND (v_operations IS NULL OR a.operation = ANY (v_operations))
+          AND (v_types IS NULL OR a.resource_type = ANY (v_types))
+          AND (v_errors IS NULL OR a.error_code = ANY (v_errors))
+          AND (v_excluded IS NULL OR a.error_code IS NULL OR a.error_code <> ALL (v_excluded))
+          AND (v_status IS NULL OR a.status = v_status)
+          AND (v_status_min IS NULL OR a.status >= v_status_min)
+          AND (v_status_max IS NULL OR a.status <= v_status_max)
+          AND (v_from IS NULL OR a.created_at >= v_from)
+          AND (v_to IS NULL OR a.created_at <= v_to)
+          AND (v_search IS NULL OR strpos(lower(coalesce(a.resource_id, '')), v_search) > 0
+               OR strpos(a.log_id, v_search) > 0 OR strpos(lower(coalesce(a.error_code, '')), v_search) > 0
+               OR strpos(lower(a.operation), v_search) > 0)
+          AND (v_after.log_id IS NULL OR (a.created_at, a.seq) < (v_after.created_at, v_after.seq))
+        ORDER BY a.created_at DESC, a.seq DESC
+        LIMIT v_limit + 1
+    ) AS page;
+
+    PERFORM cycles._audit(v_ctx, 'listAuditLogs', NULL, NULL, 200);
+    RETURN jsonb_strip_nulls(jsonb_build_object(
+        'logs', coalesce((SELECT jsonb_agg(cycles._audit_json(v_rows[i]) ORDER BY i)
+                          FROM generate_series(1, least(cardinality(v_rows), v_limit)) AS i), '[]'::jsonb),
+        'has_more', cardinality(v_rows) > v_limit,
+        'next_cursor', CASE WHEN cardinality(v_rows) > v_limit THEN (v_rows[v_limit]).log_id END));
+END;
+$$;
+
+-- cycles.record_audit_failure --------------------------------------------------
+-- Records an admin request that failed (its own transaction rolled back).
+-- p_ctx is the request's context as given to the failed call; a tenant
+-- key's secret in it is resolved to its key and tenant without any check
+-- (the failure may be the key itself) and is never stored. The tenant is:
+-- '__unauth__' for a 401 (failed before authentication), else the key's
+-- tenant, else p_tenant_id when it is a well-formed tenant id, else
+-- '__admin__'. Never raises for bad input: it is the caller's last word on
+-- a request that already failed. Returns the log_id.
+CREATE FUNCTION cycles.record_audit_failure(
+    p_ctx           jsonb,
+    p_operation     text,
+    p_status        integer,
+    p_error_code    text,
+    p_message       text DEFAULT NULL,
+    p_resource_type text DEFAULT NULL,
+    p_resource_id   text DEFAULT NULL,
+    p_tenant_id     text DEFAULT NULL
+) RETURNS text
+LANGUAGE plpgsql
+AS $$
+DECLARE
+    v_ctx    jsonb := coalesce(p_ctx, '{}'::jsonb);
+    v_key    cycles.api_keys;
+    v_clean  jsonb;
+    v_tenant text;
+BEGIN
+    IF v_ctx ? 'api_key' AND char_length(v_ctx ->> 'api_key') BETWEEN 1 AND 512 THEN
+        SELECT k.* INTO v_key FROM cycles.api_keys AS k WHERE k.key_hash = cycles._hash_secret(v_ctx ->> 'api_key');
+    END IF;
+    v_clean := jsonb_strip_nulls(jsonb_build_object(
+        'request_id', v_ctx ->> 'request_id', 'trace_id', v_ctx ->> 'trace_id',
+        'source_ip', v_ctx ->> 'source_ip', 'user_agent', v_ctx ->> 'user_agent',
+        'actor_type', CASE WHEN v_ctx ? 'api_key' THEN 'api_key'
+                           WHEN v_ctx ->> 'actor_type' = 'admin_on_behalf_of' THEN 'admin_on_behalf_of'
+                           ELSE 'admin' END,
+        'key_id', v_key.key_id));
+    v_tenant := CASE
+        WHEN p_status = 401 THEN '__unauth__'
+        WHEN v_key.key_id IS NOT NULL THEN v_key.tenant_id
+        WHEN v_ctx ? 'api_key' THEN '__unauth__'
+        WHEN p_tenant_id ~ '^[a-z0-9-]{3,64}$' THEN p_tenant_id
+        ELSE '__admin__' END;
+    RETURN cycles._audit(
+        v_clean,
+        coalesce(nullif(left(p_operation, 256), ''), 'unknown'),
+        left(p_resource_type, 64),
+        p_resource_id,
+        CASE WHEN p_status BETWEEN 400 AND 599 THEN p_status ELSE 500 END,
+        v_tenant,
+        coalesce(nullif(left(p_error_code, 64), ''), 'INTERNAL_ERROR'),
+        jsonb_build_object('error_message', left(replace(replace(p_message, chr(13), ' '), chr(10), ' '), 1024)));
+END;
+$$;
+
+-- ==== 16_bulk_actions.sql ====
+
+-- Bulk actions: one lifecycle action over every tenant, or one funding
+-- operation over every budget, that a filter matches.
+--
+-- Guards shared by both (the spec's bulk-action contract):
+--   - the filter is counted before anything changes; expected_count, when
+--     given, must equal that count, else COUNT_MISMATCH (409), no writes;
+--   - at most 500 matching rows, else LIMIT_EXCEEDED (400), no writes;
+--   - idempotency_key: the first response is kept 15 minutes; a repeat with
+--     the same request returns it unchanged, a different request with the
+--     same key is IDEMPOTENCY_MISMATCH;
+--   - a row that fails is reported in failed[] (its own subtransaction rolls
+--     back) and the others proceed; the call answers 200.
+-- Each mutated row emits its usual event, with correlation_id
+-- '<kind>_bulk_action:<action lower-cased>:<request_id>'; the call writes
+-- one audit row carrying the per-row outcome.
+
+CREATE TABLE cycles.bulk_action_records (
+    kind            text        NOT NULL,
+    idempotency_key text        NOT NULL,
+    request_hash    bytea       NOT NULL,
+    response        jsonb       NOT NULL,
+    created_at      timestamptz NOT NULL DEFAULT clock_timestamp(),
+    expires_at      timestamptz NOT NULL,
+    CONSTRAINT bulk_action_records_pkey PRIMARY KEY (kind, idempotency_key),
+    CONSTRAINT bulk_action_records_kind_valid CHECK (kind IN ('tenant', 'budget')),
+    CONSTRAINT bulk_action_records_key_length CHECK (char_length(idempotency_key) BETWEEN 1 AND 128),
+    CONSTRAINT bulk_action_records_expiry_after_creation CHECK (expires_at > created_at)
+);
+
+-- LIMIT_EXCEEDED as a 400 (too many rows matched), which the spec gives
+-- the same error code as the 429 throttle; its own SQLSTATE tells them apart.
+CREATE FUNCTION cycles._fail_bulk_limit(p_total integer) RETURNS void
+LANGUAGE plpgsql
+AS $$
+BEGIN
+    RAISE EXCEPTION USING
+        ERRCODE = 'CY4LE',
+        MESSAGE = format('the filter matches %s rows; a bulk action applies to at most 500', p_total),
+        DETAIL = jsonb_build_object('error', 'LIMIT_EXCEEDED',
+                                    'details', jsonb_build_object('total_matched', p_total, 'limit', 500))::text;
+END;
+$$;
+
+-- The stored response of an earlier identical bulk request within 15 minutes
+-- (NULL when there is none), after taking the per-key advisory lock that
+-- serialises requests with the same key. IDEMPOTENCY_MISMATCH when the key
+-- was used for a different request.
+CREATE FUNCTION cycles._bulk_replay(p_kind text, p_key text, p_hash bytea) RETURNS jsonb
+LANGUAGE plpgsql
+AS $$
+DECLARE
+    v_record cycles.bulk_action_records;
+BEGIN
+    PERFORM pg_advisory_xact_lock(hashtextextended('bulk_action:' || p_kind || ':' || p_key, 0));
+    SELECT r.* INTO v_record FROM cycles.bulk_action_records AS r
+    WHERE r.kind = p_kind AND r.idempotency_key = p_key AND r.expires_at > clock_timestamp();
+    IF v_record.kind IS NULL THEN
+        RETURN NULL;
+    END IF;
+    IF v_record.request_hash <> p_hash THEN
+        PERFORM cycles._fail('IDEMPOTENCY_MISMATCH',
+            format('idempotency_key %L was already used for a different bulk request', p_key),
+            jsonb_build_object('idempotency_key', p_key));
+    END IF;
+    RETURN v_record.response;
+END;
+$$;
+
+CREATE FUNCTION cycles._bulk_store(p_kind text, p_key text, p_hash bytea, p_response jsonb) RETURNS void
+LANGUAGE plpgsql
+AS $$
+BEGIN
+    INSERT INTO cycles.bulk_action_records AS r (kind, idempotency_key, request_hash, response, created_at, expires_at)
+    VALUES (p_kind, p_key, p_hash, p_response, clock_timestamp(), clock_timestamp() + interval '15 minutes')
+    ON CONFLICT ON CONSTRAINT bulk_action_records_pkey DO UPDATE
+        SET request_hash = excluded.request_hash, response = excluded.response,
+            created_at = excluded.created_at, expires_at = excluded.expires_at;
+END;
+$$;
+
+-- Checks shared by both bulk functions, before anything is read.
+CREATE FUNCTION cycles._require_bulk_request(p_key text, p_expected_count integer) RETURNS void
+LANGUAGE plpgsql IMMUTABLE
+AS $$
+BEGIN
+    IF p_key IS NULL OR char_length(p_key) NOT BETWEEN 1 AND 128 THEN
+        PERFORM cycles._fail('INVALID_REQUEST', 'idempotency_key must be 1 to 128 characters long');
+    END IF;
+    IF p_expected_count < 0 THEN
+        PERFORM cycles._fail('INVALID_REQUEST', 'expected_count must be >= 0');
+    END IF;
+END;
+$$;
+
+-- The count gate: LIMIT_EXCEEDED above 500, COUNT_MISMATCH when an expected
+-- count was given and differs.
+CREATE FUNCTION cycles._bulk_count_gate(p_total integer, p_expected_count integer) RETURNS void
+LANGUAGE plpgsql
+AS $$
+BEGIN
+    IF p_total > 500 THEN
+        PERFORM cycles._fail_bulk_limit(p_total);
+    END IF;
+    IF p_expected_count IS NOT NULL AND p_expected_count <> p_total THEN
+        PERFORM cycles._fail('COUNT_MISMATCH',
+            format('the filter matches %s rows, not the expected %s', p_total, p_expected_count),
+            jsonb_build_object('total_matched', p_total, 'expected_count', p_expected_count));
+    END IF;
+END;
+$$;
+
+-- The failed[] entry of a row whose action raised: the error code of a
+-- cycles._fail error, else INTERNAL_ERROR.
+CREATE FUNCTION cycles._bulk_row_failure(p_id text, p_detail text, p_message text) RETURNS jsonb
+LANGUAGE plpgsql IMMUTABLE
+AS $$
+DECLARE
+    v_code text;
+BEGIN
+    BEGIN
+        v_code := p_detail::jsonb ->> 'error';
+    EXCEPTION WHEN OTHERS THEN
+        v_code := NULL;
+    END;
+    RETURN jsonb_build_object('id', p_id, 'error_code', coalesce(v_code, 'INTERNAL_ERROR'),
+                              'message', left(coalesce(p_message, 'failed'), 1024));
+END;
+$$;
+
+-- cycles.bulk_tenant_action ----------------------------------------------------
+-- POST /v1/admin/tenants/bulk-action. p_filter (at least one of status,
+-- parent_tenant_id, observe_mode, search; same meaning as list_tenants;
+-- observe_mode: tenants here always enforce, so ENFORCE and DISABLED match
+-- every tenant, OBSERVE none); p_action SUSPEND | REACTIVATE | CLOSE.
+-- Per row: SUSPEND of a SUSPENDED tenant, REACTIVATE of an ACTIVE one, CLOSE
+-- of a CLOSED one are skipped (ALREADY_IN_TARGET_STATE); SUSPEND or
+-- REACTIVATE of a CLOSED tenant fails (INVALID_TRANSITION); CLOSE runs the
+-- whole cascade of cycles._close_tenant.
+-- Returns {action, total_matched, succeeded[], failed[], skipped[],
+-- idempotency_key}, rows as {id, error_code?, message?, reason?}.
+-- Authorization: the admin only.
+-- Locks: the per-key advisory lock; then, per row in tenant_id order, what
+-- the transition takes.
+-- Errors, in precedence order: INSUFFICIENT_PERMISSIONS; INVALID_REQUEST
+-- (bad key, action, filter or expected_count); IDEMPOTENCY_MISMATCH;
+-- LIMIT_EXCEEDED (400, > 500 rows); COUNT_MISMATCH (409).
+-- Invariants: no write at all unless both gates pass; one audit row
+-- (bulkActionTenants), also for a replay.
+CREATE FUNCTION cycles.bulk_tenant_action(
+    p_filter          jsonb,
+    p_action          text,
+    p_idempotency_key text,
+    p_expected_count  integer DEFAULT NULL,
+    p_ctx             jsonb DEFAULT '{}'
+) RETURNS jsonb
+LANGUAGE plpgsql
+AS $$
+DECLARE
+    v_ctx       jsonb := cycles._admin_principal(p_ctx, NULL);
+    v_filter    jsonb;
+    v_status    text;
+    v_parent    text;
+    v_mode      text;
+    v_search    text;
+    v_hash      bytea;
+    v_response  jsonb;
+    v_ids       text[];
+    v_row_ctx   jsonb;
+    v_tenant    cycles.tenants;
+    v_succeeded jsonb := '[]';
+    v_failed    jsonb := '[]';
+    v_skipped   jsonb := '[]';
+    v_detail    text;
+    v_message   text;
+BEGIN
+    PERFORM cycles._require_bulk_request(p_idempotency_key, p_expected_count);
+    IF p_action IS NULL OR p_action NOT IN ('SUSPEND', 'REACTIVATE', 'CLOSE') THEN
+        PERFORM cycles._fail('INVALID_REQUEST',
+            format('unknown tenant bulk action %L: expected SUSPEND, REACTIVATE or CLOSE', p_action));
+    END IF;
+    v_filter := cycles._require_known_options(p_filter, ARRAY['status', 'parent_tenant_id', 'observe_mode', 'search'],
+                                              'tenant filter');
+    v_filter := jsonb_strip_nulls(v_filter);
+    IF v_filter = '{}'::jsonb THEN
+        PERFORM cycles._fail('INVALID_REQUEST', 'filter must name at least one property');
+    END IF;
+    v_status := cycles._text_option(v_filter, 'status', 16);
+    IF v_status NOT IN ('ACTIVE', 'SUSPENDED', 'CLOSED') THEN
+        PERFORM cycles._fail('INVALID_REQUEST',
+            format('unknown tenant status %L: expected ACTIVE, SUSPENDED or CLOSED', v_status));
+    END IF;
+    v_parent := cycles._text_option(v_filter, 'parent_tenant_id', 64);
+    v_mode := cycles._text_option(v_filter, 'observe_mode', 32);
+    v_search := lower(nullif(cycles._text_option(v_filter, 'search', 128), ''));
+
+    v_hash := sha256(convert_to(jsonb_build_object(
+        'filter', v_filter, 'action', p_action, 'expected_count', p_expected_count)::text, 'UTF8'));
+    v_response := cycles._bulk_replay('tenant', p_idempotency_key, v_hash);
+    IF v_response IS NOT NULL THEN
+        PERFORM cycles._audit(v_ctx, 'bulkActionTenants', 'tenant', NULL, 200,
+            p_metadata => jsonb_build_object('filter', v_filter, 'action', p_action, 'replay', true,
+                                             'idempotency_key', p_idempotency_key));
+        RETURN v_response;
+    END IF;
+
+    SELECT coalesce(array_agg(t.tenant_id ORDER BY t.tenant_id), '{}') INTO v_ids
+    FROM cycles.tenants AS t
+    WHERE (v_status IS NULL OR t.status = v_status)
+      AND (v_parent IS NULL OR t.parent_tenant_id = v_parent)
+      AND (v_mode IS NULL OR upper(v_mode) IN ('ENFORCE', 'DISABLED'))
+      AND (v_search IS NULL OR strpos(t.tenant_id, v_search) > 0 OR strpos(lower(t.name), v_search) > 0);
+    PERFORM cycles._bulk_count_gate(cardinality(v_ids), p_expected_count);
+
+    v_row_ctx := v_ctx || jsonb_build_object('correlation_id',
+        format('tenant_bulk_action:%s:%s', lower(p_action),
+               coalesce(v_ctx ->> 'request_id', cycles._new_id('req_', 32))));
+    FOR i IN 1 .. cardinality(v_ids) LOOP
+        BEGIN
+            SELECT t.* INTO v_tenant FROM cycles.tenants AS t WHERE t.tenant_id = v_ids[i] FOR NO KEY UPDATE;
+            IF (p_action = 'SUSPEND' AND v_tenant.status = 'SUSPENDED')
+               OR (p_action = 'REACTIVATE' AND v_tenant.status = 'ACTIVE')
+               OR (p_action = 'CLOSE' AND v_tenant.status = 'CLOSED') THEN
+                v_skipped := v_skipped || jsonb_build_object('id', v_ids[i], 'reason', 'ALREADY_IN_TARGET_STATE');
+                CONTINUE;
+            END IF;
+            CASE p_action
+                WHEN 'SUSPEND' THEN PERFORM cycles._suspend_tenant(v_ids[i], v_row_ctx);
+                WHEN 'REACTIVATE' THEN PERFORM cycles._reactivate_tenant(v_ids[i], v_row_ctx);
+                WHEN 'CLOSE' THEN PERFORM cycles._close_tenant(v_ids[i], v_row_ctx);
+            END CASE;
+            v_succeeded := v_succeeded || jsonb_build_object('id', v_ids[i]);
+        EXCEPTION WHEN OTHERS THEN
+            GET STACKED DIAGNOSTICS v_detail = PG_EXCEPTION_DETAIL, v_message = MESSAGE_TEXT;
+            v_failed := v_failed || cycles._bulk_row_failure(v_ids[i], v_detail, v_message);
+        END;
+    END LOOP;
+
+    v_response := jsonb_build_object(
+        'action', p_action, 'total_matched', cardinality(v_ids), 'succeeded', v_succeeded,
+        'failed', v_failed, 'skipped', v_skipped, 'idempotency_key', p_idempotency_key);
+    PERFORM cycles._bulk_store('tenant', p_idempotency_key, v_hash, v_response);
+    PERFORM cycles._audit(v_ctx, 'bulkActionTenants', 'tenant', NULL, 200,
+        p_metadata => jsonb_build_object(
+            'filter', v_filter, 'action', p_action, 'idempotency_key', p_idempotency_key,
+            'succeeded_ids', (SELECT coalesce(jsonb_agg(e -> 'id'), '[]') FROM jsonb_array_elements(v_succeeded) AS e),
+            'failed_rows', v_failed, 'skipped_rows', v_skipped));
+    RETURN v_response;
+END;
+$$;
+
+-- cycles.bulk_budget_action ----------------------------------------------------
+-- POST /v1/admin/budgets/bulk-action. p_filter: tenant_id (required) and
+-- optionally scope_prefix, unit, status, over_limit, has_debt,
+-- utilization_min, utilization_max, search (same meaning as list_budgets).
+-- p_action: CREDIT | DEBIT | RESET | RESET_SPENT | REPAY_DEBT, applied with
+-- p_amount (required) and, for RESET_SPENT, p_spent (default 0) to every
+-- matched budget exactly as cycles.fund_budget applies it to one. p_unit is
+-- the unit of the amount: a matched budget of another unit fails
+-- (INVALID_TRANSITION) and the others proceed; NULL applies the amount in
+-- each budget's own unit. Row failures: BUDGET_EXCEEDED, BUDGET_FROZEN,
+-- BUDGET_CLOSED, INVALID_TRANSITION, INVALID_REQUEST (a counter out of range).
+-- Returns {action, total_matched, succeeded[], failed[], skipped[],
+-- idempotency_key} with rows {id: ledger_id, ...}.
+-- Authorization: the admin only.
+-- Locks: the per-key advisory lock; the tenant row FOR SHARE; then each
+-- budget (scope order) as cycles._fund_budget locks it.
+-- Errors, in precedence order: INSUFFICIENT_PERMISSIONS; INVALID_REQUEST
+-- (bad key, action, amount, spent, reason or filter); IDEMPOTENCY_MISMATCH;
+-- TENANT_NOT_FOUND; LIMIT_EXCEEDED (400); COUNT_MISMATCH (409).
+-- Invariants: no write unless both gates pass; each row's change has its
+-- ledger row and event; one audit row (bulkActionBudgets), also for a replay.
+CREATE FUNCTION cycles.bulk_budget_action(
+    p_filter          jsonb,
+    p_action          text,
+    p_idempotency_key text,
+    p_amount          bigint DEFAULT NULL,
+    p_unit            text DEFAULT NULL,
+    p_spent           bigint DEFAULT NULL,
+    p_expected_count  integer DEFAULT NULL,
+    p_reason          text DEFAULT NULL,
+    p_ctx             jsonb DEFAULT '{}'
+) RETURNS jsonb
+LANGUAGE plpgsql
+AS $$
+DECLARE
+    v_ctx       jsonb := cycles._admin_principal(p_ctx, NULL);
+    v_filter    jsonb;
+    v_tenant_id text;
+    v_prefix    text;
+    v_unit      text;
+    v_status    text;
+    v_min       numeric;
+    v_max       numeric;
+    v_search    text;
+    v_hash      bytea;
+    v_response  jsonb;
+    v_rows      cycles.budgets[];
+    v_budget    cycles.budgets;
+    v_row_ctx   jsonb;
+    v_succeeded jsonb := '[]';
+    v_failed    jsonb := '[]';
+    v_detail    text;
+    v_message   text;
+BEGIN
+    PERFORM cycles._require_bulk_request(p_idempotency_key, p_expected_count);
+    IF p_action IS NULL OR p_action NOT IN ('CREDIT', 'DEBIT', 'RESET', 'RESET_SPENT', 'REPAY_DEBT') THEN
+        PERFORM cycles._fail('INVALID_REQUEST',
+            format('unknown budget bulk action %L: expected CREDIT, DEBIT, RESET, RESET_SPENT or REPAY_DEBT',
+                   p_action));
+    END IF;
+    IF p_amount IS NULL THEN
+        PERFORM cycles._fail('INVALID_REQUEST', format('amount is required for %s', p_action));
+    END IF;
+    PERFORM cycles._require_amount(p_amount, 'amount');
+    IF p_amount = 0 AND p_action IN ('CREDIT', 'DEBIT', 'REPAY_DEBT') THEN
+        PERFORM cycles._fail('INVALID_REQUEST', format('amount must be positive for %s', p_action));
+    END IF;
+    IF p_spent IS NOT NULL THEN
+        PERFORM cycles._require_amount(p_spent, 'spent');
+    END IF;
+    IF p_unit IS NOT NULL THEN
+        PERFORM cycles._require_unit(p_unit);
+    END IF;
+    IF char_length(p_reason) > 512 THEN
+        PERFORM cycles._fail('INVALID_REQUEST', 'reason must be at most 512 characters');
+    END IF;
+    v_filter := jsonb_strip_nulls(cycles._require_known_options(p_filter, ARRAY[
+        'tenant_id', 'scope_prefix', 'unit', 'status', 'over_limit', 'has_debt', 'utilization_min',
+        'utilization_max', 'search'], 'budget filter'));
+    v_tenant_id := cycles._text_option(v_filter, 'tenant_id', 64);
+    IF v_tenant_id IS NULL THEN
+        PERFORM cycles._fail('INVALID_REQUEST', 'filter.tenant_id is required');
+    END IF;
+    v_prefix := lower(nullif(cycles._text_option(v_filter, 'scope_prefix', 1024), ''));
+    v_unit := cycles._text_option(v_filter, 'unit', 32);
+    IF v_unit IS NOT NULL THEN
+        PERFORM cycles._require_unit(v_unit);
+    END IF;
+    v_status := cycles._text_option(v_filter, 'status', 16);
+    IF v_status NOT IN ('ACTIVE', 'FROZEN', 'CLOSED') THEN
+        PERFORM cycles._fail('INVALID_REQUEST',
+            format('unknown budget status %L: expected ACTIVE, FROZEN or CLOSED', v_status));
+    END IF;
+    IF jsonb_typeof(v_filter -> 'over_limit') NOT IN ('boolean') OR jsonb_typeof(v_filter -> 'has_debt') <> 'boolean'
+       OR jsonb_typeof(v_filter -> 'utilization_min') <> 'number'
+       OR jsonb_typeof(v_filter -> 'utilization_max') <> 'number' THEN
+        PERFORM cycles._fail('INVALID_REQUEST',
+            'over_limit and has_debt must be booleans, utilization_min and utilization_max numbers');
+    END IF;
+    v_min := (v_filter ->> 'utilization_min')::numeric;
+    v_max := (v_filter ->> 'utilization_max')::numeric;
+    IF v_min NOT BETWEEN 0 AND 1 OR v_max NOT BETWEEN 0 AND 1 OR v_min > v_max THEN
+        PERFORM cycles._fail('INVALID_REQUEST',
+            'utilization_min and utilization_max must lie in [0, 1], min not above max');
+    END IF;
+    v_search := lower(nullif(cycles._text_option(v_filter, 'search', 128), ''));
+
+    v_hash := sha256(convert_to(jsonb_build_object(
+        'filter', v_filter, 'action', p_action, 'amount', p_amount, 'unit', p_unit, 'spent', p_spent,
+        'expected_count', p_expected_count, 'reason', p_reason)::text, 'UTF8'));
+    v_response := cycles._bulk_replay('budget', p_idempotency_key, v_hash);
+    IF v_response IS NOT NULL THEN
+        PERFORM cycles._audit(v_ctx, 'bulkActionBudgets', 'budget', NULL, 200, v_tenant_id,
+            p_metadata => jsonb_build_object('filter', v_filter, 'action', p_action, 'replay', true,
+                                             'idempotency_key', p_idempotency_key));
+        RETURN v_response;
+    END IF;
+
+    IF NOT EXISTS (SELECT FROM cycles.tenants AS t WHERE t.tenant_id = v_tenant_id) THEN
+        PERFORM cycles._fail('TENANT_NOT_FOUND', format('tenant %L not found', v_tenant_id),
+            jsonb_build_object('tenant_id', v_tenant_id));
+    END IF;
+
+    SELECT coalesce(array_agg(b ORDER BY b.scope COLLATE "C", b.unit), '{}') INTO v_rows
+    FROM cycles.budgets AS b
+    WHERE b.tenant_id = v_tenant_id
+      AND (v_prefix IS NULL OR left(b.scope, char_length(v_prefix)) = v_prefix)
+      AND (v_unit IS NULL OR b.unit = v_unit)
+      AND (v_status IS NULL OR b.status = v_status)
+      AND (NOT v_filter ? 'over_limit' OR b.is_over_limit = (v_filter ->> 'over_limit')::boolean)
+      AND (NOT v_filter ? 'has_debt' OR (b.debt > 0) = (v_filter ->> 'has_debt')::boolean)
+      AND (v_min IS NULL OR cycles._utilization(b) >= v_min)
+      AND (v_max IS NULL OR cycles._utilization(b) <= v_max)
+      AND (v_search IS NULL OR strpos(b.tenant_id, v_search) > 0 OR strpos(b.scope, v_search) > 0);
+    PERFORM cycles._bulk_count_gate(cardinality(v_rows), p_expected_count);
+
+    v_row_ctx := v_ctx || jsonb_build_object('correlation_id',
+        format('budget_bulk_action:%s:%s', lower(p_action),
+               coalesce(v_ctx ->> 'request_id', cycles._new_id('req_', 32))));
+    FOREACH v_budget IN ARRAY v_rows LOOP
+        BEGIN
+            IF p_unit IS NOT NULL AND p_unit <> v_budget.unit THEN
+                PERFORM cycles._fail('INVALID_TRANSITION',
+                    format('amount unit %s does not match the budget unit %s', p_unit, v_budget.unit));
+            END IF;
+            PERFORM cycles._fund_budget(v_budget.scope, v_budget.unit, p_action, p_amount, NULL, p_spent,
+                                        p_reason, v_row_ctx);
+            v_succeeded := v_succeeded || jsonb_build_object('id', v_budget.budget_id::text);
+        EXCEPTION WHEN OTHERS THEN
+            GET STACKED DIAGNOSTICS v_detail = PG_EXCEPTION_DETAIL, v_message = MESSAGE_TEXT;
+            v_failed := v_failed || cycles._bulk_row_failure(v_budget.budget_id::text, v_detail, v_message);
+        END;
+    END LOOP;
+
+    v_response := jsonb_build_object(
+        'action', p_action, 'total_matched', cardinality(v_rows), 'succeeded', v_succeeded,
+        'failed', v_failed, 'skipped', '[]'::jsonb, 'idempotency_key', p_idempotency_key);
+    PERFORM cycles._bulk_store('budget', p_idempotency_key, v_hash, v_response);
+    PERFORM cycles._audit(v_ctx, 'bulkActionBudgets', 'budget', NULL, 200, v_tenant_id,
+        p_amount => CASE WHEN p_unit IS NOT NULL THEN cycles._amount_json(p_unit, p_amount) END,
+        p_metadata => jsonb_build_object(
+            'filter', v_filter, 'action', p_action, 'idempotency_key', p_idempotency_key, 'reason', p_reason,
+            'succeeded_ids', (SELECT coalesce(jsonb_agg(e -> 'id'), '[]') FROM jsonb_array_elements(v_succeeded) AS e),
+            'failed_rows', v_failed));
+    RETURN v_response;
+END;
 $$;
 
 -- ==== 17_policies.sql ====
@@ -5553,6 +6767,7 @@ BEGIN
             'id', v_last.reservation_id,
             'f', v_hash)));
     END IF;
+    PERFORM cycles._audit_on_behalf(p_api_key, p_ctx, 'listReservations', NULL, v_tenant);
     RETURN v_response;
 END;
 $$;
@@ -5593,6 +6808,7 @@ BEGIN
         PERFORM cycles._fail('RESERVATION_EXPIRED', format('reservation %s has expired', p_reservation_id),
             jsonb_build_object('reservation_id', p_reservation_id, 'expires_at_ms', v_row.expires_at_ms));
     END IF;
+    PERFORM cycles._audit_on_behalf(p_api_key, p_ctx, 'getReservation', p_reservation_id, v_row.tenant_id);
     RETURN cycles._reservation_json(v_row, true, true);
 END;
 $$;
