@@ -10,8 +10,8 @@ final settlement.
 
 Scheduling: the next beat is due at ``remaining_ttl_ms`` (from the last
 reserve/extend answer, else derived from ``expires_at_ms``) minus a safety
-margin of ``max(1 s, 3 x round trip)``, but never later than half the
-remaining lease, so a lost beat still leaves time to retry.
+margin of three round trips, and never later than half the remaining lease, so a
+lost beat still leaves half the lease to retry in.
 """
 
 from __future__ import annotations
@@ -38,8 +38,7 @@ MIN_DELAY_MS = 50
 
 
 def next_delay_ms(remaining_ms: int, rtt_ms: int) -> int:
-    safety = max(1000, 3 * rtt_ms)
-    return max(MIN_DELAY_MS, min(remaining_ms // 2, remaining_ms - safety))
+    return max(MIN_DELAY_MS, min(remaining_ms // 2, remaining_ms - 3 * rtt_ms))
 
 
 def _retry_delay_ms(remaining_ms: int) -> int:
