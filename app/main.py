@@ -17,7 +17,9 @@ from typing import Final
 from litestar import Litestar
 from litestar.datastructures import State
 
-from app.api import auth, balances, decide, events, health, reservations
+from app.api import auth, balances, decide, events, events_read, health, reservations
+from app.api.admin import events as admin_events
+from app.api.admin import policies as admin_policies
 from app.config import Settings
 from app.db import Database
 from app.errors import EXCEPTION_HANDLERS
@@ -67,7 +69,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
     return Litestar(
         route_handlers=[
             *reservations.ROUTES, *decide.ROUTES, *events.ROUTES, *balances.ROUTES, *auth.ROUTES,
-            *health.ROUTES,
+            *health.ROUTES, *events_read.ROUTES, *admin_policies.ROUTES, *admin_events.ROUTES,
         ],
         lifespan=[lifespan],
         state=State({"db": database, "admin_api_key": settings.admin_api_key}),
