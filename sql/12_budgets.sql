@@ -651,8 +651,9 @@ BEGIN
         updated_at = clock_timestamp()
     WHERE b.budget_id = v_before.budget_id
     RETURNING b.* INTO v_after;
-    PERFORM cycles._budget_event('budget.updated', 'UPDATE', v_before, v_after, NULL, v_ctx,
-        jsonb_build_object('changed_fields', (SELECT jsonb_agg(k ORDER BY k) FROM jsonb_object_keys(v_patch) AS k)));
+    -- EventDataBudgetLifecycle has no changed_fields: the states tell, and the
+    -- audit row below lists the fields.
+    PERFORM cycles._budget_event('budget.updated', 'UPDATE', v_before, v_after, NULL, v_ctx);
     PERFORM cycles._audit(v_ctx, 'updateBudget', 'budget', v_after.budget_id::text, 200, v_after.tenant_id,
         p_metadata => jsonb_build_object('scope', v_after.scope, 'unit', v_after.unit,
             'changed_fields', (SELECT jsonb_agg(k ORDER BY k) FROM jsonb_object_keys(v_patch) AS k)));

@@ -205,7 +205,8 @@ def test_update_budget(acme: psycopg.Connection) -> None:
     assert "commit_overage_policy" not in inherited and inherited["overdraft_limit"]["amount"] == 100
     event = call(acme, "SELECT data FROM cycles.events WHERE event_type = 'budget.updated' ORDER BY seq LIMIT 1")
     assert event["operation"] == "UPDATE"
-    assert event["changed_fields"] == ["commit_overage_policy", "metadata", "overdraft_limit"]
+    # EventDataBudgetLifecycle: the change shows in the states (no changed_fields).
+    assert set(event) == {"ledger_id", "scope", "unit", "operation", "previous_state", "new_state"}
     before = snapshot(acme)
     assert call(acme, "SELECT cycles.update_budget('tenant:acme', 'TOKENS', '{}')") == inherited
     for patch in ['{"overdraft_limit": -1}', '{"overdraft_limit": "5"}', '{"overdraft_limit": null}',
