@@ -175,3 +175,25 @@ def test_permissions_and_credentials(http: httpx.Client, admin_conn: Any) -> Non
     assert_error(http.get("/v1/admin/policies"), 401, "UNAUTHORIZED")
     assert_error(http.get("/v1/admin/policies", headers={"X-Admin-API-Key": "wrong"}), 401, "UNAUTHORIZED")
     assert_error(http.get("/v1/admin/policies", headers={"X-Cycles-API-Key": "cyc_live_nope"}), 401, "UNAUTHORIZED")
+
+
+def test_every_request_leaves_exactly_one_audit_row(api_server: ApiServer, http: httpx.Client,
+                                                    admin_conn: Any) -> None:
+    tenant = funded_tenant(admin_conn)
+    calls = [
+        (http.post("/v1/admin/policies", json={"name": "a", "scope_pattern": "agent:*"}, headers=tenant.headers()),
+         "createPolicy", 201, None),
+        (http.post("/v1/admin/policies", json={"name": "b", "scope_pattern": "galaxy:*"}, headers=tenant.headers()),
+         "createPolicy", 400, "INVALID_REQUEST"),
+        (http.patch("/v1/admin/policies/pol_unknown", json={}, headers=tenant.headers()),
+         "updatePolicy", 404, "NOT_FOUND"),
+        (http.get("/v1/admin/events", headers=tenant.headers()), "listEvents", 403, "INSUFFICIENT_PERMISSIONS"),
+        (http.get("/v1/admin/events", params={"tenant_id": tenant.tenant_id}, headers=admin_headers(api_server)),
+         "listEvents", 200, None),
+    ]
+    for response, operation, status, error in calls:
+        assert response.status_code == status, response.text
+        rows = admin_conn.execute(
+            "SELECT operation, status, error_code FROM cycles.audit_logs WHERE request_id = %s",
+            (response.headers["x-request-id"],)).fetchall()
+        assert rows == [(operation, status, error)], (operation, rows)

@@ -14,9 +14,8 @@ from typing import Any, Final
 from litestar import Request, Response, get
 from litestar.params import FromPath
 
-from app.api.admin.auth import admin_context, admin_principal, context_text
+from app.api.admin.calls import AdminCall
 from app.api.request_parsing import QueryReader, enum_param, int_param, read_query, text_param
-from app.api.sql_call import respond
 from app.errors import invalid_request
 
 LIST_SQL: Final = (
@@ -72,20 +71,22 @@ LIST_QUERY: Final[dict[str, QueryReader]] = {
 
 @get("/v1/admin/events")
 async def list_events(request: Request[Any, Any, Any]) -> Response[bytes]:
-    principal = admin_principal(request, allow_tenant_key=False)
-    query = read_query(request, LIST_QUERY)
-    params: dict[str, Any] = {name: query.get(name) for name in LIST_QUERY}
-    params["ctx"] = context_text(admin_context(request, principal))
-    return await respond(request, LIST_SQL, params)
+    async with AdminCall(request, "listEvents", None) as call:
+        call.authenticate(allow_tenant_key=False)
+        query = read_query(request, LIST_QUERY)
+        call.tenant_id = query.get("tenant_id")
+        params: dict[str, Any] = {name: query.get(name) for name in LIST_QUERY}
+        return await call.respond(LIST_SQL, {**params, "ctx": call.context()})
 
 
 @get("/v1/admin/events/{event_id:str}")
 async def get_event(request: Request[Any, Any, Any], event_id: FromPath[str]) -> Response[bytes]:
-    principal = admin_principal(request, allow_tenant_key=False)
-    if not event_id or len(event_id) > MAX_EVENT_ID_LENGTH or "\x00" in event_id:
-        raise invalid_request(f"event_id must be 1 to {MAX_EVENT_ID_LENGTH} characters")
-    return await respond(request, GET_SQL, {
-        "id": event_id, "ctx": context_text(admin_context(request, principal))})
+    async with AdminCall(request, "getEvent", None) as call:
+        call.authenticate(allow_tenant_key=False)
+        if not event_id or len(event_id) > MAX_EVENT_ID_LENGTH or "\x00" in event_id:
+            raise invalid_request(f"event_id must be 1 to {MAX_EVENT_ID_LENGTH} characters")
+        call.resource_id = event_id
+        return await call.respond(GET_SQL, {"id": event_id, "ctx": call.context()})
 
 
 ROUTES: Final = [list_events, get_event]

@@ -16,9 +16,8 @@ from litestar import Request, Response, get, patch, post
 from litestar.params import FromPath
 from msgspec import UNSET, Meta, Struct, UnsetType
 
-from app.api.admin.auth import admin_context, admin_principal, context_text
+from app.api.admin.calls import AdminCall
 from app.api.request_parsing import decode_body, enum_param, int_param, read_query, text_param
-from app.api.sql_call import respond
 from app.errors import invalid_request
 
 CREATE_SQL: Final = (
@@ -91,59 +90,66 @@ def _policy_id(raw: str) -> str:
 @post("/v1/admin/policies")
 async def create_policy(request: Request[Any, Any, Any]) -> Response[bytes]:
     raw = await request.body()  # first: a refusal must not leave the body unread
-    principal = admin_principal(request)
-    parsed, _ = decode_body(raw, _create_decoder)
-    if principal.kind == "tenant" and parsed.tenant_id is not UNSET:
-        raise invalid_request("tenant_id must not be set when authenticating with an API key")
-    if principal.kind == "admin" and parsed.tenant_id is UNSET:
-        raise invalid_request("tenant_id is required when using admin key authentication")
-    context = admin_context(request, principal, on_behalf_of=True)
-    return await respond(request, CREATE_SQL, {
-        "tenant_id": None if parsed.tenant_id is UNSET else parsed.tenant_id,
-        "name": parsed.name,
-        "scope_pattern": parsed.scope_pattern,
-        "priority": parsed.priority,
-        "caps": _json_or_none(parsed.caps),
-        "commit_overage_policy": None if parsed.commit_overage_policy is UNSET else parsed.commit_overage_policy,
-        "reservation_ttl_override": _json_or_none(parsed.reservation_ttl_override),
-        "rate_limits": _json_or_none(parsed.rate_limits),
-        "effective_from": _aware(parsed.effective_from, "effective_from"),
-        "effective_until": _aware(parsed.effective_until, "effective_until"),
-        "description": None if parsed.description is UNSET else parsed.description,
-        "ctx": context_text(context),
-    }, status=201)
+    async with AdminCall(request, "createPolicy", "policy") as call:
+        call.on_behalf_of = True
+        principal = call.authenticate()
+        parsed, _ = decode_body(raw, _create_decoder)
+        if principal.kind == "tenant" and parsed.tenant_id is not UNSET:
+            raise invalid_request("tenant_id must not be set when authenticating with an API key")
+        if principal.kind == "admin" and parsed.tenant_id is UNSET:
+            raise invalid_request("tenant_id is required when using admin key authentication")
+        call.tenant_id = None if parsed.tenant_id is UNSET else parsed.tenant_id
+        return await call.respond(CREATE_SQL, {
+            "tenant_id": call.tenant_id,
+            "name": parsed.name,
+            "scope_pattern": parsed.scope_pattern,
+            "priority": parsed.priority,
+            "caps": _json_or_none(parsed.caps),
+            "commit_overage_policy": None if parsed.commit_overage_policy is UNSET else parsed.commit_overage_policy,
+            "reservation_ttl_override": _json_or_none(parsed.reservation_ttl_override),
+            "rate_limits": _json_or_none(parsed.rate_limits),
+            "effective_from": _aware(parsed.effective_from, "effective_from"),
+            "effective_until": _aware(parsed.effective_until, "effective_until"),
+            "description": None if parsed.description is UNSET else parsed.description,
+            "ctx": call.context(),
+        }, status=201)
 
 
 @get("/v1/admin/policies")
 async def list_policies(request: Request[Any, Any, Any]) -> Response[bytes]:
-    principal = admin_principal(request)
-    query = read_query(request, LIST_QUERY)
-    if principal.kind == "tenant":
-        query.pop("tenant_id", None)  # a tenant key always lists its own tenant's
-    elif "tenant_id" not in query:
-        raise invalid_request("tenant_id query parameter is required when using admin key authentication")
-    context = admin_context(request, principal, on_behalf_of=True)
-    return await respond(request, LIST_SQL, {
-        "tenant_id": query.get("tenant_id"), "scope_pattern": query.get("scope_pattern"),
-        "status": query.get("status"), "limit": query.get("limit"), "cursor": query.get("cursor"),
-        "ctx": context_text(context)})
+    async with AdminCall(request, "listPolicies", "policy") as call:
+        call.on_behalf_of = True
+        principal = call.authenticate()
+        query = read_query(request, LIST_QUERY)
+        if principal.kind == "tenant":
+            query.pop("tenant_id", None)  # a tenant key always lists its own tenant's
+        elif "tenant_id" not in query:
+            raise invalid_request("tenant_id query parameter is required when using admin key authentication")
+        call.tenant_id = query.get("tenant_id")
+        return await call.respond(LIST_SQL, {
+            "tenant_id": query.get("tenant_id"), "scope_pattern": query.get("scope_pattern"),
+            "status": query.get("status"), "limit": query.get("limit"), "cursor": query.get("cursor"),
+            "ctx": call.context()})
 
 
 @get("/v1/admin/policies/{policy_id:str}")
 async def get_policy(request: Request[Any, Any, Any], policy_id: FromPath[str]) -> Response[bytes]:
-    principal = admin_principal(request)
-    context = admin_context(request, principal, on_behalf_of=True)
-    return await respond(request, GET_SQL, {"id": _policy_id(policy_id), "ctx": context_text(context)})
+    async with AdminCall(request, "getPolicy", "policy") as call:
+        call.on_behalf_of = True
+        call.authenticate()
+        call.resource_id = _policy_id(policy_id)
+        return await call.respond(GET_SQL, {"id": call.resource_id, "ctx": call.context()})
 
 
 @patch("/v1/admin/policies/{policy_id:str}")
 async def update_policy(request: Request[Any, Any, Any], policy_id: FromPath[str]) -> Response[bytes]:
     raw = await request.body()  # first: a refusal must not leave the body unread
-    principal = admin_principal(request)
-    path_id = _policy_id(policy_id)
-    _, body = decode_body(raw, _patch_decoder)
-    context = admin_context(request, principal, on_behalf_of=True)
-    return await respond(request, UPDATE_SQL, {"id": path_id, "patch": body, "ctx": context_text(context)})
+    async with AdminCall(request, "updatePolicy", "policy") as call:
+        call.on_behalf_of = True
+        call.authenticate()
+        call.resource_id = _policy_id(policy_id)
+        _, body = decode_body(raw, _patch_decoder)
+        return await call.respond(UPDATE_SQL, {"id": call.resource_id, "patch": body, "ctx": call.context()})
 
 
 ROUTES: Final = [create_policy, list_policies, get_policy, update_policy]
