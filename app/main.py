@@ -17,7 +17,17 @@ from typing import Final
 from litestar import Litestar
 from litestar.datastructures import State
 
-from app.api import auth, balances, decide, events, events_read, health, reservations
+from app.api import (
+    auth,
+    balances,
+    decide,
+    events,
+    events_read,
+    health,
+    reservations,
+    webhooks_admin,
+    webhooks_tenant,
+)
 from app.api.admin import api_keys as admin_api_keys
 from app.api.admin import audit as admin_audit
 from app.api.admin import budgets as admin_budgets
@@ -30,7 +40,7 @@ from app.db import Database
 from app.errors import EXCEPTION_HANDLERS
 from app.sweeper import run_sweeper
 from app.tracing import add_id_headers
-from app.webhooks.worker import run_worker
+from app.webhooks.worker import run_worker, url_policy
 
 # Request bodies are small JSON objects; anything larger is refused (413)
 # before it is read into memory.
@@ -74,12 +84,15 @@ def create_app(settings: Settings | None = None) -> Litestar:
     return Litestar(
         route_handlers=[
             *reservations.ROUTES, *decide.ROUTES, *events.ROUTES, *balances.ROUTES, *auth.ROUTES,
+            *webhooks_admin.ROUTES, *webhooks_tenant.ROUTES,
             *health.ROUTES, *events_read.ROUTES, *admin_policies.ROUTES, *admin_events.ROUTES,
             *admin_tenants.ROUTES, *admin_api_keys.ROUTES, *admin_budgets.ROUTES, *admin_bulk.ROUTES,
             *admin_audit.ROUTES,
         ],
         lifespan=[lifespan],
-        state=State({"db": database, "admin_api_key": settings.admin_api_key}),
+        state=State({
+            "db": database, "admin_api_key": settings.admin_api_key,
+            "webhook_url_policy": url_policy(settings)}),
         exception_handlers=EXCEPTION_HANDLERS,
         before_send=[add_id_headers],
         request_max_body_size=MAX_REQUEST_BODY_BYTES,

@@ -7555,6 +7555,22 @@ BEGIN
 END;
 $$;
 
+-- The tenant a lookup is confined to: a tenant key's own tenant (naming
+-- another tenant finds nothing), else the admin's optional p_tenant_id.
+CREATE FUNCTION cycles._webhook_confine(p_ctx jsonb, p_tenant_id text, p_subscription_id text) RETURNS text
+LANGUAGE plpgsql
+AS $$
+DECLARE
+    v_own text := p_ctx ->> 'principal_tenant_id';
+BEGIN
+    IF v_own IS NOT NULL AND p_tenant_id IS NOT NULL AND p_tenant_id <> v_own THEN
+        PERFORM cycles._fail('WEBHOOK_NOT_FOUND', format('webhook subscription %L not found', p_subscription_id),
+            jsonb_build_object('subscription_id', left(p_subscription_id, 128)));
+    END IF;
+    RETURN coalesce(v_own, p_tenant_id);
+END;
+$$;
+
 -- cycles.create_webhook ---------------------------------------------------------
 -- Creates a subscription for p_tenant_id (NULL or '__system__': system-wide)
 -- from a WebhookCreateRequest. Returns WebhookCreateResponse{subscription,
@@ -7574,8 +7590,8 @@ CREATE FUNCTION cycles.create_webhook(
 LANGUAGE plpgsql
 AS $$
 DECLARE
-    v_ctx       jsonb := coalesce(p_ctx, '{}'::jsonb);
-    v_tenant_id text := coalesce(p_tenant_id, '__system__');
+    v_ctx       jsonb := cycles._admin_principal(p_ctx, ARRAY['webhooks:write', 'admin:webhooks:write']);
+    v_tenant_id text := coalesce(cycles._admin_scope_tenant(v_ctx, p_tenant_id), '__system__');
     v_request   jsonb := cycles._require_known_options(p_request, ARRAY[
         'name', 'description', 'url', 'event_types', 'event_categories', 'scope_filter', 'thresholds',
         'signing_secret', 'headers', 'retry_policy', 'disable_after_failures', 'metadata'], 'field');
@@ -7608,6 +7624,8 @@ BEGIN
     RETURNING * INTO v_sub;
     PERFORM cycles._webhook_lifecycle_event(
         v_sub, 'webhook.created', NULL, NULL, v_ctx, 'webhook_create:' || v_sub.subscription_id);
+    PERFORM cycles._audit(v_ctx, 'createWebhookSubscription', 'webhook', v_sub.subscription_id, 201,
+        nullif(v_tenant_id, '__system__'));
     RETURN jsonb_build_object('subscription', cycles._webhook_json(v_sub), 'signing_secret', v_sub.signing_secret);
 END;
 $$;
@@ -7620,10 +7638,13 @@ CREATE FUNCTION cycles.get_webhook(
     p_tenant_id       text DEFAULT NULL,
     p_ctx             jsonb DEFAULT '{}'
 ) RETURNS jsonb
-LANGUAGE plpgsql STABLE
+LANGUAGE plpgsql
 AS $$
+DECLARE
+    v_ctx jsonb := cycles._admin_principal(p_ctx, ARRAY['webhooks:read', 'admin:webhooks:read']);
 BEGIN
-    RETURN cycles._webhook_json(cycles._webhook_find(p_subscription_id, p_tenant_id, false));
+    RETURN cycles._webhook_json(cycles._webhook_find(
+        p_subscription_id, cycles._webhook_confine(v_ctx, p_tenant_id, p_subscription_id), false));
 END;
 $$;
 
@@ -7640,9 +7661,11 @@ CREATE FUNCTION cycles.list_webhooks(
     p_limit      integer DEFAULT 50,
     p_ctx        jsonb DEFAULT '{}'
 ) RETURNS jsonb
-LANGUAGE plpgsql STABLE
+LANGUAGE plpgsql
 AS $$
 DECLARE
+    v_ctx    jsonb := cycles._admin_principal(p_ctx, ARRAY['webhooks:read', 'admin:webhooks:read']);
+    v_tenant text := cycles._admin_scope_tenant(v_ctx, p_tenant_id);
     v_limit  integer := cycles._page_limit(p_limit);
     v_after  bigint;
     v_rows   cycles.webhook_subscriptions[];
@@ -7661,7 +7684,7 @@ BEGIN
     END IF;
     SELECT coalesce(array_agg(page ORDER BY page.seq DESC), '{}') INTO v_rows FROM (
         SELECT s.* FROM cycles.webhook_subscriptions AS s
-        WHERE (p_tenant_id IS NULL OR s.tenant_id = p_tenant_id)
+        WHERE (v_tenant IS NULL OR s.tenant_id = v_tenant)
           AND (p_status IS NULL OR s.status = p_status)
           AND (p_event_type IS NULL OR p_event_type = ANY (s.event_types))
           AND (nullif(p_search, '') IS NULL
@@ -7698,7 +7721,8 @@ CREATE FUNCTION cycles.update_webhook(
 LANGUAGE plpgsql
 AS $$
 DECLARE
-    v_ctx     jsonb := coalesce(p_ctx, '{}'::jsonb);
+    v_ctx     jsonb := cycles._admin_principal(p_ctx, ARRAY['webhooks:write', 'admin:webhooks:write']);
+    v_tenant  text := cycles._webhook_confine(v_ctx, p_tenant_id, p_subscription_id);
     v_patch   jsonb;
     v_old     cycles.webhook_subscriptions;
     v_new     cycles.webhook_subscriptions;
@@ -7706,9 +7730,9 @@ DECLARE
     v_status  text;
     v_event   text;
 BEGIN
-    v_old := cycles._webhook_find(p_subscription_id, p_tenant_id, false);
+    v_old := cycles._webhook_find(p_subscription_id, v_tenant, false);
     PERFORM cycles._webhook_lock_owner(v_old.tenant_id);
-    v_old := cycles._webhook_find(p_subscription_id, p_tenant_id, true);
+    v_old := cycles._webhook_find(p_subscription_id, v_tenant, true);
     v_patch := cycles._require_known_options(p_patch, ARRAY[
         'name', 'description', 'url', 'event_types', 'event_categories', 'scope_filter', 'thresholds',
         'signing_secret', 'headers', 'retry_policy', 'disable_after_failures', 'status', 'metadata'], 'field');
@@ -7792,6 +7816,8 @@ BEGIN
         v_new, v_event, v_old.status, v_changed, v_ctx,
         format('webhook_update:%s:%s', v_new.subscription_id,
                coalesce(v_ctx ->> 'request_id', cycles._new_id('req_', 32))));
+    PERFORM cycles._audit(v_ctx, 'updateWebhookSubscription', 'webhook', v_new.subscription_id, 200,
+        nullif(v_new.tenant_id, '__system__'));
     IF v_event = 'webhook.resumed' THEN
         -- Deliveries held while PAUSED are due again.
         PERFORM pg_notify('cycles_webhooks', '');
@@ -7813,16 +7839,19 @@ CREATE FUNCTION cycles.delete_webhook(
 LANGUAGE plpgsql
 AS $$
 DECLARE
-    v_ctx jsonb := coalesce(p_ctx, '{}'::jsonb);
-    v_sub cycles.webhook_subscriptions;
+    v_ctx    jsonb := cycles._admin_principal(p_ctx, ARRAY['webhooks:write', 'admin:webhooks:write']);
+    v_tenant text := cycles._webhook_confine(v_ctx, p_tenant_id, p_subscription_id);
+    v_sub    cycles.webhook_subscriptions;
 BEGIN
-    v_sub := cycles._webhook_find(p_subscription_id, p_tenant_id, false);
+    v_sub := cycles._webhook_find(p_subscription_id, v_tenant, false);
     PERFORM cycles._webhook_lock_owner(v_sub.tenant_id);
-    v_sub := cycles._webhook_find(p_subscription_id, p_tenant_id, true);
+    v_sub := cycles._webhook_find(p_subscription_id, v_tenant, true);
     DELETE FROM cycles.webhook_subscriptions AS s WHERE s.subscription_id = v_sub.subscription_id;
     PERFORM cycles._webhook_fail_open_deliveries(v_sub.subscription_id, 'subscription deleted');
     PERFORM cycles._webhook_lifecycle_event(
         v_sub, 'webhook.deleted', v_sub.status, NULL, v_ctx, 'webhook_delete:' || v_sub.subscription_id);
+    PERFORM cycles._audit(v_ctx, 'deleteWebhookSubscription', 'webhook', v_sub.subscription_id, 204,
+        nullif(v_sub.tenant_id, '__system__'));
     RETURN '{}'::jsonb;
 END;
 $$;
@@ -7843,12 +7872,13 @@ CREATE FUNCTION cycles.test_webhook(
 LANGUAGE plpgsql
 AS $$
 DECLARE
-    v_ctx      jsonb := coalesce(p_ctx, '{}'::jsonb);
+    v_ctx      jsonb := cycles._admin_principal(p_ctx, ARRAY['webhooks:write', 'admin:webhooks:write']);
     v_sub      cycles.webhook_subscriptions;
     v_event_id text := cycles._new_id('evt_', 16);
     v_delivery text := cycles._new_id('del_', 16);
 BEGIN
-    v_sub := cycles._webhook_find(p_subscription_id, p_tenant_id, false);
+    v_sub := cycles._webhook_find(
+        p_subscription_id, cycles._webhook_confine(v_ctx, p_tenant_id, p_subscription_id), false);
     PERFORM cycles._webhook_lock_owner(v_sub.tenant_id);
     INSERT INTO cycles.webhook_deliveries (
         delivery_id, subscription_id, tenant_id, kind, event_id, event_type, test_event, trace_id)
@@ -7883,11 +7913,13 @@ CREATE FUNCTION cycles.list_webhook_deliveries(
     p_tenant_id       text DEFAULT NULL,
     p_ctx             jsonb DEFAULT '{}'
 ) RETURNS jsonb
-LANGUAGE plpgsql STABLE
+LANGUAGE plpgsql
 AS $$
 DECLARE
+    v_ctx   jsonb := cycles._admin_principal(p_ctx, ARRAY['webhooks:read', 'admin:webhooks:read']);
+    v_sub   cycles.webhook_subscriptions := cycles._webhook_find(
+        p_subscription_id, cycles._webhook_confine(v_ctx, p_tenant_id, p_subscription_id), false);
     v_limit integer := cycles._page_limit(p_limit);
-    v_sub   cycles.webhook_subscriptions := cycles._webhook_find(p_subscription_id, p_tenant_id, false);
     v_after bigint;
     v_rows  cycles.webhook_deliveries[];
 BEGIN
@@ -7942,6 +7974,7 @@ CREATE FUNCTION cycles.replay_webhook_events(
 LANGUAGE plpgsql
 AS $$
 DECLARE
+    v_ctx        jsonb := cycles._admin_principal(p_ctx, ARRAY['admin:webhooks:write']);
     v_request    jsonb := cycles._require_known_options(
         coalesce(p_request, '{}'::jsonb), ARRAY['from', 'to', 'event_types', 'max_events'], 'field');
     v_sub        cycles.webhook_subscriptions;
@@ -7954,7 +7987,8 @@ DECLARE
     v_replay_id  text := cycles._new_id('rpl_', 16);
     v_queued     integer := 0;
 BEGIN
-    v_sub := cycles._webhook_find(p_subscription_id, p_tenant_id, true);
+    v_sub := cycles._webhook_find(
+        p_subscription_id, cycles._webhook_confine(v_ctx, p_tenant_id, p_subscription_id), true);
     BEGIN
         v_to := coalesce((cycles._text_option(v_request, 'to', 64))::timestamptz, clock_timestamp());
         v_from := coalesce((cycles._text_option(v_request, 'from', 64))::timestamptz, v_to - interval '24 hours');
@@ -8046,6 +8080,7 @@ DECLARE
     v_event  cycles.events;
     v_next   timestamptz;
 BEGIN
+    PERFORM cycles._admin_principal(p_ctx, NULL);
     IF p_limit IS NULL OR p_limit NOT BETWEEN 1 AND 1000 THEN
         PERFORM cycles._fail('INVALID_REQUEST', 'p_limit must be between 1 and 1000');
     END IF;
@@ -8113,6 +8148,7 @@ DECLARE
     v_sub      cycles.webhook_subscriptions;
     v_event    jsonb;
 BEGIN
+    PERFORM cycles._admin_principal(p_ctx, NULL);
     SELECT d.* INTO v_delivery FROM cycles.webhook_deliveries AS d
     WHERE d.delivery_id = p_delivery_id AND d.status IN ('PENDING', 'RETRYING') FOR UPDATE;
     SELECT s.* INTO v_sub FROM cycles.webhook_subscriptions AS s
@@ -8165,6 +8201,7 @@ DECLARE
     v_system   jsonb := '{"actor_type": "system"}';
     v_previous text;
 BEGIN
+    PERFORM cycles._admin_principal(p_ctx, NULL);
     SELECT d.* INTO v_delivery FROM cycles.webhook_deliveries AS d
     WHERE d.delivery_id = p_delivery_id FOR UPDATE;
     IF v_delivery.delivery_id IS NULL THEN
@@ -8279,6 +8316,7 @@ DECLARE
     v_events     bigint;
     v_replays    bigint;
 BEGIN
+    PERFORM cycles._admin_principal(p_ctx, NULL);
     IF p_event_days IS NULL OR p_event_days NOT BETWEEN 1 AND 36500
        OR p_delivery_days IS NULL OR p_delivery_days NOT BETWEEN 1 AND 36500 THEN
         PERFORM cycles._fail('INVALID_REQUEST', 'retention periods must be between 1 and 36500 days');
