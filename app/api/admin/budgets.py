@@ -23,8 +23,8 @@ CREATE_SQL: Final = (
 LIST_SQL: Final = (
     "SELECT cycles.list_budgets(p_tenant_id => %(tenant_id)s, p_scope_prefix => %(scope_prefix)s,"
     " p_unit => %(unit)s, p_status => %(status)s, p_limit => %(limit)s, p_cursor => %(cursor)s,"
-    " p_over_limit => %(over_limit)s, p_has_debt => %(has_debt)s, p_utilization_min => %(utilization_min)s,"
-    " p_utilization_max => %(utilization_max)s, p_search => %(search)s, p_ctx => %(ctx)s::jsonb)::text")
+    " p_over_limit => %(over_limit)s, p_has_debt => %(has_debt)s, p_utilization_min => %(utilization_min)s::numeric,"
+    " p_utilization_max => %(utilization_max)s::numeric, p_search => %(search)s, p_ctx => %(ctx)s::jsonb)::text")
 LOOKUP_SQL: Final = (
     "SELECT cycles.get_budget(p_scope => %(scope)s, p_unit => %(unit)s, p_ctx => %(ctx)s::jsonb)::text")
 UPDATE_SQL: Final = (

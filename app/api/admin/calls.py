@@ -36,6 +36,8 @@ RECORD_FAILURE_SQL: Final = (
 # A JSON "\u0000" escape not itself escaped: PostgreSQL text cannot hold NUL.
 _NUL_ESCAPE: Final = re.compile(rb"(?<!\\)(?:\\\\)*\\u0000")
 
+UNITS: Final = frozenset({"USD_MICROCENTS", "TOKENS", "CREDITS", "RISK_POINTS"})
+
 _object_decoder: Final = msgspec.json.Decoder(dict[str, Any])
 
 
@@ -184,8 +186,9 @@ def string_list_field(body: Mapping[str, Any], name: str) -> list[str] | None:
 def amount_field(
     body: Mapping[str, Any], name: str, *, unit: str | None, required: bool = False,
 ) -> tuple[int | None, str | None]:
-    """An Amount {unit, amount}: (amount, unit). When unit is given, the
-    amount's unit must equal it (UNIT_MISMATCH otherwise)."""
+    """An Amount {unit, amount}: (amount, unit). When unit is a known unit,
+    the amount's unit must equal it (UNIT_MISMATCH otherwise; an unknown
+    unit is left for the SQL function to refuse)."""
     value = body.get(name)
     if value is None:
         if required:
@@ -195,7 +198,7 @@ def amount_field(
         raise invalid_request(f"{name} must be an Amount object {{unit, amount}}")
     amount = int_field(value, "amount", required=True)
     amount_unit = string_field(value, "unit", required=True, max_length=32)
-    if unit is not None and amount_unit != unit:
+    if unit in UNITS and amount_unit != unit:
         raise ApiError(400, "UNIT_MISMATCH", f"{name}.unit {amount_unit} does not match the unit {unit}",
                        {"expected_unit": unit, "unit": amount_unit})
     return amount, amount_unit
