@@ -58,7 +58,8 @@ def worker() -> None:
     from app.webhooks.worker import run_worker
 
     settings = _settings()
-    with server.open_database(settings) as database:
+    # Migrating is the server's job; the worker only needs the schema to exist.
+    with server.open_database(settings, migrate_to_head=False) as database:
         settings = dataclasses.replace(settings, database_url=database.url)
         click.echo("webhook worker running  (Ctrl-C to stop)", err=True)
         with contextlib.suppress(KeyboardInterrupt):
