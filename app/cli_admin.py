@@ -191,7 +191,7 @@ def _show_tenant(tenant: Mapping[str, Any]) -> None:
 
 @click.group()
 def tenant() -> None:
-    """Create, list, show, suspend, reactivate and close tenants."""
+    """Create, list, show, update, suspend, reactivate, close and bulk-change tenants."""
 
 
 @tenant.command(name="create")
@@ -288,7 +288,7 @@ KEY_COLUMNS = ["key_id", "name", "key_prefix", "status", "permissions", "expires
 
 @click.group()
 def key() -> None:
-    """Create, list and revoke API keys."""
+    """Create, list, show, update and revoke API keys."""
 
 
 @key.command(name="create")
@@ -484,7 +484,173 @@ def budget_list(tenant_id: str | None, scope_prefix: str | None, unit: str | Non
     _emit(result, as_json, lambda page: _show_rows("budgets", page["ledgers"], BUDGET_COLUMNS, page))
 
 
+# Key, tenant and budget updates; bulk actions --------------------------------
+
+@key.command(name="show")
+@click.argument("key_id")
+@json_option
+def key_show(key_id: str, as_json: bool) -> None:
+    """Show one API key (never its secret)."""
+    result = _call("SELECT cycles.get_api_key(p_key_id => %(key_id)s, p_ctx => %(ctx)s::jsonb)", {"key_id": key_id})
+    _emit(result, as_json, lambda shown: _show_object(f"API key {shown['key_id']}", shown))
+
+
+@key.command(name="update")
+@click.argument("key_id")
+@click.option("--name")
+@click.option("--description")
+@click.option("--permission", "permissions", multiple=True, help="Replaces the permission set (repeatable).")
+@click.option("--scope-filter", multiple=True, help="Replaces the scope filter (repeatable).")
+@click.option("--clear-scope-filter", is_flag=True, help="Remove the scope filter.")
+@click.option("--metadata", "metadata_pairs", multiple=True, metavar="KEY=VALUE", help="Replaces the metadata.")
+@json_option
+def key_update(key_id: str, name: str | None, description: str | None, permissions: tuple[str, ...],
+               scope_filter: tuple[str, ...], clear_scope_filter: bool, metadata_pairs: tuple[str, ...],
+               as_json: bool) -> None:
+    """Change an active key's name, description, permissions, scope filter or metadata."""
+    patch: dict[str, Any] = {}
+    if name is not None:
+        patch["name"] = name
+    if description is not None:
+        patch["description"] = description
+    if permissions:
+        patch["permissions"] = list(permissions)
+    if scope_filter or clear_scope_filter:
+        patch["scope_filter"] = list(scope_filter)
+    if metadata_pairs:
+        patch["metadata"] = _metadata(metadata_pairs)
+    result = _call("SELECT cycles.update_api_key(p_key_id => %(key_id)s, p_patch => %(patch)s::jsonb, "
+                   "p_ctx => %(ctx)s::jsonb)", {"key_id": key_id, "patch": json.dumps(patch)})
+    _emit(result, as_json, lambda updated: _show_object(f"API key {updated['key_id']}", updated))
+
+
+@tenant.command(name="update")
+@click.argument("tenant_id")
+@click.option("--name")
+@click.option("--overage-policy", type=click.Choice(POLICIES), help="default_commit_overage_policy.")
+@click.option("--default-ttl-ms", type=click.IntRange(1000, 86_400_000))
+@click.option("--max-ttl-ms", type=click.IntRange(1000, 86_400_000))
+@click.option("--max-extensions", type=click.IntRange(0, 10_000))
+@click.option("--metadata", "metadata_pairs", multiple=True, metavar="KEY=VALUE", help="Replaces the metadata.")
+@json_option
+def tenant_update(tenant_id: str, name: str | None, overage_policy: str | None, default_ttl_ms: int | None,
+                  max_ttl_ms: int | None, max_extensions: int | None, metadata_pairs: tuple[str, ...],
+                  as_json: bool) -> None:
+    """Change a tenant's name, defaults or metadata."""
+    patch: dict[str, Any] = {
+        field: value for field, value in (
+            ("name", name), ("default_commit_overage_policy", overage_policy),
+            ("default_reservation_ttl_ms", default_ttl_ms), ("max_reservation_ttl_ms", max_ttl_ms),
+            ("max_reservation_extensions", max_extensions)) if value is not None}
+    if metadata_pairs:
+        patch["metadata"] = _metadata(metadata_pairs)
+    result = _call("SELECT cycles.update_tenant(p_tenant_id => %(tenant_id)s, p_patch => %(patch)s::jsonb, "
+                   "p_ctx => %(ctx)s::jsonb)", {"tenant_id": tenant_id, "patch": json.dumps(patch)})
+    _emit(result, as_json, _show_tenant)
+
+
+BULK_COLUMNS = ["outcome", "id", "error_code", "message", "reason"]
+
+
+def _show_bulk(result: Mapping[str, Any]) -> None:
+    rows: list[Mapping[str, Any]] = [
+        {"outcome": outcome, **row} for outcome in ("succeeded", "failed", "skipped") for row in result[outcome]]
+    _show_rows(f"{result['action']}: {result['total_matched']} matched", rows, BULK_COLUMNS, {})
+
+
+def _idempotency_key(value: str | None) -> str:
+    return value or f"cli-{uuid.uuid4()}"
+
+
+@tenant.command(name="bulk")
+@click.argument("action", type=click.Choice(["SUSPEND", "REACTIVATE", "CLOSE"]))
+@click.option("--status", type=click.Choice(["ACTIVE", "SUSPENDED", "CLOSED"]))
+@click.option("--parent", "parent_tenant_id")
+@click.option("--search", help="Case-insensitive substring of tenant_id or name.")
+@click.option("--expected-count", type=click.IntRange(0), help="Refuse (COUNT_MISMATCH) unless this many match.")
+@click.option("--idempotency-key", help="Replays within 15 minutes return the first answer [default: new].")
+@json_option
+def tenant_bulk(action: str, status: str | None, parent_tenant_id: str | None, search: str | None,
+                expected_count: int | None, idempotency_key: str | None, as_json: bool) -> None:
+    """Apply SUSPEND, REACTIVATE or CLOSE to every tenant the filter matches (at most 500)."""
+    bulk_filter = {name: value for name, value in (
+        ("status", status), ("parent_tenant_id", parent_tenant_id), ("search", search)) if value is not None}
+    result = _call("SELECT cycles.bulk_tenant_action(p_filter => %(filter)s::jsonb, p_action => %(action)s, "
+                   "p_idempotency_key => %(key)s, p_expected_count => %(expected)s, p_ctx => %(ctx)s::jsonb)",
+                   {"filter": json.dumps(bulk_filter), "action": action, "key": _idempotency_key(idempotency_key),
+                    "expected": expected_count})
+    _emit(result, as_json, _show_bulk)
+
+
+@budget.command(name="bulk")
+@click.argument("operation", type=click.Choice(OPERATIONS))
+@click.argument("tenant_id")
+@click.option("--amount", type=AMOUNT, required=True)
+@click.option("--amount-unit", type=click.Choice(UNITS), help="Unit of the amount [default: each budget's own].")
+@click.option("--spent", type=AMOUNT, help="RESET_SPENT only: the new spent [default: 0].")
+@click.option("--scope-prefix")
+@click.option("--unit", type=click.Choice(UNITS), help="Only budgets of this unit.")
+@click.option("--status", type=click.Choice(["ACTIVE", "FROZEN", "CLOSED"]))
+@click.option("--reason")
+@click.option("--expected-count", type=click.IntRange(0), help="Refuse (COUNT_MISMATCH) unless this many match.")
+@click.option("--idempotency-key", help="Replays within 15 minutes return the first answer [default: new].")
+@json_option
+def budget_bulk(operation: str, tenant_id: str, amount: int, amount_unit: str | None, spent: int | None,
+                scope_prefix: str | None, unit: str | None, status: str | None, reason: str | None,
+                expected_count: int | None, idempotency_key: str | None, as_json: bool) -> None:
+    """Apply one funding operation to every budget of a tenant the filter matches (at most 500)."""
+    bulk_filter = {name: value for name, value in (
+        ("tenant_id", tenant_id), ("scope_prefix", scope_prefix), ("unit", unit), ("status", status))
+        if value is not None}
+    result = _call("SELECT cycles.bulk_budget_action(p_filter => %(filter)s::jsonb, p_action => %(action)s, "
+                   "p_idempotency_key => %(key)s, p_amount => %(amount)s, p_unit => %(unit)s, p_spent => %(spent)s, "
+                   "p_expected_count => %(expected)s, p_reason => %(reason)s, p_ctx => %(ctx)s::jsonb)",
+                   {"filter": json.dumps(bulk_filter), "action": operation, "key": _idempotency_key(idempotency_key),
+                    "amount": amount, "unit": amount_unit, "spent": spent, "expected": expected_count,
+                    "reason": reason})
+    _emit(result, as_json, _show_bulk)
+
+
+# Audit log -------------------------------------------------------------------
+
+AUDIT_COLUMNS = ["timestamp", "tenant_id", "operation", "status", "error_code", "resource_id", "key_id",
+                 "request_id"]
+
+
+@click.group()
+def audit() -> None:
+    """Read the audit log of admin requests."""
+
+
+@audit.command(name="list")
+@click.option("--tenant", "tenant_id", help="Tenant id, or __admin__ / __unauth__.")
+@click.option("--key", "key_id")
+@click.option("--operation", help="Operation(s), comma-separated (e.g. createBudget,fundBudget).")
+@click.option("--error-code", help="Error code(s), comma-separated.")
+@click.option("--status-min", type=click.IntRange(100, 599))
+@click.option("--status-max", type=click.IntRange(100, 599))
+@click.option("--request-id")
+@click.option("--since", "from_", help="ISO-8601 lower bound.")
+@click.option("--until", "to", help="ISO-8601 upper bound.")
+@click.option("--search")
+@click.option("--limit", type=click.IntRange(1, 100), default=50, show_default=True)
+@click.option("--cursor", help="next_cursor of the previous page.")
+@json_option
+def audit_list(tenant_id: str | None, key_id: str | None, operation: str | None, error_code: str | None,
+               status_min: int | None, status_max: int | None, request_id: str | None, from_: str | None,
+               to: str | None, search: str | None, limit: int, cursor: str | None, as_json: bool) -> None:
+    """List audit entries, newest first."""
+    audit_filter = {name: value for name, value in (
+        ("tenant_id", tenant_id), ("key_id", key_id), ("operation", operation), ("error_code", error_code),
+        ("status_min", status_min), ("status_max", status_max), ("request_id", request_id), ("from", from_),
+        ("to", to), ("search", search)) if value is not None}
+    result = _call("SELECT cycles.list_audit_logs(p_filter => %(filter)s::jsonb, p_limit => %(limit)s, "
+                   "p_cursor => %(cursor)s, p_ctx => %(ctx)s::jsonb)",
+                   {"filter": json.dumps(audit_filter), "limit": limit, "cursor": cursor})
+    _emit(result, as_json, lambda page: _show_rows("audit entries", page["logs"], AUDIT_COLUMNS, page))
+
+
 def register(cli: click.Group) -> None:
-    """Adds the tenant, key and budget groups to the ``cycles`` command."""
-    for group in (tenant, key, budget):
+    """Adds the tenant, key, budget and audit groups to the ``cycles`` command."""
+    for group in (tenant, key, budget, audit):
         cli.add_command(group)

@@ -182,3 +182,29 @@ def test_unreachable_embedded_database_is_one_line(
     assert result.exit_code == 1
     assert result.stderr.startswith("error: the embedded database in ") and "cycles serve" in result.stderr
     assert result.stderr.count("\n") == 1
+
+
+def test_key_update_bulk_and_audit_commands(run: Any, db: psycopg.Connection) -> None:
+    ok_json(run("tenant", "create", "bulk-a", "Bulk A", "--json"))
+    ok_json(run("tenant", "create", "bulk-b", "Bulk B", "--json"))
+    created = ok_json(run("key", "create", "bulk-a", "agent", "--json"))
+    updated = ok_json(run("key", "update", created["key_id"], "--name", "renamed", "--permission", "balances:read",
+                          "--scope-filter", "workspace:eng", "--json"))
+    assert (updated["name"], updated["permissions"], updated["scope_filter"]) == (
+        "renamed", ["balances:read"], ["workspace:eng"])
+    assert ok_json(run("key", "show", created["key_id"], "--json"))["name"] == "renamed"
+    assert ok_json(run("tenant", "update", "bulk-a", "--max-extensions", "2", "--json"))[
+        "max_reservation_extensions"] == 2
+    refused = run("tenant", "bulk", "SUSPEND", "--search", "bulk-", "--expected-count", "3")
+    assert refused.exit_code == 1 and "COUNT_MISMATCH" in refused.stderr
+    suspended = ok_json(run("tenant", "bulk", "SUSPEND", "--search", "bulk-", "--expected-count", "2", "--json"))
+    assert [row["id"] for row in suspended["succeeded"]] == ["bulk-a", "bulk-b"]
+    run("tenant", "reactivate", "bulk-a")
+    ok_json(run("budget", "create", "tenant:bulk-a", "TOKENS", "100", "--json"))
+    funded = ok_json(run("budget", "bulk", "CREDIT", "bulk-a", "--amount", "5", "--json"))
+    assert funded["total_matched"] == 1 and len(funded["succeeded"]) == 1
+    table = run("budget", "bulk", "DEBIT", "bulk-a", "--amount", "1000")
+    assert table.exit_code == 0 and "BUDGET_EXCEEDED" in table.stdout
+    logs = ok_json(run("audit", "list", "--tenant", "bulk-a", "--operation", "updateApiKey,updateTenant", "--json"))
+    assert [log["operation"] for log in logs["logs"]] == ["updateTenant", "updateApiKey"]
+    assert run("audit", "list", "--status-min", "400").exit_code == 0
