@@ -3135,6 +3135,9 @@ BEGIN
     IF v_text IS NULL THEN
         RETURN NULL;
     END IF;
+    IF v_text !~ '^\d{4}-\d\d-\d\d' THEN
+        PERFORM cycles._fail('INVALID_REQUEST', format('%s must be an ISO-8601 date-time, got %L', p_key, v_text));
+    END IF;
     BEGIN
         RETURN v_text::timestamptz;
     EXCEPTION WHEN data_exception THEN
