@@ -215,6 +215,17 @@ class AsyncCyclesClient(_Base):
     async def aclose(self) -> None:
         await self._http.aclose()
 
+    async def flush(self, timeout: float | None = None) -> int:
+        """:meth:`CyclesClient.flush` without blocking the event loop (the
+        replay runs in a worker thread on a synchronous client of its own)."""
+        import asyncio
+
+        def replay() -> int:
+            with CyclesClient(self._config) as client:
+                return client.flush(timeout)
+
+        return await asyncio.to_thread(replay)
+
     async def _send(self, method: str, path: str, *, body: bytes | None = None, key: str | None = None,
                     params: Mapping[str, str] | None = None) -> CyclesResponse:
         try:

@@ -265,6 +265,21 @@ def test_auth_failure_keeps_the_record_and_never_releases(admin_conn: Any, make_
     assert reservation_status(admin_conn, record.reservation_id) == "COMMITTED"
 
 
+def test_async_client_flushes_what_a_sync_client_left(admin_conn: Any, make_config: Config) -> None:
+    tenant = funded_tenant(admin_conn)
+    config = make_config(tenant, retry_max_attempts=2)
+    with CyclesClient(config, transport=FaultyTransport(before_send=lambda r: _refuse(r, "/commit"))) as client:
+        _guarded(client)()
+    assert len(_records(config)) == 1 and _workspace(admin_conn, tenant) == (0, 1_000)
+
+    async def scenario() -> int:
+        async with AsyncCyclesClient(config) as fresh:
+            return await fresh.flush(timeout=5)
+
+    assert asyncio.run(scenario()) == 0
+    assert _records(config) == [] and _workspace(admin_conn, tenant) == (700, 0)
+
+
 def test_understood_rejection_removes_the_record(admin_conn: Any, make_config: Config) -> None:
     tenant = funded_tenant(admin_conn)
     config = make_config(tenant)
