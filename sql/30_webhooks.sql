@@ -494,9 +494,9 @@ BEGIN
            WHERE jsonb_typeof(h.value) <> 'string'
               OR h.key !~ '^[A-Za-z0-9!#$%&''*+.^_`|~-]{1,128}$'
               OR char_length(h.value #>> '{}') > 4096
-              OR (h.value #>> '{}') ~ '[\r\n\x01-\x08\x0b\x0c\x0e-\x1f]') THEN
+              OR (h.value #>> '{}') !~ '^[\x20-\x7e]*$') THEN
         PERFORM cycles._fail('INVALID_REQUEST',
-            'headers must be an object of at most 32 header names mapped to single-line string values');
+            'headers must be an object of at most 32 header names mapped to printable ASCII values');
     END IF;
     IF EXISTS (
         SELECT FROM jsonb_object_keys(p_headers) AS k

@@ -52,16 +52,18 @@ async def send(client: httpx.AsyncClient, claim: dict[str, Any], policy: UrlPoli
     """POST one claimed delivery. A 2xx is success; any other status, a
     timeout or a connection error is a failure. Redirects are not followed
     (the target would escape the URL policy)."""
-    problem = await url_problem(claim["url"], policy)
-    if problem is not None:
-        return Outcome(False, None, None, problem)
-    body = delivery_body(claim["event"])
     started = time.monotonic()
     try:
+        problem = await url_problem(claim["url"], policy)
+        if problem is not None:
+            return Outcome(False, None, None, problem)
+        body = delivery_body(claim["event"])
         response = await client.post(claim["url"], content=body, headers=delivery_headers(claim, body))
     except httpx.TimeoutException:
         return Outcome(False, None, int((time.monotonic() - started) * 1000), "timeout")
-    except httpx.HTTPError as exc:
+    except Exception as exc:
+        # Whatever goes wrong with one delivery is that delivery's failure
+        # (retried per its policy); it must never wedge the worker's batch.
         return Outcome(False, None, int((time.monotonic() - started) * 1000),
                        f"{type(exc).__name__}: {exc}"[:1024])
     elapsed = int((time.monotonic() - started) * 1000)

@@ -252,3 +252,19 @@ def test_worker_refuses_private_targets_unless_allowed(
     assert asyncio.run(url_problem(url, UrlPolicy(dev_mode=True, allow_private=True))) is None
     assert asyncio.run(url_problem("http://hooks.example.com/x", UrlPolicy(dev_mode=False, allow_private=True))) \
         == "url must use https (http is allowed only in dev mode)"
+
+
+def test_unreachable_endpoint_fails_alone_and_does_not_hold_up_others(
+        acme: psycopg.Connection, conninfo: str, receiver: Receiver) -> None:
+    dead_id, _ = subscribe(acme, "http://127.0.0.1:1/nothing-listens", retry_policy={"max_retries": 1})
+    subscribe(acme, receiver.url)
+    ids = emit(acme, 2)
+    run_rounds(conninfo)
+    assert receiver.event_ids() == ids
+    [first, second] = sorted(deliveries(acme, dead_id), key=lambda d: d["event_id"] != ids[0])
+    assert first["status"] == "RETRYING" and "ConnectError" in first["error_message"]
+    assert "response_status" not in first and ISO.match(first["next_retry_at"])
+    assert second["status"] == "PENDING", "the next event waits behind the retrying one"
+    make_due(acme)
+    run_rounds(conninfo)
+    assert [d["status"] for d in deliveries(acme, dead_id)] == ["RETRYING", "FAILED"]

@@ -79,6 +79,8 @@ def test_system_subscription_when_no_tenant_may_select_admin_events(acme: psycop
     {"url": HOOK, "event_types": ["budget.exhausted"], "retry_policy": {"max_retries": 11}},
     {"url": HOOK, "event_types": ["budget.exhausted"], "retry_policy": {"backoff_multiplier": 0.5}},
     {"url": HOOK, "event_types": ["budget.exhausted"], "headers": {"X-Cycles-Signature": "forged"}},
+    {"url": HOOK, "event_types": ["budget.exhausted"], "headers": {"X-Note": "caf\u00e9"}},
+    {"url": HOOK, "event_types": ["budget.exhausted"], "headers": {"X-Note": "a\r\nX-Injected: 1"}},
     {"url": HOOK, "event_types": ["budget.exhausted"], "disable_after_failures": 0},
     {"url": HOOK, "event_types": ["budget.exhausted"], "colour": "red"},
 ])
