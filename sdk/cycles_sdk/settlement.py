@@ -183,27 +183,41 @@ async def settle_async(client: AsyncCyclesClient, record: JournalRecord) -> Outc
     return Outcome(record, step)
 
 
-def replay_journal(client: CyclesClient, deadline: float | None = None) -> int:
+def replay_journal(client: CyclesClient) -> int:
     """One pass over the journal; records still waiting for their 429 floor are
     left alone. Returns how many records remain."""
     journal = client.journal
     if journal is None:
         return 0
     for record in journal.pending():
-        if record.not_before_ms > now_ms() and deadline is None:
-            continue
-        settle(client, record, persist_first=False, deadline=deadline)
+        if record.not_before_ms <= now_ms():
+            settle(client, record, persist_first=False)
     return len(journal.pending())
 
 
 def flush_journal(client: CyclesClient, timeout: float) -> int:
-    """Replay until the journal is empty or ``timeout`` seconds passed."""
+    """Replay until the journal is empty or ``timeout`` seconds passed. A record
+    that cannot be settled now (authentication failure, unknown rejection, a
+    429 floor past the deadline) is not retried again within the same flush.
+    Returns how many records remain."""
+    journal = client.journal
+    if journal is None:
+        return 0
     deadline = time.monotonic() + max(0.0, timeout)
-    while True:
-        left = replay_journal(client, deadline)
-        if left == 0 or time.monotonic() >= deadline:
-            return left
-        time.sleep(min(0.05, max(0.0, deadline - time.monotonic())))
+    given_up: set[str] = set()
+    while time.monotonic() < deadline:
+        records = [r for r in journal.pending() if r.reservation_id not in given_up]
+        if not records:
+            break
+        for record in records:
+            wait_s = max(0, record.not_before_ms - now_ms()) / 1000
+            if time.monotonic() + wait_s > deadline:
+                given_up.add(record.reservation_id)
+                continue
+            outcome = settle(client, record, persist_first=False, deadline=deadline)
+            if outcome.step.verdict == "keep":
+                given_up.add(record.reservation_id)
+    return len(journal.pending())
 
 
 # --- automatic replay at start and flush at exit -------------------------------

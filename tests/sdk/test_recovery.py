@@ -259,6 +259,11 @@ def test_auth_failure_keeps_the_record_and_never_releases(admin_conn: Any, make_
         _guarded(client)()
     (record,) = _records(config)
     assert len(transport.paths("/commit")) == 1 and transport.paths("/release") == []
+    # A flush with a credential the server refuses tries once, keeps the record, and returns.
+    refused = FaultyTransport()
+    with CyclesClient(make_config(Tenant(tenant.tenant_id, "not-a-key")), transport=refused) as wrong:
+        assert wrong.flush(timeout=30) == 1
+    assert [s.idempotency_key for s in refused.paths("/commit")] == [record.idempotency_key]
     with CyclesClient(config) as fresh:
         assert fresh.flush(timeout=5) == 0
     assert _workspace(admin_conn, tenant) == (700, 0)
