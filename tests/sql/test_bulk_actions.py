@@ -171,3 +171,37 @@ def test_bulk_actions_are_for_the_admin_only(budgets: psycopg.Connection) -> Non
     fails(budgets, "INSUFFICIENT_PERMISSIONS", TENANT_BULK, filter=Jsonb({"search": "acme"}), action="CLOSE",
           key="k", expected=None, ctx=Jsonb({"api_key": secret}))
     assert call(budgets, "SELECT status FROM cycles.tenants WHERE tenant_id = 'acme'") == "ACTIVE"
+
+
+def test_a_close_failing_midway_leaves_that_tenant_untouched(db: psycopg.Connection) -> None:
+    """The cascade is one transaction per tenant: a failure in its last step
+    (revoking keys) undoes the released reservations and closed budgets too."""
+    for tenant_id in ("crash-a", "crash-b"):
+        db.execute("SELECT cycles.create_tenant(%s, 'x')", (tenant_id,))
+        db.execute("SELECT cycles.create_budget(%s, 'TOKENS', 100)", (f"tenant:{tenant_id}",))
+        secret = call(db, "SELECT cycles.create_api_key(%(t)s, 'k') ->> 'key_secret'", t=tenant_id)
+        db.execute("SELECT cycles.reserve(%s, %s)", (secret, Jsonb({
+            "idempotency_key": "r1", "subject": {"tenant": tenant_id}, "action": {"kind": "llm", "name": "m"},
+            "estimate": {"unit": "TOKENS", "amount": 10}})))
+    db.execute("""
+        CREATE FUNCTION public.fail_revoke() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN
+            RAISE EXCEPTION 'disk on fire' USING ERRCODE = 'XX000';
+        END;
+        $$;
+        CREATE TRIGGER fail_revoke BEFORE UPDATE ON cycles.api_keys
+            FOR EACH ROW WHEN (old.tenant_id = 'crash-a') EXECUTE FUNCTION public.fail_revoke();""")
+    before = db.execute("SELECT status, reserved FROM cycles.budgets WHERE tenant_id = 'crash-a'").fetchall()
+    result = tenant_bulk(db, {"search": "crash-"}, "CLOSE")
+    assert result["succeeded"] == [{"id": "crash-b"}]
+    assert result["failed"] == [{"id": "crash-a", "error_code": "INTERNAL_ERROR", "message": "internal error"}]
+    assert call(db, "SELECT status FROM cycles.tenants WHERE tenant_id = 'crash-a'") == "ACTIVE"
+    assert db.execute("SELECT status, reserved FROM cycles.budgets WHERE tenant_id = 'crash-a'").fetchall() == before
+    assert call(db, "SELECT status FROM cycles.reservations WHERE tenant_id = 'crash-a'") == "ACTIVE"
+    assert call(db, "SELECT count(*) FROM cycles.events WHERE tenant_id = 'crash-a' AND correlation_id IS NOT NULL"
+                    " AND event_type <> 'api_key.created'") == 0
+    assert call(db, "SELECT status FROM cycles.tenants WHERE tenant_id = 'crash-b'") == "CLOSED"
+    with pytest.raises(psycopg.Error):
+        db.execute("SELECT cycles.close_tenant('crash-a')")
+    assert call(db, "SELECT status FROM cycles.reservations WHERE tenant_id = 'crash-a'") == "ACTIVE"
+    assert db.execute("SELECT * FROM cycles.verify_ledger()").fetchall() == []
