@@ -3426,8 +3426,8 @@ BEGIN
 END;
 $$;
 
--- The failed[] entry of a row whose action raised: the error code of a
--- cycles._fail error, else INTERNAL_ERROR.
+-- The failed[] entry of a row whose action raised: the error code and
+-- message of a cycles._fail error, else INTERNAL_ERROR without the message.
 CREATE FUNCTION cycles._bulk_row_failure(p_id text, p_detail text, p_message text) RETURNS jsonb
 LANGUAGE plpgsql IMMUTABLE
 AS $$
@@ -3439,8 +3439,11 @@ BEGIN
     EXCEPTION WHEN OTHERS THEN
         v_code := NULL;
     END;
+    -- Only a protocol error's message is shown: anything else may carry
+    -- server-internal detail.
     RETURN jsonb_build_object('id', p_id, 'error_code', coalesce(v_code, 'INTERNAL_ERROR'),
-                              'message', left(coalesce(p_message, 'failed'), 1024));
+                              'message', CASE WHEN v_code IS NULL THEN 'internal error'
+                                              ELSE left(coalesce(p_message, 'failed'), 1024) END);
 END;
 $$;
 
