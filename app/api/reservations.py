@@ -8,6 +8,7 @@ import msgspec
 from litestar import Request, Response, get, post
 from litestar.params import FromPath
 
+from app.api.admin.calls import on_behalf_failures
 from app.api.request_parsing import (
     api_key_caller,
     api_key_or_admin_caller,
@@ -99,11 +100,12 @@ async def commit_reservation(request: Request[Any, Any, Any], reservation_id: Fr
 async def release_reservation(request: Request[Any, Any, Any], reservation_id: FromPath[str]) -> Response[bytes]:
     raw = await request.body()  # first: a refusal must not leave the body unread
     caller = api_key_or_admin_caller(request)
-    path_id = checked_reservation_id(reservation_id)
-    parsed, body = decode_body(raw, _release_decoder)
-    check_idempotency_header(request, parsed.idempotency_key)
-    return await respond(request, RELEASE_SQL, {
-        "key": caller.api_key, "id": path_id, "request": body, "ctx": context_json(request, caller)})
+    async with on_behalf_failures(request, caller.api_key, "releaseReservation"):
+        path_id = checked_reservation_id(reservation_id)
+        parsed, body = decode_body(raw, _release_decoder)
+        check_idempotency_header(request, parsed.idempotency_key)
+        return await respond(request, RELEASE_SQL, {
+            "key": caller.api_key, "id": path_id, "request": body, "ctx": context_json(request, caller)})
 
 
 @post("/v1/reservations/{reservation_id:str}/extend")
@@ -120,18 +122,20 @@ async def extend_reservation(request: Request[Any, Any, Any], reservation_id: Fr
 @get("/v1/reservations")
 async def list_reservations(request: Request[Any, Any, Any]) -> Response[bytes]:
     caller = api_key_or_admin_caller(request)
-    query = read_query(request, LIST_QUERY)
-    return await respond(request, LIST_SQL, {
-        "key": caller.api_key, "query": msgspec.json.encode(query).decode(),
-        "ctx": context_json(request, caller)})
+    async with on_behalf_failures(request, caller.api_key, "listReservations"):
+        query = read_query(request, LIST_QUERY)
+        return await respond(request, LIST_SQL, {
+            "key": caller.api_key, "query": msgspec.json.encode(query).decode(),
+            "ctx": context_json(request, caller)})
 
 
 @get("/v1/reservations/{reservation_id:str}")
 async def get_reservation(request: Request[Any, Any, Any], reservation_id: FromPath[str]) -> Response[bytes]:
     caller = api_key_or_admin_caller(request)
-    path_id = checked_reservation_id(reservation_id)
-    return await respond(request, GET_SQL, {
-        "key": caller.api_key, "id": path_id, "ctx": context_json(request, caller)})
+    async with on_behalf_failures(request, caller.api_key, "getReservation"):
+        path_id = checked_reservation_id(reservation_id)
+        return await respond(request, GET_SQL, {
+            "key": caller.api_key, "id": path_id, "ctx": context_json(request, caller)})
 
 
 ROUTES: Final = [

@@ -149,6 +149,20 @@ class AdminCall:
             logger.exception("could not record the audit row of a failed %s", self.operation)
 
 
+def on_behalf_failures(
+    request: Request[Any, Any, Any], api_key: str | None, operation: str,
+) -> contextlib.AbstractAsyncContextManager[object]:
+    """Audits the failure of a runtime call the admin makes on a tenant's
+    behalf (api_key None; its success is audited by the SQL function). A
+    tenant key's own runtime calls are not admin requests: nothing."""
+    if api_key is not None:
+        return contextlib.nullcontext()
+    call = AdminCall(request, operation, "reservation")
+    call.principal = AdminPrincipal("admin")
+    call.on_behalf_of = True
+    return call
+
+
 # Field readers for JSON bodies: the shape of a value, nothing more (what the
 # value means is checked by the SQL function).
 

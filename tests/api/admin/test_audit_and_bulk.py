@@ -103,6 +103,14 @@ def test_admin_on_behalf_of_runtime_calls_are_audited(
         audit = one_audit_row(admin_conn, response)
         assert (audit["operation"], audit["actor_type"], audit["tenant_id"]) == (
             operation, "admin_on_behalf_of", tenant_id)
+    missing = http.get("/v1/reservations/res_missing", headers=admin)
+    expect_error(missing, 404, "NOT_FOUND")
+    failure = one_audit_row(admin_conn, missing)
+    assert (failure["operation"], failure["actor_type"], failure["status"]) == (
+        "getReservation", "admin_on_behalf_of", 404)
+    again = http.post(f"/v1/reservations/{reservation_id}/release", headers=admin, json={"idempotency_key": ""})
+    expect_error(again, 400, "INVALID_REQUEST")
+    assert one_audit_row(admin_conn, again)["operation"] == "releaseReservation"
 
 
 def test_audit_log_listing_over_rest(http: httpx.Client, api_server: ApiServer, admin_conn: Conn) -> None:
