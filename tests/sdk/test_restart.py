@@ -77,6 +77,22 @@ def test_killed_before_first_commit_then_replayed_once(api_server: ApiServer, ad
     assert _workspace(admin_conn, tenant) == (ACTUAL, 0)
 
 
+def test_next_start_replays_without_being_asked(api_server: ApiServer, admin_conn: Any, tmp_path: Path) -> None:
+    """The next process that guards a call with the same server and tenant
+    settles what the killed one left behind (background replay at start,
+    bounded flush at exit), without any explicit flush."""
+    tenant = funded_tenant(admin_conn)
+    settings = _settings(api_server, tenant, tmp_path, die="before_commit")
+    assert _run("work", settings).returncode == -9
+    (record,) = _records(_journal(settings))
+    normal = _run("work", {**settings, "die": "none"})
+    assert normal.returncode == 0, normal.stderr
+    assert _records(_journal(settings)) == []
+    assert admin_conn.execute("SELECT status FROM cycles.reservations WHERE reservation_id = %s",
+                              (record.reservation_id,)).fetchone() == ("COMMITTED",)
+    assert _workspace(admin_conn, tenant) == (2 * ACTUAL, 0)
+
+
 def test_killed_after_commit_reached_the_server_is_applied_once(api_server: ApiServer, admin_conn: Any,
                                                                 tmp_path: Path) -> None:
     tenant = funded_tenant(admin_conn)

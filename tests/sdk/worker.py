@@ -5,7 +5,7 @@ Modes:
 - ``work``: one decorated call; ``die`` picks where the process SIGKILLs
   itself: ``before_commit`` (the commit never leaves the process),
   ``after_commit`` (the server applied it, the answer is lost with the
-  process);
+  process), or ``none`` (a normal run and exit);
 - ``replay``: a fresh client flushes the journal (optionally waiting until
   the wall-clock ``start_at`` first, so several workers replay together) and
   prints ``{"left": n, "requests": [...]}``;
@@ -65,7 +65,9 @@ def work(settings: dict[str, Any]) -> None:
         return "done"
 
     guarded()
-    _die()  # never reached when the kill point was hit; never flush at exit either
+    if die != "none":
+        _die()  # not reached when the kill point was hit; and never flush at exit
+    # die == "none": a normal exit, with the SDK's exit-time flush
 
 
 def replay(settings: dict[str, Any]) -> None:
