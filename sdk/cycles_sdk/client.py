@@ -13,30 +13,32 @@ lifecycle and its recovery (see ``cycles_sdk.settlement``).
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 from urllib.parse import quote
 
 import httpx
 import msgspec
 
 from cycles_sdk.config import CyclesConfig
+from cycles_sdk.journal import Journal
 from cycles_sdk.response import CyclesResponse
+from cycles_sdk.settlement import flush_journal, replay_journal
+from cycles_sdk.streaming import AsyncStreamReservation, StreamReservation, StreamUsage
 from cycles_sdk.wire import (
     SUBJECT_FIELDS,
+    Action,
+    Amount,
     CommitRequest,
     DecisionRequest,
     EventCreateRequest,
     ReleaseRequest,
     ReservationCreateRequest,
     ReservationExtendRequest,
+    Subject,
 )
-
-if TYPE_CHECKING:
-    from cycles_sdk.journal import Journal
-    from cycles_sdk.streaming import AsyncStreamReservation, StreamReservation, StreamUsage
-    from cycles_sdk.wire import Action, Amount, Subject
 
 S = TypeVar("S", bound=msgspec.Struct)
 Body = msgspec.Struct | Mapping[str, Any]
@@ -88,8 +90,6 @@ class _Base:
             return None
         with self._journal_lock:
             if self._journal is None:
-                from cycles_sdk.journal import Journal
-
                 self._journal = Journal.for_config(self._config)
             return self._journal
 
@@ -170,16 +170,12 @@ class CyclesClient(_Base):
 
     def replay_journal(self) -> int:
         """Settle every journaled settlement now (one pass). Returns how many are left."""
-        from cycles_sdk.settlement import replay_journal
-
         return replay_journal(self)
 
     def flush(self, timeout: float | None = None) -> int:
         """Replay the journal until it is empty or ``timeout`` seconds (default
         ``retry_flush_timeout``) have passed; unresolved records stay on disk.
         Returns how many are left."""
-        from cycles_sdk.settlement import flush_journal
-
         return flush_journal(self, self._config.retry_flush_timeout if timeout is None else timeout)
 
     def stream_reservation(
@@ -191,8 +187,6 @@ class CyclesClient(_Base):
     ) -> StreamReservation:
         """A context manager that reserves on enter, heartbeats, and commits the
         streamed usage on a clean exit (releases if the body raised)."""
-        from cycles_sdk.streaming import StreamReservation
-
         return StreamReservation(
             self, action=action, estimate=estimate, subject=subject, unit=unit, ttl_ms=ttl_ms,
             grace_period_ms=grace_period_ms, overage_policy=overage_policy, cost_fn=cost_fn,
@@ -218,8 +212,6 @@ class AsyncCyclesClient(_Base):
     async def flush(self, timeout: float | None = None) -> int:
         """:meth:`CyclesClient.flush` without blocking the event loop (the
         replay runs in a worker thread on a synchronous client of its own)."""
-        import asyncio
-
         def replay() -> int:
             with CyclesClient(self._config) as client:
                 return client.flush(timeout)
@@ -279,8 +271,6 @@ class AsyncCyclesClient(_Base):
         idempotency_key: str | None = None, raise_on_commit_failure: bool = False,
     ) -> AsyncStreamReservation:
         """The ``async with`` form of :meth:`CyclesClient.stream_reservation`."""
-        from cycles_sdk.streaming import AsyncStreamReservation
-
         return AsyncStreamReservation(
             self, action=action, estimate=estimate, subject=subject, unit=unit, ttl_ms=ttl_ms,
             grace_period_ms=grace_period_ms, overage_policy=overage_policy, cost_fn=cost_fn,

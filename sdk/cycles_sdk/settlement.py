@@ -237,7 +237,7 @@ def start_background_replay(config: CyclesConfig) -> None:
         if str(journal.directory) in _started:
             return
         _started.add(str(journal.directory))
-    from cycles_sdk.client import CyclesClient
+    from cycles_sdk.client import CyclesClient  # the client module imports this one
 
     replayer = CyclesClient(config)
 
