@@ -175,12 +175,12 @@ def test_heartbeat_keeps_a_short_reservation_alive(admin_conn: Any, make_config:
     tenant = funded_tenant(admin_conn)
     with CyclesClient(make_config(tenant)) as client:
 
-        @cycles(estimate=100, actual=100, ttl_ms=1000, client=client)
+        @cycles(estimate=100, actual=100, ttl_ms=2_000, client=client)
         def slow() -> int:
             context = get_cycles_context()
             assert context is not None
             first = context.expires_at_ms
-            time.sleep(1.6)  # longer than the TTL: only the heartbeat keeps it alive
+            time.sleep(2.6)  # longer than the TTL: only the heartbeat keeps it alive
             assert context.expires_at_ms is not None and first is not None and context.expires_at_ms > first
             assert context.heartbeat_failures == []
             return 1

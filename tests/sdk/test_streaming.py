@@ -91,15 +91,17 @@ def test_async_stream(admin_conn: Any, make_config: Config) -> None:
 
     async def scenario() -> str:
         async with AsyncCyclesClient(make_config(tenant)) as client:
-            async with client.stream_reservation(action=ACTION, estimate=50_000, ttl_ms=1_000) as stream:
+            async with client.stream_reservation(action=ACTION, estimate=50_000, ttl_ms=2_000) as stream:
                 for _ in range(5):
-                    await asyncio.sleep(0.3)  # longer than the TTL in total: the heartbeat extends it
+                    await asyncio.sleep(0.5)  # longer than the TTL in total: the heartbeat extends it
                     stream.usage.add_output_tokens(10)
                 stream.usage.set_actual_cost(stream.usage.tokens_output * 7)
             with pytest.raises(RuntimeError):
                 async with client.stream_reservation(action=ACTION, estimate=50_000) as failed:
                     raise RuntimeError("provider error")
             assert reservation_status(admin_conn, failed.reservation_id) == "RELEASED"
+            assert stream.context.heartbeat_failures == []
+            assert stream.context.expires_at_ms is not None
             return stream.reservation_id
 
     rid = asyncio.run(scenario())
