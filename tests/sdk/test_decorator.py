@@ -20,8 +20,10 @@ from cycles_sdk import (
     set_default_client,
     set_default_config,
 )
+from cycles_sdk.heartbeat import next_delay_ms
 
 from tests.api.provision import budget, funded_tenant, reservation_status
+from tests.sdk.faults import FaultyTransport
 
 Config = Callable[..., CyclesConfig]
 
@@ -201,3 +203,22 @@ def test_local_validation_sends_nothing(admin_conn: Any, make_config: Config) ->
             bad()
     assert admin_conn.execute("SELECT count(*) FROM cycles.reservations WHERE tenant_id = %s",
                               (tenant.tenant_id,)).fetchone() == (0,)
+
+
+def test_heartbeat_is_scheduled_from_the_remaining_ttl(admin_conn: Any, make_config: Config) -> None:
+    """A short call under a long lease costs exactly one reserve and one commit:
+    the first beat is due at half the server's remaining_ttl_ms, not at once."""
+    assert next_delay_ms(60_000, 0) == 30_000
+    assert next_delay_ms(60_000, 12_000) == 24_000  # slow round trips: three of them kept in reserve
+    assert next_delay_ms(1_000, 400) == 50  # a round trip that eats the lease: beat at once
+    tenant = funded_tenant(admin_conn)
+    transport = FaultyTransport()
+    with CyclesClient(make_config(tenant), transport=transport) as client:
+
+        @cycles(estimate=100, actual=60, ttl_ms=60_000, client=client)
+        def quick() -> int:
+            return 1
+
+        quick()
+    assert [s.path.rsplit("/", 1)[-1] for s in transport.seen] == ["reservations", "commit"]
+    assert _spend(admin_conn, tenant) == (60, 0)
