@@ -113,3 +113,20 @@ def test_list_filters_and_cursor(acme: psycopg.Connection) -> None:
         fails(acme, "INVALID_REQUEST", LIST, filter=Jsonb(bad), limit=None, cursor=None)
     fails(acme, "INVALID_REQUEST", LIST, filter=Jsonb({}), limit=None, cursor="audit_nope")
     assert audit_count(acme) == before
+
+
+@pytest.mark.parametrize("statement", [
+    "SELECT * FROM cycles.audit_logs",
+    "INSERT INTO cycles.audit_logs (log_id, tenant_id, actor_type, operation, status) "
+    "VALUES ('audit_x', '__admin__', 'admin', 'forged', 200)",
+    "SELECT cycles._audit('{}', 'forged', NULL, NULL)",
+])
+def test_the_app_role_reaches_the_log_only_through_functions(db: psycopg.Connection, statement: str) -> None:
+    db.execute("SET ROLE cycles_app")
+    try:
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            db.execute(statement)
+        assert call(db, "SELECT cycles.record_audit_failure('{}', 'getTenant', 404, 'NOT_FOUND')").startswith(
+            "audit_")
+    finally:
+        db.execute("RESET ROLE")
