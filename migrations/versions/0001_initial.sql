@@ -8374,9 +8374,10 @@ REVOKE ALL ON ALL TABLES IN SCHEMA cycles FROM PUBLIC;
 REVOKE ALL ON ALL SEQUENCES IN SCHEMA cycles FROM PUBLIC;
 REVOKE ALL ON ALL FUNCTIONS IN SCHEMA cycles FROM PUBLIC;
 
--- Even the owner's functions never rewrite history: the trigger on the ledger
--- refuses UPDATE, DELETE and TRUNCATE; no role is granted them here.
+-- Even the owner's functions never rewrite history: the triggers on the ledger
+-- and the audit log refuse UPDATE, DELETE and TRUNCATE; no role is granted them here.
 REVOKE UPDATE, DELETE, TRUNCATE ON cycles.ledger_entries FROM PUBLIC;
+REVOKE UPDATE, DELETE, TRUNCATE ON cycles.audit_logs FROM PUBLIC;
 
 GRANT USAGE ON SCHEMA cycles TO cycles_app;
 
