@@ -57,7 +57,8 @@ $$;
 
 -- A page of events matching the filters, as {events, has_more, next_cursor}.
 -- The shared engine of cycles.list_events and cycles.list_tenant_events;
--- p_categories NULL means every category. Sorting: p_sort_by timestamp
+-- p_categories NULL means every category; p_scope_filter (a key's non-empty
+-- scope_filter) keeps only events whose scope it allows. Sorting: p_sort_by timestamp
 -- (default), event_type, category, scope or tenant_id, ties broken by time
 -- then by insertion order; p_sort_dir desc (default) or asc. The cursor is
 -- the event_id of the last event of the previous page.
@@ -78,7 +79,8 @@ CREATE FUNCTION cycles._list_events(
     p_sort_by        text,
     p_sort_dir       text,
     p_cursor         text,
-    p_limit          integer
+    p_limit          integer,
+    p_scope_filter   text[] DEFAULT NULL
 ) RETURNS jsonb
 LANGUAGE plpgsql
 AS $$
@@ -90,6 +92,7 @@ DECLARE
     v_search  text := lower(nullif(p_search, ''));
     v_after   cycles.events;
     v_rows    cycles.events[];
+    v_filter  jsonb := CASE WHEN cardinality(p_scope_filter) > 0 THEN to_jsonb(p_scope_filter) END;
 BEGIN
     IF p_event_type IS NOT NULL AND p_event_type <> ALL (cycles._event_types())
        AND p_event_type NOT LIKE 'custom.%' THEN
@@ -119,7 +122,8 @@ BEGIN
         SELECT e.* INTO v_after FROM cycles.events AS e
         WHERE e.event_id = p_cursor
           AND (p_tenant_id IS NULL OR e.tenant_id = p_tenant_id)
-          AND (p_categories IS NULL OR e.category = ANY (p_categories));
+          AND (p_categories IS NULL OR e.category = ANY (p_categories))
+          AND (v_filter IS NULL OR coalesce(cycles._scope_filter_allows(v_filter, e.scope), false));
         IF v_after.event_id IS NULL THEN
             PERFORM cycles._fail('INVALID_REQUEST', format('unknown cursor %L', p_cursor));
         END IF;
@@ -156,6 +160,7 @@ BEGIN
           AND (p_to IS NULL OR e.created_at <= p_to)
           AND (v_search IS NULL OR strpos(lower(e.correlation_id), v_search) > 0
                OR strpos(lower(e.scope), v_search) > 0)
+          AND (v_filter IS NULL OR coalesce(cycles._scope_filter_allows(v_filter, e.scope), false))
           AND (v_after.event_id IS NULL
                OR (v_desc AND (s.k, e.created_at, e.seq) < (v_key COLLATE "C", v_after.created_at, v_after.seq))
                OR (NOT v_desc AND (s.k, e.created_at, e.seq) > (v_key COLLATE "C", v_after.created_at, v_after.seq)))
@@ -236,7 +241,8 @@ $$;
 -- GET /v1/events: the calling key's tenant's events of the tenant-accessible
 -- categories only (budget, reservation, tenant), newest first, with the
 -- filters of cycles.list_events but no tenant, trace or request filter. A
--- filter on an admin-only category or type simply matches nothing.
+-- filter on an admin-only category or type simply matches nothing. A key
+-- with a scope_filter sees only events whose scope the filter allows.
 -- Needs events:read (admin:read satisfies it). Reads are allowed whatever
 -- the tenant's status. Writes nothing.
 -- Errors, in precedence order: UNAUTHORIZED; INSUFFICIENT_PERMISSIONS;
@@ -265,6 +271,6 @@ BEGIN
     END IF;
     RETURN cycles._list_events(v_key.tenant_id, ARRAY['budget', 'reservation', 'tenant'], p_event_type,
                                p_category, p_scope, p_correlation_id, NULL, NULL, p_from, p_to, NULL, NULL,
-                               NULL, p_cursor, p_limit);
+                               NULL, p_cursor, p_limit, v_key.scope_filter);
 END;
 $$;

@@ -252,3 +252,17 @@ def test_admin_listing_refuses_tenant_keys(db: psycopg.Connection) -> None:
     event_id = q(db, "SELECT event_id FROM cycles.events LIMIT 1")
     fails(db, "INSUFFICIENT_PERMISSIONS", "SELECT cycles.get_event(%(e)s, %(c)s)", e=event_id,
           c=Jsonb({"api_key": key}))
+
+
+def test_a_scope_filtered_key_sees_only_events_of_its_scopes(db: psycopg.Connection) -> None:
+    db.execute("SELECT cycles.create_tenant('acme', 'Acme')")
+    for scope in ("tenant:acme", "tenant:acme/workspace:eng", "tenant:acme/workspace:ops",
+                  "tenant:acme/workspace:eng/agent:bot"):
+        db.execute("SELECT cycles.create_budget(%s, 'TOKENS', 5)", (scope,))
+    key = create_key(db, "acme", ["events:read"])
+    db.execute("UPDATE cycles.api_keys SET scope_filter = '{workspace:eng}' WHERE key_hash = cycles._hash_secret(%s)",
+               (key,))
+    events = q(db, "SELECT cycles.list_tenant_events(%s)", key)["events"]
+    assert sorted(e["scope"] for e in events) == ["tenant:acme/workspace:eng", "tenant:acme/workspace:eng/agent:bot"]
+    ops_event = q(db, "SELECT event_id FROM cycles.events WHERE scope = 'tenant:acme/workspace:ops'")
+    fails(db, "INVALID_REQUEST", "SELECT cycles.list_tenant_events(%(k)s, p_cursor => %(c)s)", k=key, c=ops_event)
