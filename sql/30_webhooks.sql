@@ -200,6 +200,10 @@ CREATE INDEX webhook_deliveries_history ON cycles.webhook_deliveries (subscripti
 CREATE INDEX webhook_deliveries_open_event
     ON cycles.webhook_deliveries (event_seq) WHERE status IN ('PENDING', 'RETRYING');
 
+-- Replay windows of __system__ subscriptions and retention scan events by
+-- time alone.
+CREATE INDEX events_created_at_idx ON cycles.events (created_at);
+
 -- Replay requests, for the 202 body and the audit trail. A replay is running
 -- while any of its deliveries is still PENDING or RETRYING.
 CREATE TABLE cycles.webhook_replays (

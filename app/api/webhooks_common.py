@@ -169,6 +169,8 @@ async def test_probe(request: Request[Any, Any, Any], sub_id: str, context: str)
         row = await cursor.fetchone()
         assert row is not None
         claim: dict[str, Any] = msgspec.json.decode(row[0])
+        if not claim:  # deleted meanwhile (the probe is only locked, not the subscription)
+            raise ApiError(404, "WEBHOOK_NOT_FOUND", f"webhook subscription {path_id!r} not found")
         async with new_client(TEST_TIMEOUT_MS) as client:
             outcome = await send(client, claim, _policy(request))
         await conn.execute(COMPLETE_SQL, outcome_params(queued["delivery_id"], outcome))

@@ -3135,6 +3135,9 @@ BEGIN
     IF v_text IS NULL THEN
         RETURN NULL;
     END IF;
+    IF v_text !~ '^\d{4}-\d\d-\d\d' THEN
+        PERFORM cycles._fail('INVALID_REQUEST', format('%s must be an ISO-8601 date-time, got %L', p_key, v_text));
+    END IF;
     BEGIN
         RETURN v_text::timestamptz;
     EXCEPTION WHEN data_exception THEN
@@ -3423,8 +3426,8 @@ BEGIN
 END;
 $$;
 
--- The failed[] entry of a row whose action raised: the error code of a
--- cycles._fail error, else INTERNAL_ERROR.
+-- The failed[] entry of a row whose action raised: the error code and
+-- message of a cycles._fail error, else INTERNAL_ERROR without the message.
 CREATE FUNCTION cycles._bulk_row_failure(p_id text, p_detail text, p_message text) RETURNS jsonb
 LANGUAGE plpgsql IMMUTABLE
 AS $$
@@ -3436,8 +3439,11 @@ BEGIN
     EXCEPTION WHEN OTHERS THEN
         v_code := NULL;
     END;
+    -- Only a protocol error's message is shown: anything else may carry
+    -- server-internal detail.
     RETURN jsonb_build_object('id', p_id, 'error_code', coalesce(v_code, 'INTERNAL_ERROR'),
-                              'message', left(coalesce(p_message, 'failed'), 1024));
+                              'message', CASE WHEN v_code IS NULL THEN 'internal error'
+                                              ELSE left(coalesce(p_message, 'failed'), 1024) END);
 END;
 $$;
 
@@ -7080,6 +7086,10 @@ CREATE INDEX webhook_deliveries_history ON cycles.webhook_deliveries (subscripti
 CREATE INDEX webhook_deliveries_open_event
     ON cycles.webhook_deliveries (event_seq) WHERE status IN ('PENDING', 'RETRYING');
 
+-- Replay windows of __system__ subscriptions and retention scan events by
+-- time alone.
+CREATE INDEX events_created_at_idx ON cycles.events (created_at);
+
 -- Replay requests, for the 202 body and the audit trail. A replay is running
 -- while any of its deliveries is still PENDING or RETRYING.
 CREATE TABLE cycles.webhook_replays (
@@ -7374,9 +7384,9 @@ BEGIN
            WHERE jsonb_typeof(h.value) <> 'string'
               OR h.key !~ '^[A-Za-z0-9!#$%&''*+.^_`|~-]{1,128}$'
               OR char_length(h.value #>> '{}') > 4096
-              OR (h.value #>> '{}') ~ '[\r\n\x01-\x08\x0b\x0c\x0e-\x1f]') THEN
+              OR (h.value #>> '{}') !~ '^[\x20-\x7e]*$') THEN
         PERFORM cycles._fail('INVALID_REQUEST',
-            'headers must be an object of at most 32 header names mapped to single-line string values');
+            'headers must be an object of at most 32 header names mapped to printable ASCII values');
     END IF;
     IF EXISTS (
         SELECT FROM jsonb_object_keys(p_headers) AS k
@@ -8374,9 +8384,10 @@ REVOKE ALL ON ALL TABLES IN SCHEMA cycles FROM PUBLIC;
 REVOKE ALL ON ALL SEQUENCES IN SCHEMA cycles FROM PUBLIC;
 REVOKE ALL ON ALL FUNCTIONS IN SCHEMA cycles FROM PUBLIC;
 
--- Even the owner's functions never rewrite history: the trigger on the ledger
--- refuses UPDATE, DELETE and TRUNCATE; no role is granted them here.
+-- Even the owner's functions never rewrite history: the triggers on the ledger
+-- and the audit log refuse UPDATE, DELETE and TRUNCATE; no role is granted them here.
 REVOKE UPDATE, DELETE, TRUNCATE ON cycles.ledger_entries FROM PUBLIC;
+REVOKE UPDATE, DELETE, TRUNCATE ON cycles.audit_logs FROM PUBLIC;
 
 GRANT USAGE ON SCHEMA cycles TO cycles_app;
 

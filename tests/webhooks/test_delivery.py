@@ -268,3 +268,19 @@ def test_unreachable_endpoint_fails_alone_and_does_not_hold_up_others(
     make_due(acme)
     run_rounds(conninfo)
     assert [d["status"] for d in deliveries(acme, dead_id)] == ["RETRYING", "FAILED"]
+
+
+def test_claims_lock_one_head_per_subscription_and_skip_what_another_holds(
+        acme: psycopg.Connection, conninfo: str, receiver: Receiver) -> None:
+    subscribe(acme, receiver.url)
+    subscribe(acme, receiver.url.replace("/hook", "/other"))
+    ids = emit(acme, 3)
+    claim = "SELECT cycles.claim_webhook_deliveries(10)"
+    with psycopg.connect(conninfo) as first, psycopg.connect(conninfo) as second:
+        held = call(first, claim)["deliveries"]
+        assert [d["event"]["event_id"] for d in held] == [ids[0], ids[0]], "only each queue's head"
+        assert call(second, claim)["deliveries"] == [], "held heads hide their whole queue"
+        first.rollback()  # as a crashed worker would: the rows are due again
+        again = call(second, claim)["deliveries"]
+        assert sorted(d["delivery_id"] for d in again) == sorted(d["delivery_id"] for d in held)
+        second.rollback()
