@@ -115,6 +115,16 @@ class Outcome:
         return self.step.verdict == "settled"
 
 
+def _too_long(config: CyclesConfig, wait_ms: int, deadline: float | None) -> bool:
+    """Bounded-delay policy: a caller's own settlement waits at most
+    ``retry_max_delay`` for a retry (a longer Retry-After leaves the record to
+    the journal replay, which honours the persisted floor); a flush waits
+    until its deadline."""
+    if deadline is not None:
+        return time.monotonic() + wait_ms / 1000 > deadline
+    return wait_ms > config.retry_max_delay * 1000
+
+
 def settle(client: CyclesClient, record: JournalRecord, *, persist_first: bool = True,
            deadline: float | None = None) -> Outcome:
     """Run the settlement state machine synchronously."""
@@ -127,7 +137,7 @@ def settle(client: CyclesClient, record: JournalRecord, *, persist_first: bool =
     while attempt < config.attempts:
         wait_ms = record.not_before_ms - now_ms()
         if wait_ms > 0:
-            if deadline is not None and time.monotonic() + wait_ms / 1000 > deadline:
+            if _too_long(config, wait_ms, deadline):
                 break
             time.sleep(wait_ms / 1000)
         if record.mode == "commit":
@@ -161,6 +171,8 @@ async def settle_async(client: AsyncCyclesClient, record: JournalRecord) -> Outc
     while attempt < config.attempts:
         wait_ms = record.not_before_ms - now_ms()
         if wait_ms > 0:
+            if _too_long(config, wait_ms, None):
+                break
             await asyncio.sleep(wait_ms / 1000)
         if record.mode == "commit":
             response = await client.commit_reservation(record.reservation_id, record.commit)

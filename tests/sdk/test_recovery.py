@@ -224,6 +224,24 @@ def test_rate_limit_floor_survives_restart(admin_conn: Any, make_config: Config)
     assert _workspace(admin_conn, tenant) == (700, 0)
 
 
+def test_long_retry_after_is_left_to_the_journal(admin_conn: Any, make_config: Config) -> None:
+    """The caller is not held for an hour-long Retry-After: the floor is
+    persisted and the call returns; a bounded flush leaves the record intact."""
+    tenant = funded_tenant(admin_conn)
+    config = make_config(tenant)
+    limited = httpx.Response(429, json={"error": "LIMIT_EXCEEDED", "message": "later", "request_id": "r"},
+                             headers={"Retry-After": "3600"})
+    transport = FaultyTransport(intercepts=[("/commit", limited)])
+    with CyclesClient(config, transport=transport) as client:
+        assert _guarded(client)() == "done"
+        assert client.flush(timeout=1) == 1
+    (record,) = _records(config)
+    assert len(transport.paths("/commit")) == 1
+    assert record.not_before_ms >= transport.paths("/commit")[0].at_ms + 3_599_000
+    assert _workspace(admin_conn, tenant) == (0, 1_000)
+    Journal.for_config(config).remove(record.reservation_id)  # nothing left for the exit-time flush
+
+
 def test_tenant_journal_survives_key_rotation(admin_conn: Any, make_config: Config) -> None:
     """CR-DURABLE-004: the partition follows the tenant, and no key is stored."""
     tenant = funded_tenant(admin_conn)
