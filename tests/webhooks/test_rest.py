@@ -213,3 +213,32 @@ def test_url_policy_refuses_plain_http_and_private_targets(strict: Server, url: 
         response = client.post("/v1/admin/webhooks", headers={"X-Admin-API-Key": strict.admin_key},
                                json={"url": url, "event_types": ["api_key.created"]})
     assert error_of(response, 400) == "WEBHOOK_URL_INVALID"
+
+
+def test_denials_and_expiries_arrive_signed(
+        api: httpx.Client, conn: psycopg.Connection[Any], tenant: Tenant, receiver: Receiver) -> None:
+    created = api.post("/v1/webhooks", headers=tenant.headers(), json={
+        "url": receiver.url, "event_types": ["reservation.denied", "reservation.expired"]}).json()
+    create_budget(conn, tenant.scope, 1000)
+    denied = api.post("/v1/decide", headers=tenant.headers(), json=reserve_body(tenant, 10**6))
+    assert denied.status_code == 200 and denied.json()["decision"] == "DENY", denied.text
+    reserved = api.post("/v1/reservations", headers=tenant.headers(),
+                        json=reserve_body(tenant, 10, ttl_ms=1000, grace_period_ms=0))
+    assert reserved.status_code == 200, reserved.text
+    got = receiver.wait_for(2)
+    assert [r.event["event_type"] for r in got] == ["reservation.denied", "reservation.expired"]
+    assert got[0].event["data"]["reason_code"] == "BUDGET_EXCEEDED"
+    assert got[1].event["data"]["reservation_id"] == reserved.json()["reservation_id"]
+    assert all(verify(r.body, created["signing_secret"], r.headers["x-cycles-signature"]) for r in got)
+
+
+def test_admin_lifecycle_events_reach_a_system_subscription(
+        api: httpx.Client, dev: Server, conn: psycopg.Connection[Any], receiver: Receiver) -> None:
+    created = api.post("/v1/admin/webhooks", headers=admin(dev), json={
+        "url": receiver.url, "event_types": ["tenant.created", "api_key.created"]}).json()
+    tenant = new_tenant(conn)
+    got = receiver.wait_for(2)
+    assert [(r.event["event_type"], r.event["tenant_id"]) for r in got] == [
+        ("tenant.created", tenant.tenant_id), ("api_key.created", tenant.tenant_id)]
+    assert all(verify(r.body, created["signing_secret"], r.headers["x-cycles-signature"]) for r in got)
+    api.delete(f"/v1/admin/webhooks/{created['subscription']['subscription_id']}", headers=admin(dev))
