@@ -32,6 +32,7 @@ SCENARIO_TESTS: dict[str, list[str]] = {
     "CR-CORE-003": ["tests/sdk/test_recovery.py::test_heartbeat_transport_failure_is_observable_and_non_fatal"],
     "CR-CORE-004": ["tests/sdk/test_recovery.py::test_nonconformant_commit_success_is_retried_with_the_same_key"],
     "CR-DURABLE-001": [
+        "tests/sdk/test_recovery.py::test_journal_is_written_before_the_first_commit_leaves",
         "tests/sdk/test_restart.py::test_killed_before_first_commit_then_replayed_once",
         "tests/sdk/test_restart.py::test_killed_after_commit_reached_the_server_is_applied_once",
     ],

@@ -60,6 +60,26 @@ def test_lost_commit_response_reuses_the_key(admin_conn: Any, make_config: Confi
     assert _records(make_config(tenant)) == []
 
 
+def test_journal_is_written_before_the_first_commit_leaves(admin_conn: Any, make_config: Config) -> None:
+    """CR-DURABLE-001 (in process): at the moment the commit is sent, its record
+    is already on disk, with the key the request carries; success removes it."""
+    tenant = funded_tenant(admin_conn)
+    config = make_config(tenant)
+    on_disk: list[list[JournalRecord]] = []
+
+    def look(request: httpx.Request) -> None:
+        if request.url.path.endswith("/commit"):
+            on_disk.append(_records(config))
+
+    transport = FaultyTransport(before_send=look)
+    with CyclesClient(config, transport=transport) as client:
+        _guarded(client)()
+    ((record,),) = on_disk
+    assert record.idempotency_key == transport.paths("/commit")[0].idempotency_key
+    assert record.commit["actual"] == {"unit": "USD_MICROCENTS", "amount": 700}
+    assert _records(config) == []
+
+
 def test_lost_commit_response_reuses_the_key_async(admin_conn: Any, make_config: Config) -> None:
     """CR-CORE-001 (async)."""
     tenant = funded_tenant(admin_conn)
