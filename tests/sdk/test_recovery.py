@@ -326,9 +326,15 @@ def test_async_client_flushes_what_a_sync_client_left(admin_conn: Any, make_conf
 def test_understood_rejection_removes_the_record(admin_conn: Any, make_config: Config) -> None:
     tenant = funded_tenant(admin_conn)
     config = make_config(tenant)
-    with CyclesClient(config) as client:
+    transport = FaultyTransport()
+    with CyclesClient(config, transport=transport) as client:
         _guarded(client, actual=2**62, overage_policy="REJECT")()  # far over budget
+    assert len(transport.paths("/commit")) == 1  # not retried: the answer cannot change
+    assert transport.paths("/v1/events") == [] and transport.paths("/release") == []
     assert _records(config) == []
+    rid = admin_conn.execute("SELECT reservation_id FROM cycles.reservations WHERE tenant_id = %s",
+                             (tenant.tenant_id,)).fetchone()[0]
+    assert reservation_status(admin_conn, rid) == "ACTIVE"  # never released after the work ran
 
 
 def _record(reservation_id: str, **changes: Any) -> JournalRecord:
