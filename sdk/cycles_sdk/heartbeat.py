@@ -116,10 +116,15 @@ class ThreadHeartbeat:
 
 
 class TaskHeartbeat:
+    """The asyncio form. Stopping never cancels an extend in flight (that would
+    cut the request off mid-body); it wakes the task from its sleep and waits
+    for a request already under way, bounded by the client's timeouts."""
+
     def __init__(self, client: AsyncCyclesClient, context: CyclesContext, ttl_ms: int,
                  remaining_ms: int | None) -> None:
         self._client = client
         self._beat = _Beat(context, ttl_ms, remaining_ms)
+        self._stop = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> TaskHeartbeat:
@@ -127,15 +132,26 @@ class TaskHeartbeat:
         return self
 
     async def stop(self) -> None:
+        self._stop.set()
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            config = self._client.config
+            try:
+                await asyncio.wait_for(asyncio.shield(self._task), config.connect_timeout + config.read_timeout + 1)
+            except TimeoutError:
+                self._task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self._task
 
     async def _run(self) -> None:
         delay: int | None = next_delay_ms(self._beat.remaining_ms, 0)
         while delay is not None:
-            await asyncio.sleep(delay / 1000)
+            try:
+                await asyncio.wait_for(self._stop.wait(), delay / 1000)
+                return  # stopped while sleeping
+            except TimeoutError:
+                pass
             started = time.monotonic()
             response = await self._client.extend_reservation(self._beat.context.reservation_id, self._beat.request())
+            if self._stop.is_set():
+                return
             delay = self._beat.handle(response, int((time.monotonic() - started) * 1000))
