@@ -7,7 +7,13 @@ from typing import Any, Final
 import msgspec
 from litestar import Request, Response, post
 
-from app.api.request_parsing import api_key_caller, check_idempotency_header, context_json, decode_body
+from app.api.request_parsing import (
+    api_key_caller,
+    check_idempotency_header,
+    context_json,
+    decode_body,
+    read_body,
+)
 from app.api.sql_call import respond
 from app.wire import EventCreateRequest
 
@@ -20,7 +26,7 @@ _decoder: Final = msgspec.json.Decoder(EventCreateRequest)
 
 @post("/v1/events")
 async def create_event(request: Request[Any, Any, Any]) -> Response[bytes]:
-    raw = await request.body()  # first: a refusal must not leave the body unread
+    raw = await read_body(request)
     caller = api_key_caller(request)
     parsed, body = decode_body(raw, _decoder)
     check_idempotency_header(request, parsed.idempotency_key)

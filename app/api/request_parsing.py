@@ -15,6 +15,7 @@ from typing import Any, Final, NamedTuple, TypeVar
 
 import msgspec
 from litestar import Request
+from litestar.exceptions import InternalServerException
 
 from app.db import Database
 from app.errors import ApiError, invalid_request
@@ -39,6 +40,17 @@ class Caller(NamedTuple):
 
     api_key: str | None
     actor_type: str
+
+
+async def read_body(request: Request[Any, Any, Any]) -> bytes:
+    """The whole request body. Read before any refusal, so that a refused
+    request never leaves its body on a kept-alive connection."""
+    try:
+        return await request.body()
+    except InternalServerException:
+        # Litestar's only server error while receiving a body: the client went
+        # away mid-body. Nobody is left to answer, and it is not our failure.
+        raise invalid_request("the client disconnected before sending the whole request body") from None
 
 
 def database(request: Request[Any, Any, Any]) -> Database:

@@ -18,6 +18,7 @@ from app.api.request_parsing import (
     decode_body,
     enum_param,
     int_param,
+    read_body,
     read_query,
     text_param,
 )
@@ -77,7 +78,7 @@ LIST_QUERY: Final = {
 
 @post("/v1/reservations")
 async def create_reservation(request: Request[Any, Any, Any]) -> Response[bytes]:
-    raw = await request.body()  # first: a refusal must not leave the body unread
+    raw = await read_body(request)
     caller = api_key_caller(request)
     parsed, body = decode_body(raw, _create_decoder)
     check_idempotency_header(request, parsed.idempotency_key)
@@ -87,7 +88,7 @@ async def create_reservation(request: Request[Any, Any, Any]) -> Response[bytes]
 
 @post("/v1/reservations/{reservation_id:str}/commit")
 async def commit_reservation(request: Request[Any, Any, Any], reservation_id: FromPath[str]) -> Response[bytes]:
-    raw = await request.body()  # first: a refusal must not leave the body unread
+    raw = await read_body(request)
     caller = api_key_caller(request)
     path_id = checked_reservation_id(reservation_id)
     parsed, body = decode_body(raw, _commit_decoder)
@@ -98,7 +99,7 @@ async def commit_reservation(request: Request[Any, Any, Any], reservation_id: Fr
 
 @post("/v1/reservations/{reservation_id:str}/release")
 async def release_reservation(request: Request[Any, Any, Any], reservation_id: FromPath[str]) -> Response[bytes]:
-    raw = await request.body()  # first: a refusal must not leave the body unread
+    raw = await read_body(request)
     caller = api_key_or_admin_caller(request)
     async with on_behalf_failures(request, caller.api_key, "releaseReservation"):
         path_id = checked_reservation_id(reservation_id)
@@ -110,7 +111,7 @@ async def release_reservation(request: Request[Any, Any, Any], reservation_id: F
 
 @post("/v1/reservations/{reservation_id:str}/extend")
 async def extend_reservation(request: Request[Any, Any, Any], reservation_id: FromPath[str]) -> Response[bytes]:
-    raw = await request.body()  # first: a refusal must not leave the body unread
+    raw = await read_body(request)
     caller = api_key_caller(request)
     path_id = checked_reservation_id(reservation_id)
     parsed, body = decode_body(raw, _extend_decoder)

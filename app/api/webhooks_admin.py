@@ -11,7 +11,7 @@ from litestar.params import FromPath
 
 from app.api import webhooks_common as common
 from app.api.admin.auth import admin_principal
-from app.api.request_parsing import read_query, text_param
+from app.api.request_parsing import read_body, read_query, text_param
 
 _LIST_QUERY: Final = {**common.LIST_QUERY, "tenant_id": text_param(64)}
 
@@ -22,7 +22,7 @@ def _ctx(request: Request[Any, Any, Any]) -> str:
 
 @post("/v1/admin/webhooks")
 async def create_webhook(request: Request[Any, Any, Any]) -> Response[bytes]:
-    raw = await request.body()  # first: a refusal must not leave the body unread
+    raw = await read_body(request)
     context = _ctx(request)
     tenant = read_query(request, {"tenant_id": text_param(64)}).get("tenant_id")
     return await common.create(request, raw, tenant, context)
@@ -42,7 +42,7 @@ async def get_webhook(request: Request[Any, Any, Any], subscription_id: FromPath
 
 @patch("/v1/admin/webhooks/{subscription_id:str}")
 async def update_webhook(request: Request[Any, Any, Any], subscription_id: FromPath[str]) -> Response[bytes]:
-    raw = await request.body()
+    raw = await read_body(request)
     return await common.update(request, subscription_id, raw, _ctx(request))
 
 
@@ -53,7 +53,7 @@ async def delete_webhook(request: Request[Any, Any, Any], subscription_id: FromP
 
 @post("/v1/admin/webhooks/{subscription_id:str}/test", status_code=200)
 async def test_webhook(request: Request[Any, Any, Any], subscription_id: FromPath[str]) -> Response[bytes]:
-    await request.body()
+    await read_body(request)
     return await common.test_probe(request, subscription_id, _ctx(request))
 
 
@@ -64,7 +64,7 @@ async def list_deliveries(request: Request[Any, Any, Any], subscription_id: From
 
 @post("/v1/admin/webhooks/{subscription_id:str}/replay", status_code=202)
 async def replay_events(request: Request[Any, Any, Any], subscription_id: FromPath[str]) -> Response[bytes]:
-    raw = await request.body()
+    raw = await read_body(request)
     return await common.replay(request, subscription_id, raw, _ctx(request))
 
 

@@ -15,7 +15,7 @@ from litestar.params import FromPath
 
 from app.api import webhooks_common as common
 from app.api.admin.auth import AdminPrincipal, admin_principal
-from app.api.request_parsing import read_query, text_param
+from app.api.request_parsing import read_body, read_query, text_param
 from app.errors import ApiError, invalid_request
 
 _LIST_QUERY: Final = {**common.LIST_QUERY, "tenant": text_param(64)}
@@ -28,7 +28,7 @@ def _caller(request: Request[Any, Any, Any]) -> tuple[AdminPrincipal, str]:
 
 @post("/v1/webhooks")
 async def create_tenant_webhook(request: Request[Any, Any, Any]) -> Response[bytes]:
-    raw = await request.body()  # first: a refusal must not leave the body unread
+    raw = await read_body(request)
     principal, context = _caller(request)
     if principal.kind != "tenant":
         raise ApiError(401, "UNAUTHORIZED", "creating a tenant webhook requires the tenant's X-Cycles-API-Key")
@@ -52,7 +52,7 @@ async def get_tenant_webhook(request: Request[Any, Any, Any], subscription_id: F
 
 @patch("/v1/webhooks/{subscription_id:str}")
 async def update_tenant_webhook(request: Request[Any, Any, Any], subscription_id: FromPath[str]) -> Response[bytes]:
-    raw = await request.body()
+    raw = await read_body(request)
     return await common.update(request, subscription_id, raw, _caller(request)[1])
 
 
@@ -63,7 +63,7 @@ async def delete_tenant_webhook(request: Request[Any, Any, Any], subscription_id
 
 @post("/v1/webhooks/{subscription_id:str}/test", status_code=200)
 async def test_tenant_webhook(request: Request[Any, Any, Any], subscription_id: FromPath[str]) -> Response[bytes]:
-    await request.body()
+    await read_body(request)
     return await common.test_probe(request, subscription_id, _caller(request)[1])
 
 

@@ -9,7 +9,7 @@ from litestar import Request, Response, delete, get, patch, post
 from litestar.params import FromPath
 
 from app.api.admin.calls import AdminCall, json_text, object_body, string_field, string_list_field
-from app.api.request_parsing import enum_param, int_param, read_query, text_param
+from app.api.request_parsing import enum_param, int_param, read_body, read_query, text_param
 from app.errors import invalid_request
 
 CREATE_SQL: Final = (
@@ -58,7 +58,7 @@ def _key_id(raw: str) -> str:
 
 @post("/v1/admin/api-keys")
 async def create_api_key(request: Request[Any, Any, Any]) -> Response[bytes]:
-    raw = await request.body()
+    raw = await read_body(request)
     async with AdminCall(request, "createApiKey", "api_key") as call:
         call.authenticate(allow_tenant_key=False)
         body = object_body(raw)
@@ -94,7 +94,7 @@ async def get_api_key(request: Request[Any, Any, Any], key_id: FromPath[str]) ->
 
 @patch("/v1/admin/api-keys/{key_id:str}")
 async def update_api_key(request: Request[Any, Any, Any], key_id: FromPath[str]) -> Response[bytes]:
-    raw = await request.body()
+    raw = await read_body(request)
     async with AdminCall(request, "updateApiKey", "api_key") as call:
         call.resource_id = _key_id(key_id)
         call.authenticate(allow_tenant_key=False)

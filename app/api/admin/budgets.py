@@ -13,7 +13,15 @@ from typing import Any, Final
 from litestar import Request, Response, get, patch, post
 
 from app.api.admin.calls import AdminCall, amount_field, json_text, object_body, string_field
-from app.api.request_parsing import QueryReader, bool_param, enum_param, int_param, read_query, text_param
+from app.api.request_parsing import (
+    QueryReader,
+    bool_param,
+    enum_param,
+    int_param,
+    read_body,
+    read_query,
+    text_param,
+)
 from app.errors import invalid_request
 
 CREATE_SQL: Final = (
@@ -98,7 +106,7 @@ def _target(call: AdminCall) -> tuple[str, str, dict[str, Any]]:
 
 @post("/v1/admin/budgets")
 async def create_budget(request: Request[Any, Any, Any]) -> Response[bytes]:
-    raw = await request.body()
+    raw = await read_body(request)
     async with AdminCall(request, "createBudget", "budget") as call:
         call.on_behalf_of = True
         principal = call.authenticate()
@@ -144,7 +152,7 @@ async def lookup_budget(request: Request[Any, Any, Any]) -> Response[bytes]:
 
 @patch("/v1/admin/budgets")
 async def update_budget(request: Request[Any, Any, Any]) -> Response[bytes]:
-    raw = await request.body()
+    raw = await read_body(request)
     async with AdminCall(request, "updateBudget", "budget") as call:
         call.authenticate()
         scope, unit, _ = _target(call)
@@ -154,7 +162,7 @@ async def update_budget(request: Request[Any, Any, Any]) -> Response[bytes]:
 
 
 async def _transition(request: Request[Any, Any, Any], operation: str, sql: str) -> Response[bytes]:
-    raw = await request.body()
+    raw = await read_body(request)
     async with AdminCall(request, operation, "budget") as call:
         call.authenticate()
         scope, unit, _ = _target(call)
@@ -177,7 +185,7 @@ async def unfreeze_budget(request: Request[Any, Any, Any]) -> Response[bytes]:
 
 @post("/v1/admin/budgets/fund", status_code=200)
 async def fund_budget(request: Request[Any, Any, Any]) -> Response[bytes]:
-    raw = await request.body()
+    raw = await read_body(request)
     async with AdminCall(request, "fundBudget", "budget") as call:
         call.on_behalf_of = True
         principal = call.authenticate()

@@ -12,6 +12,7 @@ from typing import Any, Final
 from litestar import Request, Response, post
 
 from app.api.admin.calls import AdminCall, amount_field, int_field, json_text, object_body, string_field
+from app.api.request_parsing import read_body
 from app.errors import invalid_request
 
 TENANT_SQL: Final = (
@@ -44,7 +45,7 @@ def _common(body: dict[str, Any], allowed: frozenset[str]) -> tuple[str, str, st
 
 @post("/v1/admin/tenants/bulk-action", status_code=200)
 async def bulk_tenants(request: Request[Any, Any, Any]) -> Response[bytes]:
-    raw = await request.body()
+    raw = await read_body(request)
     async with AdminCall(request, "bulkActionTenants", "tenant") as call:
         call.authenticate(allow_tenant_key=False)
         body = object_body(raw)
@@ -55,7 +56,7 @@ async def bulk_tenants(request: Request[Any, Any, Any]) -> Response[bytes]:
 
 @post("/v1/admin/budgets/bulk-action", status_code=200)
 async def bulk_budgets(request: Request[Any, Any, Any]) -> Response[bytes]:
-    raw = await request.body()
+    raw = await read_body(request)
     async with AdminCall(request, "bulkActionBudgets", "budget") as call:
         call.authenticate(allow_tenant_key=False)
         body = object_body(raw)

@@ -17,7 +17,7 @@ from litestar.params import FromPath
 from msgspec import UNSET, Meta, Struct, UnsetType
 
 from app.api.admin.calls import AdminCall
-from app.api.request_parsing import decode_body, enum_param, int_param, read_query, text_param
+from app.api.request_parsing import decode_body, enum_param, int_param, read_body, read_query, text_param
 from app.errors import invalid_request
 
 CREATE_SQL: Final = (
@@ -89,7 +89,7 @@ def _policy_id(raw: str) -> str:
 
 @post("/v1/admin/policies")
 async def create_policy(request: Request[Any, Any, Any]) -> Response[bytes]:
-    raw = await request.body()  # first: a refusal must not leave the body unread
+    raw = await read_body(request)
     async with AdminCall(request, "createPolicy", "policy") as call:
         call.on_behalf_of = True
         principal = call.authenticate()
@@ -143,7 +143,7 @@ async def get_policy(request: Request[Any, Any, Any], policy_id: FromPath[str]) 
 
 @patch("/v1/admin/policies/{policy_id:str}")
 async def update_policy(request: Request[Any, Any, Any], policy_id: FromPath[str]) -> Response[bytes]:
-    raw = await request.body()  # first: a refusal must not leave the body unread
+    raw = await read_body(request)
     async with AdminCall(request, "updatePolicy", "policy") as call:
         call.on_behalf_of = True
         call.authenticate()

@@ -14,7 +14,7 @@ from litestar.enums import MediaType
 from litestar.params import FromPath
 
 from app.api.admin.calls import AdminCall, json_text, object_body, string_field
-from app.api.request_parsing import enum_param, int_param, read_query, text_param
+from app.api.request_parsing import enum_param, int_param, read_body, read_query, text_param
 
 CREATE_SQL: Final = (
     "SELECT cycles.create_tenant(p_tenant_id => %(tenant_id)s, p_name => %(name)s,"
@@ -52,7 +52,7 @@ def _path_tenant_id(raw: str) -> str:
 
 @post("/v1/admin/tenants")
 async def create_tenant(request: Request[Any, Any, Any]) -> Response[bytes]:
-    raw = await request.body()
+    raw = await read_body(request)
     async with AdminCall(request, "createTenant", "tenant") as call:
         call.authenticate(allow_tenant_key=False)
         body = object_body(raw)
@@ -87,7 +87,7 @@ async def get_tenant(request: Request[Any, Any, Any], tenant_id: FromPath[str]) 
 
 @patch("/v1/admin/tenants/{tenant_id:str}")
 async def update_tenant(request: Request[Any, Any, Any], tenant_id: FromPath[str]) -> Response[bytes]:
-    raw = await request.body()
+    raw = await read_body(request)
     async with AdminCall(request, "updateTenant", "tenant") as call:
         call.resource_id = call.tenant_id = _path_tenant_id(tenant_id)
         call.authenticate(allow_tenant_key=False)
