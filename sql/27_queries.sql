@@ -99,29 +99,35 @@ $$;
 
 -- The caller's tenant for a read: the key's tenant, with the tenant query
 -- parameter as validation only (FORBIDDEN when it names another tenant); or,
--- for an admin caller (NULL key), the required tenant parameter.
+-- for an admin caller (NULL key), the required tenant parameter. Also the
+-- key's scope_filter (empty for the admin): a filtered key reads only the
+-- scopes its filter allows, as it may only act on those.
 -- Errors: UNAUTHORIZED, FORBIDDEN, INVALID_REQUEST.
-CREATE FUNCTION cycles._query_tenant(p_api_key text, p_permission text, p_query jsonb, p_ctx jsonb) RETURNS text
+CREATE FUNCTION cycles._query_tenant(
+    p_api_key text, p_permission text, p_query jsonb, p_ctx jsonb,
+    OUT o_tenant_id text, OUT o_scope_filter jsonb
+)
 LANGUAGE plpgsql
 AS $$
 DECLARE
-    v_tenant_id text;
-    v_filter    text := lower(cycles._query_text(p_query, 'tenant'));
+    v_filter text := lower(cycles._query_text(p_query, 'tenant'));
 BEGIN
+    o_scope_filter := '[]'::jsonb;
     IF p_api_key IS NULL THEN
         PERFORM cycles._require_admin_context(p_ctx, ARRAY['admin', 'admin_on_behalf_of']);
         IF v_filter IS NULL THEN
             PERFORM cycles._fail('INVALID_REQUEST',
                 'tenant query parameter is required when using admin key authentication');
         END IF;
-        RETURN v_filter;
+        o_tenant_id := v_filter;
+        RETURN;
     END IF;
-    SELECT (p.o_tenant).tenant_id INTO v_tenant_id FROM cycles._runtime_principal(p_api_key, p_permission) AS p;
-    IF v_filter IS NOT NULL AND v_filter <> v_tenant_id THEN
+    SELECT (p.o_tenant).tenant_id, to_jsonb(p.o_scope_filter) INTO o_tenant_id, o_scope_filter
+    FROM cycles._runtime_principal(p_api_key, p_permission) AS p;
+    IF v_filter IS NOT NULL AND v_filter <> o_tenant_id THEN
         PERFORM cycles._fail('FORBIDDEN', 'tenant parameter does not match the API key''s tenant',
             jsonb_build_object('tenant', v_filter));
     END IF;
-    RETURN v_tenant_id;
 END;
 $$;
 
@@ -176,8 +182,10 @@ DECLARE
     v_more     boolean;
     v_last     cycles.budgets;
     v_response jsonb;
+    v_allowed  jsonb;
 BEGIN
-    v_tenant := cycles._query_tenant(p_api_key, 'balances:read', v_query, p_ctx);
+    SELECT q.o_tenant_id, q.o_scope_filter INTO v_tenant, v_allowed
+    FROM cycles._query_tenant(p_api_key, 'balances:read', v_query, p_ctx) AS q;
     v_segments := cycles._query_segments(v_query);
     IF cycles._query_text(v_query, 'tenant') IS NULL AND cardinality(v_segments) = 0 AND v_prefix IS NULL THEN
         PERFORM cycles._fail('INVALID_REQUEST',
@@ -208,6 +216,7 @@ BEGIN
           AND (v_prefix IS NULL OR b.scope = v_prefix
                OR left(b.scope, char_length(v_prefix) + 1) = v_prefix || '/')
           AND (v_unit IS NULL OR b.unit = v_unit)
+          AND (jsonb_array_length(v_allowed) = 0 OR cycles._scope_filter_allows(v_allowed, b.scope))
           AND (v_cursor IS NULL
                OR (b.scope COLLATE "C", b.unit) > ((v_cursor ->> 'k') COLLATE "C", v_cursor ->> 'id'))
         ORDER BY b.scope COLLATE "C", b.unit
@@ -293,8 +302,10 @@ DECLARE
     v_more       boolean;
     v_last       cycles.reservations;
     v_response   jsonb;
+    v_allowed    jsonb;
 BEGIN
-    v_tenant := cycles._query_tenant(p_api_key, 'reservations:list', v_query, p_ctx);
+    SELECT q.o_tenant_id, q.o_scope_filter INTO v_tenant, v_allowed
+    FROM cycles._query_tenant(p_api_key, 'reservations:list', v_query, p_ctx) AS q;
     IF v_status IS NOT NULL AND v_status NOT IN ('ACTIVE', 'COMMITTED', 'RELEASED', 'EXPIRED') THEN
         PERFORM cycles._fail('INVALID_REQUEST',
             format('status must be one of ACTIVE, COMMITTED, RELEASED, EXPIRED, got %L', v_status));
@@ -357,13 +368,15 @@ BEGIN
               AND ($5[5]::bigint IS NULL OR r.finalized_at_ms >= $5[5])
               AND ($5[6]::bigint IS NULL OR r.finalized_at_ms <= $5[6])
               AND ($6::text IS NULL OR (%1$s, r.reservation_id COLLATE "C") %3$s ($6::%4$s, $7 COLLATE "C"))
+              AND (jsonb_array_length($9) = 0 OR cycles._scope_filter_allows($9, r.scope_path))
             ORDER BY %1$s %2$s, r.reservation_id COLLATE "C" %2$s
             LIMIT $8)
         $query$,
         v_sort_expr, v_sort_dir, CASE v_sort_dir WHEN 'asc' THEN '>' ELSE '<' END,
         CASE WHEN v_numeric THEN 'bigint' ELSE 'text' END)
     INTO v_rows
-    USING v_tenant, v_status, v_idem_key, v_subject, v_times, v_cursor ->> 'k', v_cursor ->> 'id', v_limit + 1;
+    USING v_tenant, v_status, v_idem_key, v_subject, v_times, v_cursor ->> 'k', v_cursor ->> 'id', v_limit + 1,
+          v_allowed;
 
     v_more := cardinality(v_rows) > v_limit;
     IF v_more THEN
@@ -403,19 +416,21 @@ $$;
 -- Locks: none.
 --
 -- Errors, in precedence order: UNAUTHORIZED; FORBIDDEN (permission
--- reservations:list); NOT_FOUND; FORBIDDEN (another tenant's reservation);
+-- reservations:list); NOT_FOUND; FORBIDDEN (another tenant's reservation, or
+-- a scope outside the key's scope_filter);
 -- RESERVATION_EXPIRED (status EXPIRED).
 CREATE FUNCTION cycles.get_reservation(p_api_key text, p_reservation_id text, p_ctx jsonb DEFAULT '{}') RETURNS jsonb
 LANGUAGE plpgsql
 AS $$
 DECLARE
-    v_tenant_id text;
-    v_row       cycles.reservations;
+    v_tenant_id    text;
+    v_scope_filter text[];
+    v_row          cycles.reservations;
 BEGIN
     IF p_api_key IS NULL THEN
         PERFORM cycles._require_admin_context(p_ctx, ARRAY['admin', 'admin_on_behalf_of']);
     ELSE
-        SELECT (p.o_tenant).tenant_id INTO v_tenant_id
+        SELECT (p.o_tenant).tenant_id, p.o_scope_filter INTO v_tenant_id, v_scope_filter
         FROM cycles._runtime_principal(p_api_key, 'reservations:list') AS p;
     END IF;
     SELECT r.* INTO v_row FROM cycles.reservations AS r WHERE r.reservation_id = p_reservation_id;
@@ -427,6 +442,7 @@ BEGIN
         PERFORM cycles._fail('FORBIDDEN', 'reservation belongs to another tenant',
             jsonb_build_object('reservation_id', p_reservation_id));
     END IF;
+    PERFORM cycles._require_scope_in_filter(v_scope_filter, v_row.scope_path);
     IF v_row.status = 'EXPIRED' THEN
         PERFORM cycles._fail('RESERVATION_EXPIRED', format('reservation %s has expired', p_reservation_id),
             jsonb_build_object('reservation_id', p_reservation_id, 'expires_at_ms', v_row.expires_at_ms));
