@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import importlib
 import os
 import shutil
 import signal
@@ -21,7 +20,7 @@ import click
 import psycopg
 import sqlalchemy.exc
 
-from app import migrate, server
+from app import cli_admin, cli_policies, migrate, server
 from app.config import Settings
 from app.pgcluster import PostgresNotInstalled, find_bindir
 
@@ -128,17 +127,9 @@ def version() -> None:
     click.echo(f"cycles {package} (schema migration head {migrate.head_revision()})")
 
 
-def _register_admin_commands() -> None:
-    """Add the admin groups (tenant, key, budget, ...) when that module is present."""
-    try:
-        module = importlib.import_module("app.cli_admin")
-    except ModuleNotFoundError as exc:
-        if exc.name != "app.cli_admin":
-            raise
-        return
-    register = getattr(module, "register", None)
-    if callable(register):
-        register(cli)
+# The operator commands: tenant, key, budget, audit, policy, event.
+cli_admin.register(cli)
+cli_policies.register(cli)
 
 
 def _first_line(exc: BaseException) -> str:
@@ -166,7 +157,6 @@ def _describe(exc: Exception) -> str | None:
 
 
 def main() -> None:
-    _register_admin_commands()
     try:
         cli.main(prog_name="cycles")
     except Exception as exc:

@@ -8,16 +8,21 @@ its ``postgresql`` fixture hands each test a fresh clone of it.
 
 from __future__ import annotations
 
+import json
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
+from urllib.parse import quote
 
 import psycopg
 import pytest
+from click.testing import CliRunner, Result
 from pytest_postgresql import factories
 from pytest_postgresql.executors import NoopExecutor
 
+from app.cli import cli
 from app.pgcluster import Cluster
 from app.schema import sql_files
 
@@ -69,3 +74,23 @@ def db(postgresql: psycopg.Connection) -> psycopg.Connection:
     cycles.* call is its own transaction, as it is for the server."""
     postgresql.autocommit = True
     return postgresql
+
+
+@pytest.fixture
+def run(db: psycopg.Connection, monkeypatch: pytest.MonkeyPatch) -> Callable[..., Result]:
+    """Runs the ``cycles`` command (click's CliRunner) against the test database."""
+    url = (f"postgresql://{quote(db.info.user)}@/{quote(db.info.dbname)}"
+           f"?host={quote(db.info.host, safe='')}&port={db.info.port}")
+    monkeypatch.setenv("CYCLES_DATABASE_URL", url)
+    runner = CliRunner()
+
+    def invoke(*args: str, input: str | None = None) -> Result:
+        return runner.invoke(cli, list(args), input=input, catch_exceptions=False)
+
+    return invoke
+
+
+def ok_json(result: Result) -> Any:
+    """The JSON a successful ``--json`` command printed."""
+    assert result.exit_code == 0, result.output + result.stderr
+    return json.loads(result.stdout)

@@ -2,47 +2,14 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
-from urllib.parse import quote
 
-import click
 import psycopg
 import pytest
-from click.testing import CliRunner, Result
-from psycopg.conninfo import conninfo_to_dict
+from click.testing import CliRunner
 
-from app.cli_admin import register
-
-
-@pytest.fixture
-def cli() -> click.Group:
-    @click.group()
-    def root() -> None:
-        """Stands in for the main command: the admin groups register into it."""
-
-    register(root)
-    return root
-
-
-@pytest.fixture
-def run(db: psycopg.Connection, cli: click.Group, monkeypatch: pytest.MonkeyPatch) -> Any:
-    params = conninfo_to_dict(db.info.dsn)  # the connection's parameters, defaults omitted
-    url = (f"postgresql://{quote(db.info.user)}@/{quote(db.info.dbname)}"
-           f"?host={quote(db.info.host, safe='')}&port={db.info.port}")
-    assert params["dbname"] == db.info.dbname
-    monkeypatch.setenv("CYCLES_DATABASE_URL", url)
-    runner = CliRunner()
-
-    def invoke(*args: str, input: str | None = None) -> Result:
-        return runner.invoke(cli, list(args), input=input, catch_exceptions=False)
-
-    return invoke
-
-
-def ok_json(result: Result) -> Any:
-    assert result.exit_code == 0, result.output + result.stderr
-    return json.loads(result.stdout)
+from app.cli import cli
+from tests.conftest import ok_json
 
 
 def test_tenant_commands(run: Any, db: psycopg.Connection) -> None:
@@ -174,8 +141,7 @@ def test_amounts_are_checked_before_the_database(run: Any, amount: str) -> None:
     assert "is not an integer" in result.stderr or "is outside 0.." in result.stderr
 
 
-def test_unreachable_embedded_database_is_one_line(
-        cli: click.Group, monkeypatch: pytest.MonkeyPatch, tmp_path: Any) -> None:
+def test_unreachable_embedded_database_is_one_line(monkeypatch: pytest.MonkeyPatch, tmp_path: Any) -> None:
     monkeypatch.delenv("CYCLES_DATABASE_URL", raising=False)
     monkeypatch.setenv("CYCLES_DATA_DIR", str(tmp_path))
     result = CliRunner().invoke(cli, ["tenant", "list"])
