@@ -322,7 +322,7 @@ def populate_scale(stack: Stack) -> str:
         assert key is not None
         conn.execute("""
             INSERT INTO cycles.budgets (tenant_id, scope, unit, allocated, remaining)
-            SELECT 'scale', 'tenant:scale/workspace:w' || (g % 100) || '/agent:a' || g, 'USD_MICROCENTS', %s, %s
+            SELECT 'scale', 'tenant:scale/workspace:w' || (g %% 100) || '/agent:a' || g, 'USD_MICROCENTS', %s, %s
             FROM generate_series(1, %s) AS g""", (HUGE, HUGE, SCALE_BUDGETS))
         conn.execute("""
             INSERT INTO cycles.ledger_entries (tenant_id, budget_id, scope, unit, operation, allocated_delta, actor_type)
@@ -334,9 +334,9 @@ def populate_scale(stack: Stack) -> str:
                 affected_scopes, budgeted_scopes, overage_policy, status, created_at_ms, expires_at_ms,
                 grace_period_ms, ttl_ms, max_extensions, finalized_at_ms, committed)
             SELECT 'rsv_scale_' || g, 'scale', 'idem-' || g,
-                   jsonb_build_object('tenant', 'scale', 'workspace', 'w' || (g % 100), 'agent', 'a' || (g % 10000)),
+                   jsonb_build_object('tenant', 'scale', 'workspace', 'w' || (g %% 100), 'agent', 'a' || (g %% 10000)),
                    '{"kind": "llm.completion", "name": "bench"}', 'USD_MICROCENTS', 100,
-                   'tenant:scale/workspace:w' || (g % 100) || '/agent:a' || (g % 10000),
+                   'tenant:scale/workspace:w' || (g %% 100) || '/agent:a' || (g %% 10000),
                    ARRAY['tenant:scale'], ARRAY[]::text[], 'ALLOW_IF_AVAILABLE', 'COMMITTED',
                    cycles._now_ms() - 86400000 + g, cycles._now_ms() + 86400000, 5000, 60000, 10,
                    cycles._now_ms() - 86400000 + g + 10, 100
@@ -427,7 +427,7 @@ def write_report(results: dict[str, Any], path: Path) -> None:
               "## 2. HTTP (wrk, 2 threads)", "",
               "| mode | shape | connections | req/s | p50 ms | p95 ms | p99 ms | non-2xx | ledger mismatches "
               "| RSS MiB | req/s ÷ baseline tps (same shape, 32 clients) |", "|---|---|---|---|---|---|---|---|---|---|---|"]
-    for name, cell in results["http"].items():
+    for name, cell in results.get("http", {}).items():
         mode, shape, connections = name.split("/")
         ratio = cell["rps"] / base[f"{shape}/32"]["tps"]
         lines.append(
@@ -459,6 +459,12 @@ def main() -> None:
     results: dict[str, Any] = {"started": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "seconds": seconds,
                                "machine": machine()}
     stack = start_stack(args.workers)
+
+    def save() -> None:
+        # After every stage, so an interrupted run still reports what it measured.
+        (BENCH / "results.json").write_text(json.dumps(results, indent=2))
+        write_report(results, args.out)
+
     try:
         say(f"server up at {stack.base_url}; provisioning")
         keys = provision(stack)
@@ -473,6 +479,7 @@ def main() -> None:
             for clients in PGBENCH_CLIENTS:
                 say(f"sql {name} x{clients}")
                 results["sql"][name][str(clients)] = pgbench(stack, script, clients, seconds)
+        save()
         results["http"] = {}
         for mode in ("reserve", "lifecycle"):
             for shape in ("independent", "shared"):
@@ -480,13 +487,13 @@ def main() -> None:
                     say(f"http {mode} {shape} x{connections}")
                     results["http"][f"{mode}/{shape}/{connections}"] = http_cell(
                         stack, keys, shape, mode, connections, seconds)
+        save()
         if not args.skip_scale:
             say("scale: populating")
             results["scale"] = scale_queries(stack, 50 if args.quick else 200)
+        save()
     finally:
         stop_stack(stack)
-    (BENCH / "results.json").write_text(json.dumps(results, indent=2))
-    write_report(results, args.out)
     say(f"wrote {args.out}")
 
 
