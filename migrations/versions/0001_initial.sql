@@ -5036,6 +5036,13 @@ CREATE FUNCTION cycles._fail_denial(p_reason text, p_row cycles.budgets, p_reque
 LANGUAGE plpgsql
 AS $$
 BEGIN
+    IF p_reason = 'BUDGET_CLOSED' THEN
+        -- A tenant close that committed while this call waited for the budget
+        -- locks closed the budget; the caller read the tenant before that.
+        -- Report the cause, as a call made after the close does. (This
+        -- statement's snapshot is newer than the lock wait.)
+        PERFORM cycles._require_tenant_open(t, false) FROM cycles.tenants AS t WHERE t.tenant_id = p_row.tenant_id;
+    END IF;
     PERFORM cycles._fail(p_reason,
         CASE p_reason
             WHEN 'BUDGET_FROZEN' THEN format('budget %s is frozen', p_row.scope)
