@@ -22,6 +22,7 @@ import sqlalchemy.exc
 
 from app import cli_admin, cli_policies, migrate, server
 from app.config import Settings
+from app.demos.cli import demo
 from app.pgcluster import PostgresNotInstalled, find_bindir
 
 
@@ -130,6 +131,7 @@ def version() -> None:
 # The operator commands: tenant, key, budget, audit, policy, event.
 cli_admin.register(cli)
 cli_policies.register(cli)
+cli.add_command(demo)
 
 
 def _first_line(exc: BaseException) -> str:

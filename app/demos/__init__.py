@@ -1,0 +1,1 @@
+"""Self-contained demos: `cycles demo runaway` and `cycles demo authority`."""
