@@ -133,6 +133,35 @@ BEGIN
 END;
 $$;
 
+-- An integer member of a JSON object (a request body, options, a patch):
+-- p_default when absent or null, else an integer within [p_min, p_max].
+-- p_label names it in the error (default: p_field).
+-- Errors: INVALID_REQUEST.
+CREATE FUNCTION cycles._json_int(
+    p_object  jsonb,
+    p_field   text,
+    p_min     bigint,
+    p_max     bigint,
+    p_default bigint DEFAULT NULL,
+    p_label   text DEFAULT NULL
+) RETURNS bigint
+LANGUAGE plpgsql IMMUTABLE
+AS $$
+DECLARE
+    v_value jsonb := p_object -> p_field;
+BEGIN
+    IF v_value IS NULL OR v_value = 'null'::jsonb THEN
+        RETURN p_default;
+    END IF;
+    IF jsonb_typeof(v_value) <> 'number' OR v_value::text::numeric <> trunc(v_value::text::numeric)
+       OR v_value::text::numeric NOT BETWEEN p_min AND p_max THEN
+        PERFORM cycles._fail('INVALID_REQUEST', format('%s must be an integer between %s and %s, got %s',
+            coalesce(p_label, p_field), p_min, p_max, left(v_value::text, 64)));
+    END IF;
+    RETURN v_value::text::bigint;
+END;
+$$;
+
 -- Scope paths --------------------------------------------------------------
 -- A scope is level:value segments joined by '/', levels in the fixed order
 -- tenant, workspace, app, workflow, agent, toolset, gaps allowed, starting with

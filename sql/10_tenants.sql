@@ -70,26 +70,6 @@ BEGIN
 END;
 $$;
 
--- An integer option within [p_min, p_max], or p_default when absent or null.
-CREATE FUNCTION cycles._int_option(p_options jsonb, p_key text, p_min bigint, p_max bigint, p_default bigint)
-RETURNS bigint
-LANGUAGE plpgsql IMMUTABLE
-AS $$
-DECLARE
-    v_value jsonb := p_options -> p_key;
-BEGIN
-    IF v_value IS NULL OR v_value = 'null'::jsonb THEN
-        RETURN p_default;
-    END IF;
-    IF jsonb_typeof(v_value) <> 'number' OR v_value::text::numeric <> trunc(v_value::text::numeric)
-       OR v_value::text::numeric NOT BETWEEN p_min AND p_max THEN
-        PERFORM cycles._fail('INVALID_REQUEST',
-            format('%s must be an integer between %s and %s, got %s', p_key, p_min, p_max, v_value));
-    END IF;
-    RETURN v_value::text::bigint;
-END;
-$$;
-
 -- A string option, or NULL when absent or null.
 CREATE FUNCTION cycles._text_option(p_options jsonb, p_key text, p_max_length integer) RETURNS text
 LANGUAGE plpgsql IMMUTABLE
@@ -251,9 +231,9 @@ BEGIN
     SELECT p_tenant_id, p_name, v_parent,
         coalesce(cycles._require_overage_policy(cycles._text_option(v_options, 'default_commit_overage_policy', 64)),
                  'ALLOW_IF_AVAILABLE'),
-        cycles._int_option(v_options, 'default_reservation_ttl_ms', 1000, 86400000, 60000),
-        cycles._int_option(v_options, 'max_reservation_ttl_ms', 1000, 86400000, 3600000),
-        cycles._int_option(v_options, 'max_reservation_extensions', 0, 10000, 10),
+        cycles._json_int(v_options, 'default_reservation_ttl_ms', 1000, 86400000, 60000),
+        cycles._json_int(v_options, 'max_reservation_ttl_ms', 1000, 86400000, 3600000),
+        cycles._json_int(v_options, 'max_reservation_extensions', 0, 10000, 10),
         cycles._require_tenant_metadata(v_options -> 'metadata')
     WHERE v_parent IS NULL
        OR (v_parent <> p_tenant_id AND EXISTS (SELECT FROM cycles.tenants AS p WHERE p.tenant_id = v_parent))
@@ -727,9 +707,9 @@ BEGIN
         PERFORM cycles._fail('INVALID_REQUEST', 'name must be 1 to 256 characters long');
     END IF;
     PERFORM cycles._require_overage_policy(cycles._text_option(v_patch, 'default_commit_overage_policy', 64));
-    PERFORM cycles._int_option(v_patch, 'default_reservation_ttl_ms', 1000, 86400000, NULL);
-    PERFORM cycles._int_option(v_patch, 'max_reservation_ttl_ms', 1000, 86400000, NULL);
-    PERFORM cycles._int_option(v_patch, 'max_reservation_extensions', 0, 10000, NULL);
+    PERFORM cycles._json_int(v_patch, 'default_reservation_ttl_ms', 1000, 86400000, NULL);
+    PERFORM cycles._json_int(v_patch, 'max_reservation_ttl_ms', 1000, 86400000, NULL);
+    PERFORM cycles._json_int(v_patch, 'max_reservation_extensions', 0, 10000, NULL);
     IF v_patch ? 'metadata' THEN
         PERFORM cycles._require_tenant_metadata(v_patch -> 'metadata');
     END IF;
@@ -745,11 +725,11 @@ BEGIN
         metadata = coalesce(v_patch -> 'metadata', t.metadata),
         default_commit_overage_policy = coalesce(v_patch ->> 'default_commit_overage_policy',
                                                  t.default_commit_overage_policy),
-        default_reservation_ttl_ms = coalesce(cycles._int_option(v_patch, 'default_reservation_ttl_ms', 1000, 86400000, NULL),
+        default_reservation_ttl_ms = coalesce(cycles._json_int(v_patch, 'default_reservation_ttl_ms', 1000, 86400000, NULL),
                                               t.default_reservation_ttl_ms),
-        max_reservation_ttl_ms = coalesce(cycles._int_option(v_patch, 'max_reservation_ttl_ms', 1000, 86400000, NULL),
+        max_reservation_ttl_ms = coalesce(cycles._json_int(v_patch, 'max_reservation_ttl_ms', 1000, 86400000, NULL),
                                           t.max_reservation_ttl_ms),
-        max_reservation_extensions = coalesce(cycles._int_option(v_patch, 'max_reservation_extensions', 0, 10000, NULL)::integer,
+        max_reservation_extensions = coalesce(cycles._json_int(v_patch, 'max_reservation_extensions', 0, 10000, NULL)::integer,
                                               t.max_reservation_extensions)
     WHERE t.tenant_id = p_tenant_id
     RETURNING t.* INTO v_after;

@@ -622,7 +622,7 @@ BEGIN
         v_patch := jsonb_set(v_patch, '{overdraft_limit}', coalesce(v_patch #> '{overdraft_limit,amount}', 'null'));
     END IF;
     IF v_patch ? 'overdraft_limit' THEN
-        v_limit := cycles._int_option(v_patch, 'overdraft_limit', 0, 9223372036854775807, NULL);
+        v_limit := cycles._json_int(v_patch, 'overdraft_limit', 0, 9223372036854775807, NULL);
         IF v_limit IS NULL THEN
             PERFORM cycles._fail('INVALID_REQUEST', 'overdraft_limit must be an integer >= 0');
         END IF;

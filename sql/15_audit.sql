@@ -138,9 +138,9 @@ BEGIN
     v_types := cycles._audit_list_filter(v_filter, 'resource_type');
     v_errors := cycles._audit_list_filter(v_filter, 'error_code');
     v_excluded := cycles._audit_list_filter(v_filter, 'error_code_exclude');
-    v_status := cycles._int_option(v_filter, 'status', 100, 599, NULL);
-    v_status_min := cycles._int_option(v_filter, 'status_min', 100, 599, NULL);
-    v_status_max := cycles._int_option(v_filter, 'status_max', 100, 599, NULL);
+    v_status := cycles._json_int(v_filter, 'status', 100, 599, NULL);
+    v_status_min := cycles._json_int(v_filter, 'status_min', 100, 599, NULL);
+    v_status_max := cycles._json_int(v_filter, 'status_max', 100, 599, NULL);
     IF v_status IS NOT NULL AND (v_status_min IS NOT NULL OR v_status_max IS NOT NULL) THEN
         PERFORM cycles._fail('INVALID_REQUEST', 'status cannot be combined with status_min or status_max');
     END IF;

@@ -136,27 +136,6 @@ CREATE INDEX policies_tenant_created_idx ON cycles.policies (tenant_id, created_
 
 -- Validation of the JSON parts -------------------------------------------------
 
--- An optional integer member of p_object within [p_min, p_max].
--- Errors: INVALID_REQUEST.
-CREATE FUNCTION cycles._policy_int(p_object jsonb, p_field text, p_what text, p_min bigint, p_max bigint)
-RETURNS bigint
-LANGUAGE plpgsql IMMUTABLE
-AS $$
-DECLARE
-    v_value jsonb := p_object -> p_field;
-BEGIN
-    IF v_value IS NULL OR v_value = 'null'::jsonb THEN
-        RETURN NULL;
-    END IF;
-    IF jsonb_typeof(v_value) <> 'number' OR v_value::text::numeric <> trunc(v_value::text::numeric)
-       OR v_value::text::numeric NOT BETWEEN p_min AND p_max THEN
-        PERFORM cycles._fail('INVALID_REQUEST',
-            format('%s.%s must be an integer between %s and %s', p_what, p_field, p_min, p_max));
-    END IF;
-    RETURN v_value::text::bigint;
-END;
-$$;
-
 -- Caps exactly as the spec's Caps object: max_tokens, max_steps_remaining,
 -- cooldown_ms (integers >= 0), tool_allowlist, tool_denylist (strings of at
 -- most 256 characters). Nulls are dropped; NULL in, NULL out.
@@ -173,9 +152,9 @@ BEGIN
     END IF;
     v_caps := jsonb_strip_nulls(cycles._require_known_options(p_caps,
         ARRAY['max_tokens', 'max_steps_remaining', 'tool_allowlist', 'tool_denylist', 'cooldown_ms'], 'caps field'));
-    PERFORM cycles._policy_int(v_caps, 'max_tokens', 'caps', 0, 9223372036854775807);
-    PERFORM cycles._policy_int(v_caps, 'max_steps_remaining', 'caps', 0, 9223372036854775807);
-    PERFORM cycles._policy_int(v_caps, 'cooldown_ms', 'caps', 0, 9223372036854775807);
+    PERFORM cycles._json_int(v_caps, 'max_tokens', 0, 9223372036854775807, NULL, 'caps.max_tokens');
+    PERFORM cycles._json_int(v_caps, 'max_steps_remaining', 0, 9223372036854775807, NULL, 'caps.max_steps_remaining');
+    PERFORM cycles._json_int(v_caps, 'cooldown_ms', 0, 9223372036854775807, NULL, 'caps.cooldown_ms');
     FOREACH v_list IN ARRAY ARRAY['tool_allowlist', 'tool_denylist'] LOOP
         IF v_caps ? v_list AND (jsonb_typeof(v_caps -> v_list) <> 'array' OR EXISTS (
                 SELECT FROM jsonb_array_elements(v_caps -> v_list) AS e(item)
@@ -201,9 +180,9 @@ BEGIN
     END IF;
     v_override := jsonb_strip_nulls(cycles._require_known_options(p_override,
         ARRAY['default_ttl_ms', 'max_ttl_ms', 'max_extensions'], 'reservation_ttl_override field'));
-    PERFORM cycles._policy_int(v_override, 'default_ttl_ms', 'reservation_ttl_override', 1000, 86400000);
-    PERFORM cycles._policy_int(v_override, 'max_ttl_ms', 'reservation_ttl_override', 1000, 86400000);
-    PERFORM cycles._policy_int(v_override, 'max_extensions', 'reservation_ttl_override', 0, 10000);
+    PERFORM cycles._json_int(v_override, 'default_ttl_ms', 1000, 86400000, NULL, 'reservation_ttl_override.default_ttl_ms');
+    PERFORM cycles._json_int(v_override, 'max_ttl_ms', 1000, 86400000, NULL, 'reservation_ttl_override.max_ttl_ms');
+    PERFORM cycles._json_int(v_override, 'max_extensions', 0, 10000, NULL, 'reservation_ttl_override.max_extensions');
     RETURN v_override;
 END;
 $$;
@@ -221,8 +200,8 @@ BEGIN
     END IF;
     v_limits := jsonb_strip_nulls(cycles._require_known_options(p_limits,
         ARRAY['max_reservations_per_minute', 'max_commits_per_minute'], 'rate_limits field'));
-    PERFORM cycles._policy_int(v_limits, 'max_reservations_per_minute', 'rate_limits', 1, 2147483647);
-    PERFORM cycles._policy_int(v_limits, 'max_commits_per_minute', 'rate_limits', 1, 2147483647);
+    PERFORM cycles._json_int(v_limits, 'max_reservations_per_minute', 1, 2147483647, NULL, 'rate_limits.max_reservations_per_minute');
+    PERFORM cycles._json_int(v_limits, 'max_commits_per_minute', 1, 2147483647, NULL, 'rate_limits.max_commits_per_minute');
     RETURN v_limits;
 END;
 $$;
@@ -586,7 +565,7 @@ BEGIN
         PERFORM cycles._fail('INVALID_REQUEST', 'status must be ACTIVE or DISABLED');
     END IF;
     IF v_patch ? 'priority' AND (v_patch -> 'priority' = 'null'::jsonb
-                                 OR cycles._policy_int(v_patch, 'priority', 'policy', 0, 2147483647) IS NULL) THEN
+                                 OR cycles._json_int(v_patch, 'priority', 0, 2147483647, NULL, 'policy.priority') IS NULL) THEN
         PERFORM cycles._fail('INVALID_REQUEST', 'priority must be an integer >= 0');
     END IF;
     IF v_patch ? 'description' AND v_patch -> 'description' <> 'null'::jsonb

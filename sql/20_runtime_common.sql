@@ -102,32 +102,6 @@ BEGIN
 END;
 $$;
 
--- An integer field of the request (JSON null or absent: p_default), within
--- [p_min, p_max]. Errors: INVALID_REQUEST.
-CREATE FUNCTION cycles._request_int(
-    p_request jsonb, p_field text, p_min bigint, p_max bigint, p_default bigint
-) RETURNS bigint
-LANGUAGE plpgsql IMMUTABLE
-AS $$
-DECLARE
-    v_value jsonb := p_request -> p_field;
-    v_number numeric;
-BEGIN
-    IF v_value IS NULL OR v_value = 'null'::jsonb THEN
-        RETURN p_default;
-    END IF;
-    IF jsonb_typeof(v_value) <> 'number' THEN
-        PERFORM cycles._fail('INVALID_REQUEST', format('%s must be an integer', p_field));
-    END IF;
-    v_number := v_value::numeric;
-    IF v_number <> trunc(v_number) OR v_number < p_min OR v_number > p_max THEN
-        PERFORM cycles._fail('INVALID_REQUEST',
-            format('%s must be an integer between %s and %s', p_field, p_min, p_max));
-    END IF;
-    RETURN v_number::bigint;
-END;
-$$;
-
 -- An Amount object {unit, amount}: a known unit and an int64 >= 0.
 -- Errors: INVALID_REQUEST.
 CREATE FUNCTION cycles._request_amount(

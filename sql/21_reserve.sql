@@ -164,8 +164,8 @@ BEGIN
         PERFORM cycles._fail('INVALID_REQUEST', 'dry_run must be a boolean');
     END IF;
     v_dry_run := coalesce((p_request ->> 'dry_run')::boolean, false);
-    v_ttl_req := cycles._request_int(p_request, 'ttl_ms', 1000, 86400000, NULL);
-    v_grace_ms := cycles._request_int(p_request, 'grace_period_ms', 0, 60000, 5000);
+    v_ttl_req := cycles._json_int(p_request, 'ttl_ms', 1000, 86400000, NULL);
+    v_grace_ms := cycles._json_int(p_request, 'grace_period_ms', 0, 60000, 5000);
     v_policy := cycles._require_overage_policy(p_request ->> 'overage_policy');
     v_actor := cycles._runtime_actor(p_ctx, v_principal.o_key_id);
 

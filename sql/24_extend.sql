@@ -40,7 +40,7 @@ BEGIN
     IF p_request -> 'extend_by_ms' IS NULL OR p_request -> 'extend_by_ms' = 'null'::jsonb THEN
         PERFORM cycles._fail('INVALID_REQUEST', 'extend_by_ms is required');
     END IF;
-    v_extend_by := cycles._request_int(p_request, 'extend_by_ms', 1, 86400000, NULL);
+    v_extend_by := cycles._json_int(p_request, 'extend_by_ms', 1, 86400000, NULL);
     PERFORM cycles._request_object(p_request, 'metadata');
 
     SELECT l.o_reservation, l.o_tenant INTO v_locked

@@ -52,7 +52,7 @@ BEGIN
     v_policy := cycles._require_overage_policy(p_request ->> 'overage_policy');
     PERFORM cycles._request_object(p_request, 'metrics');
     PERFORM cycles._request_object(p_request, 'metadata');
-    PERFORM cycles._request_int(p_request, 'client_time_ms', 0, 9223372036854775807, NULL);
+    PERFORM cycles._json_int(p_request, 'client_time_ms', 0, 9223372036854775807, NULL);
     SELECT d.o_scope_path, d.o_affected_scopes INTO v_scopes
     FROM cycles._derive_scopes(p_request -> 'subject', v_tenant.tenant_id) AS d;
     PERFORM cycles._require_scope_in_filter(v_principal.o_scope_filter, v_scopes.o_scope_path);

@@ -476,10 +476,10 @@ BEGIN
         PERFORM cycles._fail('INVALID_REQUEST', 'backoff_multiplier must be a number between 1 and 10');
     END IF;
     RETURN jsonb_build_object(
-        'max_retries', cycles._int_option(v_policy, 'max_retries', 0, 10, 5),
-        'initial_delay_ms', cycles._int_option(v_policy, 'initial_delay_ms', 100, 60000, 1000),
+        'max_retries', cycles._json_int(v_policy, 'max_retries', 0, 10, 5),
+        'initial_delay_ms', cycles._json_int(v_policy, 'initial_delay_ms', 100, 60000, 1000),
         'backoff_multiplier', v_multiplier,
-        'max_delay_ms', cycles._int_option(v_policy, 'max_delay_ms', 1000, 3600000, 60000));
+        'max_delay_ms', cycles._json_int(v_policy, 'max_delay_ms', 1000, 3600000, 60000));
 END;
 $$;
 
@@ -749,7 +749,7 @@ BEGIN
         cycles._webhook_secret(cycles._text_option(v_request, 'signing_secret', 4096)),
         cycles._webhook_headers(v_request -> 'headers'),
         cycles._webhook_retry_policy(v_request -> 'retry_policy'),
-        cycles._int_option(v_request, 'disable_after_failures', 1, 1000000, 10),
+        cycles._json_int(v_request, 'disable_after_failures', 1, 1000000, 10),
         cycles._webhook_object(v_request, 'metadata'))
     RETURNING * INTO v_sub;
     PERFORM cycles._webhook_lifecycle_event(
@@ -895,7 +895,7 @@ BEGIN
                 'max_retries', 'initial_delay_ms', 'backoff_multiplier', 'max_delay_ms'], 'retry_policy field'));
     END IF;
     IF v_patch ? 'disable_after_failures' THEN
-        v_new.disable_after_failures := cycles._int_option(v_patch, 'disable_after_failures', 1, 1000000,
+        v_new.disable_after_failures := cycles._json_int(v_patch, 'disable_after_failures', 1, 1000000,
             v_old.disable_after_failures);
     END IF;
     IF v_patch ? 'metadata' THEN v_new.metadata := cycles._webhook_object(v_patch, 'metadata'); END IF;
@@ -1111,7 +1111,7 @@ DECLARE
     v_to         timestamptz;
     v_from       timestamptz;
     v_types      text[] := cycles._webhook_text_array(v_request, 'event_types');
-    v_max        integer := cycles._int_option(v_request, 'max_events', 1, 1000, 100);
+    v_max        integer := cycles._json_int(v_request, 'max_events', 1, 1000, 100);
     v_candidates bigint;
     v_selected   bigint;
     v_replay_id  text := cycles._new_id('rpl_', 16);

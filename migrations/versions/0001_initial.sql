@@ -434,6 +434,35 @@ BEGIN
 END;
 $$;
 
+-- An integer member of a JSON object (a request body, options, a patch):
+-- p_default when absent or null, else an integer within [p_min, p_max].
+-- p_label names it in the error (default: p_field).
+-- Errors: INVALID_REQUEST.
+CREATE FUNCTION cycles._json_int(
+    p_object  jsonb,
+    p_field   text,
+    p_min     bigint,
+    p_max     bigint,
+    p_default bigint DEFAULT NULL,
+    p_label   text DEFAULT NULL
+) RETURNS bigint
+LANGUAGE plpgsql IMMUTABLE
+AS $$
+DECLARE
+    v_value jsonb := p_object -> p_field;
+BEGIN
+    IF v_value IS NULL OR v_value = 'null'::jsonb THEN
+        RETURN p_default;
+    END IF;
+    IF jsonb_typeof(v_value) <> 'number' OR v_value::text::numeric <> trunc(v_value::text::numeric)
+       OR v_value::text::numeric NOT BETWEEN p_min AND p_max THEN
+        PERFORM cycles._fail('INVALID_REQUEST', format('%s must be an integer between %s and %s, got %s',
+            coalesce(p_label, p_field), p_min, p_max, left(v_value::text, 64)));
+    END IF;
+    RETURN v_value::text::bigint;
+END;
+$$;
+
 -- Scope paths --------------------------------------------------------------
 -- A scope is level:value segments joined by '/', levels in the fixed order
 -- tenant, workspace, app, workflow, agent, toolset, gaps allowed, starting with
@@ -985,26 +1014,6 @@ BEGIN
 END;
 $$;
 
--- An integer option within [p_min, p_max], or p_default when absent or null.
-CREATE FUNCTION cycles._int_option(p_options jsonb, p_key text, p_min bigint, p_max bigint, p_default bigint)
-RETURNS bigint
-LANGUAGE plpgsql IMMUTABLE
-AS $$
-DECLARE
-    v_value jsonb := p_options -> p_key;
-BEGIN
-    IF v_value IS NULL OR v_value = 'null'::jsonb THEN
-        RETURN p_default;
-    END IF;
-    IF jsonb_typeof(v_value) <> 'number' OR v_value::text::numeric <> trunc(v_value::text::numeric)
-       OR v_value::text::numeric NOT BETWEEN p_min AND p_max THEN
-        PERFORM cycles._fail('INVALID_REQUEST',
-            format('%s must be an integer between %s and %s, got %s', p_key, p_min, p_max, v_value));
-    END IF;
-    RETURN v_value::text::bigint;
-END;
-$$;
-
 -- A string option, or NULL when absent or null.
 CREATE FUNCTION cycles._text_option(p_options jsonb, p_key text, p_max_length integer) RETURNS text
 LANGUAGE plpgsql IMMUTABLE
@@ -1166,9 +1175,9 @@ BEGIN
     SELECT p_tenant_id, p_name, v_parent,
         coalesce(cycles._require_overage_policy(cycles._text_option(v_options, 'default_commit_overage_policy', 64)),
                  'ALLOW_IF_AVAILABLE'),
-        cycles._int_option(v_options, 'default_reservation_ttl_ms', 1000, 86400000, 60000),
-        cycles._int_option(v_options, 'max_reservation_ttl_ms', 1000, 86400000, 3600000),
-        cycles._int_option(v_options, 'max_reservation_extensions', 0, 10000, 10),
+        cycles._json_int(v_options, 'default_reservation_ttl_ms', 1000, 86400000, 60000),
+        cycles._json_int(v_options, 'max_reservation_ttl_ms', 1000, 86400000, 3600000),
+        cycles._json_int(v_options, 'max_reservation_extensions', 0, 10000, 10),
         cycles._require_tenant_metadata(v_options -> 'metadata')
     WHERE v_parent IS NULL
        OR (v_parent <> p_tenant_id AND EXISTS (SELECT FROM cycles.tenants AS p WHERE p.tenant_id = v_parent))
@@ -1642,9 +1651,9 @@ BEGIN
         PERFORM cycles._fail('INVALID_REQUEST', 'name must be 1 to 256 characters long');
     END IF;
     PERFORM cycles._require_overage_policy(cycles._text_option(v_patch, 'default_commit_overage_policy', 64));
-    PERFORM cycles._int_option(v_patch, 'default_reservation_ttl_ms', 1000, 86400000, NULL);
-    PERFORM cycles._int_option(v_patch, 'max_reservation_ttl_ms', 1000, 86400000, NULL);
-    PERFORM cycles._int_option(v_patch, 'max_reservation_extensions', 0, 10000, NULL);
+    PERFORM cycles._json_int(v_patch, 'default_reservation_ttl_ms', 1000, 86400000, NULL);
+    PERFORM cycles._json_int(v_patch, 'max_reservation_ttl_ms', 1000, 86400000, NULL);
+    PERFORM cycles._json_int(v_patch, 'max_reservation_extensions', 0, 10000, NULL);
     IF v_patch ? 'metadata' THEN
         PERFORM cycles._require_tenant_metadata(v_patch -> 'metadata');
     END IF;
@@ -1660,11 +1669,11 @@ BEGIN
         metadata = coalesce(v_patch -> 'metadata', t.metadata),
         default_commit_overage_policy = coalesce(v_patch ->> 'default_commit_overage_policy',
                                                  t.default_commit_overage_policy),
-        default_reservation_ttl_ms = coalesce(cycles._int_option(v_patch, 'default_reservation_ttl_ms', 1000, 86400000, NULL),
+        default_reservation_ttl_ms = coalesce(cycles._json_int(v_patch, 'default_reservation_ttl_ms', 1000, 86400000, NULL),
                                               t.default_reservation_ttl_ms),
-        max_reservation_ttl_ms = coalesce(cycles._int_option(v_patch, 'max_reservation_ttl_ms', 1000, 86400000, NULL),
+        max_reservation_ttl_ms = coalesce(cycles._json_int(v_patch, 'max_reservation_ttl_ms', 1000, 86400000, NULL),
                                           t.max_reservation_ttl_ms),
-        max_reservation_extensions = coalesce(cycles._int_option(v_patch, 'max_reservation_extensions', 0, 10000, NULL)::integer,
+        max_reservation_extensions = coalesce(cycles._json_int(v_patch, 'max_reservation_extensions', 0, 10000, NULL)::integer,
                                               t.max_reservation_extensions)
     WHERE t.tenant_id = p_tenant_id
     RETURNING t.* INTO v_after;
@@ -2789,7 +2798,7 @@ BEGIN
         v_patch := jsonb_set(v_patch, '{overdraft_limit}', coalesce(v_patch #> '{overdraft_limit,amount}', 'null'));
     END IF;
     IF v_patch ? 'overdraft_limit' THEN
-        v_limit := cycles._int_option(v_patch, 'overdraft_limit', 0, 9223372036854775807, NULL);
+        v_limit := cycles._json_int(v_patch, 'overdraft_limit', 0, 9223372036854775807, NULL);
         IF v_limit IS NULL THEN
             PERFORM cycles._fail('INVALID_REQUEST', 'overdraft_limit must be an integer >= 0');
         END IF;
@@ -3201,9 +3210,9 @@ BEGIN
     v_types := cycles._audit_list_filter(v_filter, 'resource_type');
     v_errors := cycles._audit_list_filter(v_filter, 'error_code');
     v_excluded := cycles._audit_list_filter(v_filter, 'error_code_exclude');
-    v_status := cycles._int_option(v_filter, 'status', 100, 599, NULL);
-    v_status_min := cycles._int_option(v_filter, 'status_min', 100, 599, NULL);
-    v_status_max := cycles._int_option(v_filter, 'status_max', 100, 599, NULL);
+    v_status := cycles._json_int(v_filter, 'status', 100, 599, NULL);
+    v_status_min := cycles._json_int(v_filter, 'status_min', 100, 599, NULL);
+    v_status_max := cycles._json_int(v_filter, 'status_max', 100, 599, NULL);
     IF v_status IS NOT NULL AND (v_status_min IS NOT NULL OR v_status_max IS NOT NULL) THEN
         PERFORM cycles._fail('INVALID_REQUEST', 'status cannot be combined with status_min or status_max');
     END IF;
@@ -3876,27 +3885,6 @@ CREATE INDEX policies_tenant_created_idx ON cycles.policies (tenant_id, created_
 
 -- Validation of the JSON parts -------------------------------------------------
 
--- An optional integer member of p_object within [p_min, p_max].
--- Errors: INVALID_REQUEST.
-CREATE FUNCTION cycles._policy_int(p_object jsonb, p_field text, p_what text, p_min bigint, p_max bigint)
-RETURNS bigint
-LANGUAGE plpgsql IMMUTABLE
-AS $$
-DECLARE
-    v_value jsonb := p_object -> p_field;
-BEGIN
-    IF v_value IS NULL OR v_value = 'null'::jsonb THEN
-        RETURN NULL;
-    END IF;
-    IF jsonb_typeof(v_value) <> 'number' OR v_value::text::numeric <> trunc(v_value::text::numeric)
-       OR v_value::text::numeric NOT BETWEEN p_min AND p_max THEN
-        PERFORM cycles._fail('INVALID_REQUEST',
-            format('%s.%s must be an integer between %s and %s', p_what, p_field, p_min, p_max));
-    END IF;
-    RETURN v_value::text::bigint;
-END;
-$$;
-
 -- Caps exactly as the spec's Caps object: max_tokens, max_steps_remaining,
 -- cooldown_ms (integers >= 0), tool_allowlist, tool_denylist (strings of at
 -- most 256 characters). Nulls are dropped; NULL in, NULL out.
@@ -3913,9 +3901,9 @@ BEGIN
     END IF;
     v_caps := jsonb_strip_nulls(cycles._require_known_options(p_caps,
         ARRAY['max_tokens', 'max_steps_remaining', 'tool_allowlist', 'tool_denylist', 'cooldown_ms'], 'caps field'));
-    PERFORM cycles._policy_int(v_caps, 'max_tokens', 'caps', 0, 9223372036854775807);
-    PERFORM cycles._policy_int(v_caps, 'max_steps_remaining', 'caps', 0, 9223372036854775807);
-    PERFORM cycles._policy_int(v_caps, 'cooldown_ms', 'caps', 0, 9223372036854775807);
+    PERFORM cycles._json_int(v_caps, 'max_tokens', 0, 9223372036854775807, NULL, 'caps.max_tokens');
+    PERFORM cycles._json_int(v_caps, 'max_steps_remaining', 0, 9223372036854775807, NULL, 'caps.max_steps_remaining');
+    PERFORM cycles._json_int(v_caps, 'cooldown_ms', 0, 9223372036854775807, NULL, 'caps.cooldown_ms');
     FOREACH v_list IN ARRAY ARRAY['tool_allowlist', 'tool_denylist'] LOOP
         IF v_caps ? v_list AND (jsonb_typeof(v_caps -> v_list) <> 'array' OR EXISTS (
                 SELECT FROM jsonb_array_elements(v_caps -> v_list) AS e(item)
@@ -3941,9 +3929,9 @@ BEGIN
     END IF;
     v_override := jsonb_strip_nulls(cycles._require_known_options(p_override,
         ARRAY['default_ttl_ms', 'max_ttl_ms', 'max_extensions'], 'reservation_ttl_override field'));
-    PERFORM cycles._policy_int(v_override, 'default_ttl_ms', 'reservation_ttl_override', 1000, 86400000);
-    PERFORM cycles._policy_int(v_override, 'max_ttl_ms', 'reservation_ttl_override', 1000, 86400000);
-    PERFORM cycles._policy_int(v_override, 'max_extensions', 'reservation_ttl_override', 0, 10000);
+    PERFORM cycles._json_int(v_override, 'default_ttl_ms', 1000, 86400000, NULL, 'reservation_ttl_override.default_ttl_ms');
+    PERFORM cycles._json_int(v_override, 'max_ttl_ms', 1000, 86400000, NULL, 'reservation_ttl_override.max_ttl_ms');
+    PERFORM cycles._json_int(v_override, 'max_extensions', 0, 10000, NULL, 'reservation_ttl_override.max_extensions');
     RETURN v_override;
 END;
 $$;
@@ -3961,8 +3949,8 @@ BEGIN
     END IF;
     v_limits := jsonb_strip_nulls(cycles._require_known_options(p_limits,
         ARRAY['max_reservations_per_minute', 'max_commits_per_minute'], 'rate_limits field'));
-    PERFORM cycles._policy_int(v_limits, 'max_reservations_per_minute', 'rate_limits', 1, 2147483647);
-    PERFORM cycles._policy_int(v_limits, 'max_commits_per_minute', 'rate_limits', 1, 2147483647);
+    PERFORM cycles._json_int(v_limits, 'max_reservations_per_minute', 1, 2147483647, NULL, 'rate_limits.max_reservations_per_minute');
+    PERFORM cycles._json_int(v_limits, 'max_commits_per_minute', 1, 2147483647, NULL, 'rate_limits.max_commits_per_minute');
     RETURN v_limits;
 END;
 $$;
@@ -4326,7 +4314,7 @@ BEGIN
         PERFORM cycles._fail('INVALID_REQUEST', 'status must be ACTIVE or DISABLED');
     END IF;
     IF v_patch ? 'priority' AND (v_patch -> 'priority' = 'null'::jsonb
-                                 OR cycles._policy_int(v_patch, 'priority', 'policy', 0, 2147483647) IS NULL) THEN
+                                 OR cycles._json_int(v_patch, 'priority', 0, 2147483647, NULL, 'policy.priority') IS NULL) THEN
         PERFORM cycles._fail('INVALID_REQUEST', 'priority must be an integer >= 0');
     END IF;
     IF v_patch ? 'description' AND v_patch -> 'description' <> 'null'::jsonb
@@ -4799,32 +4787,6 @@ BEGIN
         PERFORM cycles._fail('INVALID_REQUEST', 'idempotency_key must be 1 to 256 characters');
     END IF;
     RETURN v_key;
-END;
-$$;
-
--- An integer field of the request (JSON null or absent: p_default), within
--- [p_min, p_max]. Errors: INVALID_REQUEST.
-CREATE FUNCTION cycles._request_int(
-    p_request jsonb, p_field text, p_min bigint, p_max bigint, p_default bigint
-) RETURNS bigint
-LANGUAGE plpgsql IMMUTABLE
-AS $$
-DECLARE
-    v_value jsonb := p_request -> p_field;
-    v_number numeric;
-BEGIN
-    IF v_value IS NULL OR v_value = 'null'::jsonb THEN
-        RETURN p_default;
-    END IF;
-    IF jsonb_typeof(v_value) <> 'number' THEN
-        PERFORM cycles._fail('INVALID_REQUEST', format('%s must be an integer', p_field));
-    END IF;
-    v_number := v_value::numeric;
-    IF v_number <> trunc(v_number) OR v_number < p_min OR v_number > p_max THEN
-        PERFORM cycles._fail('INVALID_REQUEST',
-            format('%s must be an integer between %s and %s', p_field, p_min, p_max));
-    END IF;
-    RETURN v_number::bigint;
 END;
 $$;
 
@@ -5625,8 +5587,8 @@ BEGIN
         PERFORM cycles._fail('INVALID_REQUEST', 'dry_run must be a boolean');
     END IF;
     v_dry_run := coalesce((p_request ->> 'dry_run')::boolean, false);
-    v_ttl_req := cycles._request_int(p_request, 'ttl_ms', 1000, 86400000, NULL);
-    v_grace_ms := cycles._request_int(p_request, 'grace_period_ms', 0, 60000, 5000);
+    v_ttl_req := cycles._json_int(p_request, 'ttl_ms', 1000, 86400000, NULL);
+    v_grace_ms := cycles._json_int(p_request, 'grace_period_ms', 0, 60000, 5000);
     v_policy := cycles._require_overage_policy(p_request ->> 'overage_policy');
     v_actor := cycles._runtime_actor(p_ctx, v_principal.o_key_id);
 
@@ -6092,7 +6054,7 @@ BEGIN
     IF p_request -> 'extend_by_ms' IS NULL OR p_request -> 'extend_by_ms' = 'null'::jsonb THEN
         PERFORM cycles._fail('INVALID_REQUEST', 'extend_by_ms is required');
     END IF;
-    v_extend_by := cycles._request_int(p_request, 'extend_by_ms', 1, 86400000, NULL);
+    v_extend_by := cycles._json_int(p_request, 'extend_by_ms', 1, 86400000, NULL);
     PERFORM cycles._request_object(p_request, 'metadata');
 
     SELECT l.o_reservation, l.o_tenant INTO v_locked
@@ -6204,7 +6166,7 @@ BEGIN
     v_policy := cycles._require_overage_policy(p_request ->> 'overage_policy');
     PERFORM cycles._request_object(p_request, 'metrics');
     PERFORM cycles._request_object(p_request, 'metadata');
-    PERFORM cycles._request_int(p_request, 'client_time_ms', 0, 9223372036854775807, NULL);
+    PERFORM cycles._json_int(p_request, 'client_time_ms', 0, 9223372036854775807, NULL);
     SELECT d.o_scope_path, d.o_affected_scopes INTO v_scopes
     FROM cycles._derive_scopes(p_request -> 'subject', v_tenant.tenant_id) AS d;
     PERFORM cycles._require_scope_in_filter(v_principal.o_scope_filter, v_scopes.o_scope_path);
@@ -7385,10 +7347,10 @@ BEGIN
         PERFORM cycles._fail('INVALID_REQUEST', 'backoff_multiplier must be a number between 1 and 10');
     END IF;
     RETURN jsonb_build_object(
-        'max_retries', cycles._int_option(v_policy, 'max_retries', 0, 10, 5),
-        'initial_delay_ms', cycles._int_option(v_policy, 'initial_delay_ms', 100, 60000, 1000),
+        'max_retries', cycles._json_int(v_policy, 'max_retries', 0, 10, 5),
+        'initial_delay_ms', cycles._json_int(v_policy, 'initial_delay_ms', 100, 60000, 1000),
         'backoff_multiplier', v_multiplier,
-        'max_delay_ms', cycles._int_option(v_policy, 'max_delay_ms', 1000, 3600000, 60000));
+        'max_delay_ms', cycles._json_int(v_policy, 'max_delay_ms', 1000, 3600000, 60000));
 END;
 $$;
 
@@ -7658,7 +7620,7 @@ BEGIN
         cycles._webhook_secret(cycles._text_option(v_request, 'signing_secret', 4096)),
         cycles._webhook_headers(v_request -> 'headers'),
         cycles._webhook_retry_policy(v_request -> 'retry_policy'),
-        cycles._int_option(v_request, 'disable_after_failures', 1, 1000000, 10),
+        cycles._json_int(v_request, 'disable_after_failures', 1, 1000000, 10),
         cycles._webhook_object(v_request, 'metadata'))
     RETURNING * INTO v_sub;
     PERFORM cycles._webhook_lifecycle_event(
@@ -7804,7 +7766,7 @@ BEGIN
                 'max_retries', 'initial_delay_ms', 'backoff_multiplier', 'max_delay_ms'], 'retry_policy field'));
     END IF;
     IF v_patch ? 'disable_after_failures' THEN
-        v_new.disable_after_failures := cycles._int_option(v_patch, 'disable_after_failures', 1, 1000000,
+        v_new.disable_after_failures := cycles._json_int(v_patch, 'disable_after_failures', 1, 1000000,
             v_old.disable_after_failures);
     END IF;
     IF v_patch ? 'metadata' THEN v_new.metadata := cycles._webhook_object(v_patch, 'metadata'); END IF;
@@ -8020,7 +7982,7 @@ DECLARE
     v_to         timestamptz;
     v_from       timestamptz;
     v_types      text[] := cycles._webhook_text_array(v_request, 'event_types');
-    v_max        integer := cycles._int_option(v_request, 'max_events', 1, 1000, 100);
+    v_max        integer := cycles._json_int(v_request, 'max_events', 1, 1000, 100);
     v_candidates bigint;
     v_selected   bigint;
     v_replay_id  text := cycles._new_id('rpl_', 16);
