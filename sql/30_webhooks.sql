@@ -60,32 +60,6 @@
 
 -- Event vocabulary ------------------------------------------------------------
 
--- The spec's EventType enum.
-CREATE FUNCTION cycles._webhook_event_types() RETURNS text[]
-LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE
-AS $$
-BEGIN
-    RETURN ARRAY[
-        'budget.created', 'budget.updated', 'budget.funded', 'budget.debited', 'budget.reset',
-        'budget.reset_spent', 'budget.debt_repaid', 'budget.frozen', 'budget.unfrozen', 'budget.closed',
-        'budget.closed_via_tenant_cascade', 'budget.threshold_crossed', 'budget.exhausted',
-        'budget.over_limit_entered', 'budget.over_limit_exited', 'budget.debt_incurred',
-        'budget.burn_rate_anomaly',
-        'reservation.denied', 'reservation.denial_rate_spike', 'reservation.expired',
-        'reservation.expiry_rate_spike', 'reservation.commit_overage',
-        'reservation.released_via_tenant_cascade',
-        'tenant.created', 'tenant.updated', 'tenant.suspended', 'tenant.reactivated', 'tenant.closed',
-        'tenant.settings_changed',
-        'webhook.created', 'webhook.updated', 'webhook.paused', 'webhook.resumed', 'webhook.disabled',
-        'webhook.deleted', 'webhook.disabled_via_tenant_cascade',
-        'api_key.created', 'api_key.revoked', 'api_key.revoked_via_tenant_cascade', 'api_key.expired',
-        'api_key.permissions_changed', 'api_key.auth_failed', 'api_key.auth_failure_rate_spike',
-        'policy.created', 'policy.updated', 'policy.deleted',
-        'system.store_connection_lost', 'system.store_connection_restored', 'system.high_latency',
-        'system.webhook_delivery_failed', 'system.webhook_test'];
-END;
-$$;
-
 -- Invariant 2 as a predicate: every selector is tenant-accessible. IMMUTABLE,
 -- so the CHECK constraint can use it.
 CREATE FUNCTION cycles._webhook_selectors_tenant_accessible(p_event_types text[], p_event_categories text[])
@@ -279,28 +253,6 @@ BEGIN
 END;
 $$;
 
--- The spec's Event, as delivered: nulls omitted.
-CREATE FUNCTION cycles._webhook_event_json(p_event cycles.events) RETURNS jsonb
-LANGUAGE plpgsql STABLE
-AS $$
-BEGIN
-    RETURN jsonb_strip_nulls(jsonb_build_object(
-        'event_id', p_event.event_id,
-        'event_type', p_event.event_type,
-        'category', p_event.category,
-        'timestamp', cycles._iso8601(p_event.created_at),
-        'tenant_id', p_event.tenant_id,
-        'scope', p_event.scope,
-        'actor', p_event.actor,
-        'source', p_event.source,
-        'data', p_event.data,
-        'correlation_id', p_event.correlation_id,
-        'request_id', p_event.request_id,
-        'trace_id', p_event.trace_id,
-        'metadata', p_event.metadata));
-END;
-$$;
-
 -- Matching ----------------------------------------------------------------------
 
 -- Whether a subscription wants an event. scope_filter: NULL matches
@@ -410,7 +362,7 @@ DECLARE
     v_bad text[];
 BEGIN
     SELECT array_agg(t) INTO v_bad FROM unnest(p_event_types) AS t
-    WHERE t <> ALL (cycles._webhook_event_types()) AND t !~ '^custom\.[a-z0-9_.]+$';
+    WHERE t <> ALL (cycles._event_types()) AND t !~ '^custom\.[a-z0-9_.]+$';
     IF v_bad IS NOT NULL THEN
         PERFORM cycles._fail('INVALID_REQUEST', format('unknown event types: %s', array_to_string(v_bad, ', ')),
             jsonb_build_object('event_types', to_jsonb(v_bad)));
@@ -539,23 +491,6 @@ BEGIN
         PERFORM cycles._fail('INVALID_REQUEST', 'signing_secret must be 8 to 512 printable characters');
     END IF;
     RETURN p_secret;
-END;
-$$;
-
--- Optional free-form objects (metadata, thresholds).
-CREATE FUNCTION cycles._webhook_object(p_request jsonb, p_key text) RETURNS jsonb
-LANGUAGE plpgsql IMMUTABLE
-AS $$
-DECLARE
-    v_value jsonb := p_request -> p_key;
-BEGIN
-    IF v_value IS NULL OR v_value = 'null'::jsonb THEN
-        RETURN NULL;
-    END IF;
-    IF jsonb_typeof(v_value) <> 'object' THEN
-        PERFORM cycles._fail('INVALID_REQUEST', format('%s must be a JSON object', p_key));
-    END IF;
-    RETURN v_value;
 END;
 $$;
 
@@ -745,12 +680,12 @@ BEGIN
         cycles._text_option(v_request, 'name', 256), cycles._text_option(v_request, 'description', 1024),
         cycles._webhook_check_url(cycles._text_option(v_request, 'url', 4096)), v_types, v_categories,
         cycles._webhook_scope_filter(cycles._text_option(v_request, 'scope_filter', 4096)),
-        cycles._webhook_object(v_request, 'thresholds'),
+        cycles._request_object(v_request, 'thresholds'),
         cycles._webhook_secret(cycles._text_option(v_request, 'signing_secret', 4096)),
         cycles._webhook_headers(v_request -> 'headers'),
         cycles._webhook_retry_policy(v_request -> 'retry_policy'),
         cycles._json_int(v_request, 'disable_after_failures', 1, 1000000, 10),
-        cycles._webhook_object(v_request, 'metadata'))
+        cycles._request_object(v_request, 'metadata'))
     RETURNING * INTO v_sub;
     PERFORM cycles._webhook_lifecycle_event(
         v_sub, 'webhook.created', NULL, NULL, v_ctx, 'webhook_create:' || v_sub.subscription_id);
@@ -881,7 +816,7 @@ BEGIN
     IF v_patch ? 'scope_filter' THEN
         v_new.scope_filter := cycles._webhook_scope_filter(cycles._text_option(v_patch, 'scope_filter', 4096));
     END IF;
-    IF v_patch ? 'thresholds' THEN v_new.thresholds := cycles._webhook_object(v_patch, 'thresholds'); END IF;
+    IF v_patch ? 'thresholds' THEN v_new.thresholds := cycles._request_object(v_patch, 'thresholds'); END IF;
     IF v_patch ? 'signing_secret' THEN
         IF jsonb_typeof(v_patch -> 'signing_secret') IS DISTINCT FROM 'string' THEN
             PERFORM cycles._fail('INVALID_REQUEST', 'signing_secret must be a string');
@@ -898,7 +833,7 @@ BEGIN
         v_new.disable_after_failures := cycles._json_int(v_patch, 'disable_after_failures', 1, 1000000,
             v_old.disable_after_failures);
     END IF;
-    IF v_patch ? 'metadata' THEN v_new.metadata := cycles._webhook_object(v_patch, 'metadata'); END IF;
+    IF v_patch ? 'metadata' THEN v_new.metadata := cycles._request_object(v_patch, 'metadata'); END IF;
     v_status := cycles._text_option(v_patch, 'status', 16);
     IF v_status IS NOT NULL AND v_status NOT IN ('ACTIVE', 'PAUSED') THEN
         PERFORM cycles._fail('INVALID_REQUEST', 'status must be ACTIVE or PAUSED');
@@ -1254,7 +1189,7 @@ BEGIN
         v_claims := v_claims || jsonb_build_array(jsonb_build_object(
             'delivery_id', v_row.delivery_id, 'kind', v_row.kind, 'url', v_row.url,
             'signing_secret', v_row.signing_secret, 'headers', v_row.headers,
-            'event', cycles._webhook_event_json(v_event), 'attempts', v_row.attempts,
+            'event', cycles._event_json(v_event), 'attempts', v_row.attempts,
             'trace_flags', v_row.trace_flags));
     END LOOP;
     SELECT min(d.next_attempt_at) INTO v_next FROM cycles.webhook_deliveries AS d
@@ -1287,7 +1222,7 @@ BEGIN
         RETURN '{}'::jsonb;
     END IF;
     v_event := coalesce(v_delivery.test_event,
-        (SELECT cycles._webhook_event_json(e) FROM cycles.events AS e WHERE e.seq = v_delivery.event_seq));
+        (SELECT cycles._event_json(e) FROM cycles.events AS e WHERE e.seq = v_delivery.event_seq));
     IF v_event IS NULL THEN
         RETURN '{}'::jsonb;
     END IF;
