@@ -25,21 +25,19 @@ import platform
 import re
 import secrets
 import shutil
-import signal
-import socket
 import statistics
 import subprocess
 import sys
-import tempfile
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
 import psycopg
 
+from app.demos.sandbox import Target, throwaway_server
 from app.pgcluster import Cluster, find_bindir
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -60,18 +58,28 @@ def say(message: str) -> None:
 
 @dataclass
 class Stack:
-    """The server and its embedded database, started like a user would."""
+    """The server and its embedded database, started like a user would
+    (app.demos.sandbox.throwaway_server runs `cycles serve`)."""
 
-    base_dir: Path
-    port: int
-    admin_key: str
-    process: subprocess.Popen[bytes]
-    cluster: Cluster
-    results: dict[str, Any] = field(default_factory=dict)
+    target: Target
 
     @property
     def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return self.target.base_url
+
+    @property
+    def base_dir(self) -> Path:
+        assert self.target.data_dir is not None
+        return self.target.data_dir.parent
+
+    @property
+    def server_pid(self) -> int:
+        assert self.target.pid is not None
+        return self.target.pid
+
+    @property
+    def cluster(self) -> Cluster:
+        return Cluster(self.base_dir / "data" / "postgres")
 
     @property
     def conninfo(self) -> str:
@@ -79,49 +87,6 @@ class Stack:
 
     def connect(self) -> psycopg.Connection[Any]:
         return psycopg.connect(self.conninfo, autocommit=True)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def start_stack(workers: int) -> Stack:
-    base = Path(tempfile.mkdtemp(prefix="cycles-bench-"))
-    base.chmod(0o755)
-    port = free_port()
-    admin_key = "cyc_admin_" + secrets.token_urlsafe(32)
-    env = {**os.environ, "CYCLES_DATA_DIR": str(base / "data"), "CYCLES_PORT": str(port),
-           "CYCLES_ADMIN_API_KEY": admin_key, "CYCLES_WORKERS": str(workers), "CYCLES_LOG_LEVEL": "warning"}
-    env.pop("CYCLES_DATABASE_URL", None)
-    log = (base / "server.log").open("wb")
-    process = subprocess.Popen([str(ROOT / ".venv" / "bin" / "cycles"), "serve"], env=env, stdout=log,
-                               stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise SystemExit(f"the server exited:\n{(base / 'server.log').read_text()}")
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/ready", timeout=1).status_code == 200:
-                break
-        except httpx.TransportError:
-            pass
-        time.sleep(0.2)
-    else:
-        raise SystemExit("the server did not become ready")
-    cluster = Cluster(base / "data" / "postgres")
-    return Stack(base, port, admin_key, process, cluster)
-
-
-def stop_stack(stack: Stack) -> None:
-    stack.process.send_signal(signal.SIGTERM)
-    try:
-        stack.process.wait(timeout=60)
-    except subprocess.TimeoutExpired:
-        stack.process.kill()
-    shutil.rmtree(stack.base_dir, ignore_errors=True)
 
 
 # Fixtures ------------------------------------------------------------------
@@ -263,8 +228,8 @@ def ledger_mismatches(stack: Stack, tenant: str) -> int:
 def server_rss_kib(stack: Stack) -> int:
     """Resident memory of the server: granian's main process and its workers."""
     total = 0
-    pids = [stack.process.pid]
-    children = Path(f"/proc/{stack.process.pid}/task/{stack.process.pid}/children")
+    pids = [stack.server_pid]
+    children = Path(f"/proc/{stack.server_pid}/task/{stack.server_pid}/children")
     if children.exists():
         pids += [int(p) for p in children.read_text().split()]
     for pid in pids:
@@ -458,14 +423,14 @@ def main() -> None:
     seconds = 3 if args.quick else args.seconds
     results: dict[str, Any] = {"started": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "seconds": seconds,
                                "machine": machine()}
-    stack = start_stack(args.workers)
 
     def save() -> None:
         # After every stage, so an interrupted run still reports what it measured.
         (BENCH / "results.json").write_text(json.dumps(results, indent=2))
         write_report(results, args.out)
 
-    try:
+    with throwaway_server(workers=args.workers) as target:
+        stack = Stack(target)
         say(f"server up at {stack.base_url}; provisioning")
         keys = provision(stack)
         results["baseline"] = {}
@@ -492,8 +457,6 @@ def main() -> None:
             say("scale: populating")
             results["scale"] = scale_queries(stack, 50 if args.quick else 200)
         save()
-    finally:
-        stop_stack(stack)
     say(f"wrote {args.out}")
 
 

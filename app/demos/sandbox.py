@@ -38,12 +38,14 @@ class DemoError(Exception):
 
 @dataclass(frozen=True)
 class Target:
-    """The server a demo runs against. `data_dir` is set for a throwaway server."""
+    """The server a demo runs against. `data_dir` and `pid` (of the `cycles
+    serve` process) are set for a throwaway server."""
 
     base_url: str
     admin_key: str
     data_dir: Path | None = None
     kept: bool = False
+    pid: int | None = None
 
 
 @dataclass(frozen=True)
@@ -83,9 +85,10 @@ def _wait_ready(process: subprocess.Popen[bytes], base_url: str, log: Path) -> N
 
 
 @contextmanager
-def throwaway_server(keep: bool = False) -> Iterator[Target]:
+def throwaway_server(keep: bool = False, workers: int = 1) -> Iterator[Target]:
     """`cycles serve` on a new embedded cluster in a temporary directory,
-    stopped (and, unless `keep`, deleted) on exit."""
+    stopped (and, unless `keep`, deleted) on exit. Also what the benchmark
+    suite measures, so it is started exactly as a user starts it."""
     base = Path(tempfile.mkdtemp(prefix="cycles-demo-"))
     if os.geteuid() == 0:
         # The cluster then runs as an unprivileged user, who must reach its files.
@@ -96,14 +99,14 @@ def throwaway_server(keep: bool = False) -> Iterator[Target]:
     admin_key = "cyc_admin_" + secrets.token_urlsafe(32)
     env = {name: value for name, value in os.environ.items() if name != "CYCLES_DATABASE_URL"}
     env.update(CYCLES_DATA_DIR=str(data_dir), CYCLES_PORT=str(port), CYCLES_HOST="127.0.0.1",
-               CYCLES_ADMIN_API_KEY=admin_key, CYCLES_WORKERS="1", CYCLES_LOG_LEVEL="warning")
+               CYCLES_ADMIN_API_KEY=admin_key, CYCLES_WORKERS=str(workers), CYCLES_LOG_LEVEL="warning")
     log = base / "server.log"
     with log.open("wb") as out:
         process = subprocess.Popen([*_cycles_command(), "serve"], env=env, stdout=out,
                                    stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
     try:
         _wait_ready(process, base_url, log)
-        yield Target(base_url, admin_key, data_dir, keep)
+        yield Target(base_url, admin_key, data_dir, keep, process.pid)
     finally:
         process.send_signal(signal.SIGTERM)
         try:
