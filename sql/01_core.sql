@@ -10,37 +10,35 @@ CREATE FUNCTION cycles._error_sqlstate(p_error text) RETURNS text
 LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE
 AS $$
 BEGIN
-    RETURN (
-        SELECT CASE p_error
-            WHEN 'INVALID_REQUEST'          THEN 'CY400'
-            WHEN 'UNAUTHORIZED'             THEN 'CY401'
-            WHEN 'FORBIDDEN'                THEN 'CY403'
-            WHEN 'NOT_FOUND'                THEN 'CY404'
-            WHEN 'RESERVATION_EXPIRED'      THEN 'CY410'
-            WHEN 'UNIT_MISMATCH'            THEN 'CY4UM'
-            WHEN 'BUDGET_EXCEEDED'          THEN 'CY901'
-            WHEN 'BUDGET_FROZEN'            THEN 'CY902'
-            WHEN 'BUDGET_CLOSED'            THEN 'CY903'
-            WHEN 'OVERDRAFT_LIMIT_EXCEEDED' THEN 'CY904'
-            WHEN 'DEBT_OUTSTANDING'         THEN 'CY905'
-            WHEN 'RESERVATION_FINALIZED'    THEN 'CY906'
-            WHEN 'IDEMPOTENCY_MISMATCH'     THEN 'CY907'
-            WHEN 'MAX_EXTENSIONS_EXCEEDED'  THEN 'CY908'
-            WHEN 'TENANT_CLOSED'            THEN 'CY909'
-            WHEN 'TENANT_SUSPENDED'         THEN 'CY910'
-            WHEN 'DUPLICATE_RESOURCE'       THEN 'CY911'
-            WHEN 'INVALID_TRANSITION'       THEN 'CY912'
-            WHEN 'KEY_REVOKED'              THEN 'CY913'
-            WHEN 'TENANT_NOT_FOUND'         THEN 'CY4TN'
-            WHEN 'BUDGET_NOT_FOUND'         THEN 'CY4BN'
-            WHEN 'INSUFFICIENT_PERMISSIONS' THEN 'CY4IP'
-            WHEN 'LIMIT_EXCEEDED'           THEN 'CY429'
-            WHEN 'WEBHOOK_NOT_FOUND'        THEN 'CY4WN'
-            WHEN 'WEBHOOK_URL_INVALID'      THEN 'CY4WU'
-            WHEN 'REPLAY_IN_PROGRESS'       THEN 'CY9RP'
-            WHEN 'COUNT_MISMATCH'           THEN 'CY9CM'
-        END
-    );
+    RETURN CASE p_error
+        WHEN 'INVALID_REQUEST'          THEN 'CY400'
+        WHEN 'UNAUTHORIZED'             THEN 'CY401'
+        WHEN 'FORBIDDEN'                THEN 'CY403'
+        WHEN 'NOT_FOUND'                THEN 'CY404'
+        WHEN 'RESERVATION_EXPIRED'      THEN 'CY410'
+        WHEN 'UNIT_MISMATCH'            THEN 'CY4UM'
+        WHEN 'BUDGET_EXCEEDED'          THEN 'CY901'
+        WHEN 'BUDGET_FROZEN'            THEN 'CY902'
+        WHEN 'BUDGET_CLOSED'            THEN 'CY903'
+        WHEN 'OVERDRAFT_LIMIT_EXCEEDED' THEN 'CY904'
+        WHEN 'DEBT_OUTSTANDING'         THEN 'CY905'
+        WHEN 'RESERVATION_FINALIZED'    THEN 'CY906'
+        WHEN 'IDEMPOTENCY_MISMATCH'     THEN 'CY907'
+        WHEN 'MAX_EXTENSIONS_EXCEEDED'  THEN 'CY908'
+        WHEN 'TENANT_CLOSED'            THEN 'CY909'
+        WHEN 'TENANT_SUSPENDED'         THEN 'CY910'
+        WHEN 'DUPLICATE_RESOURCE'       THEN 'CY911'
+        WHEN 'INVALID_TRANSITION'       THEN 'CY912'
+        WHEN 'KEY_REVOKED'              THEN 'CY913'
+        WHEN 'TENANT_NOT_FOUND'         THEN 'CY4TN'
+        WHEN 'BUDGET_NOT_FOUND'         THEN 'CY4BN'
+        WHEN 'INSUFFICIENT_PERMISSIONS' THEN 'CY4IP'
+        WHEN 'LIMIT_EXCEEDED'           THEN 'CY429'
+        WHEN 'WEBHOOK_NOT_FOUND'        THEN 'CY4WN'
+        WHEN 'WEBHOOK_URL_INVALID'      THEN 'CY4WU'
+        WHEN 'REPLAY_IN_PROGRESS'       THEN 'CY9RP'
+        WHEN 'COUNT_MISMATCH'           THEN 'CY9CM'
+    END;
 END;
 $$;
 
@@ -68,9 +66,7 @@ CREATE FUNCTION cycles._now_ms() RETURNS bigint
 LANGUAGE plpgsql VOLATILE PARALLEL SAFE
 AS $$
 BEGIN
-    RETURN (
-        SELECT floor(extract(epoch FROM clock_timestamp()) * 1000)::bigint
-    );
+    RETURN floor(extract(epoch FROM clock_timestamp()) * 1000)::bigint;
 END;
 $$;
 
@@ -78,9 +74,7 @@ CREATE FUNCTION cycles._ms_to_timestamptz(p_ms bigint) RETURNS timestamptz
 LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE
 AS $$
 BEGIN
-    RETURN (
-        SELECT to_timestamp(p_ms / 1000.0)
-    );
+    RETURN to_timestamp(p_ms / 1000.0);
 END;
 $$;
 
@@ -88,9 +82,7 @@ CREATE FUNCTION cycles._new_id(p_prefix text, p_hex_length integer DEFAULT 32) R
 LANGUAGE plpgsql VOLATILE PARALLEL SAFE
 AS $$
 BEGIN
-    RETURN (
-        SELECT p_prefix || left(replace(gen_random_uuid()::text, '-', ''), p_hex_length)
-    );
+    RETURN p_prefix || left(replace(gen_random_uuid()::text, '-', ''), p_hex_length);
 END;
 $$;
 
@@ -171,9 +163,7 @@ CREATE FUNCTION cycles._scope_levels() RETURNS text[]
 LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE
 AS $$
 BEGIN
-    RETURN (
-        SELECT ARRAY['tenant', 'workspace', 'app', 'workflow', 'agent', 'toolset']
-    );
+    RETURN ARRAY['tenant', 'workspace', 'app', 'workflow', 'agent', 'toolset'];
 END;
 $$;
 
@@ -224,9 +214,7 @@ CREATE FUNCTION cycles._scope_tenant(p_canonical_scope text) RETURNS text
 LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE
 AS $$
 BEGIN
-    RETURN (
-        SELECT substr(split_part(p_canonical_scope, '/', 1), 8)
-    );
+    RETURN substr(split_part(p_canonical_scope, '/', 1), 8);
 END;
 $$;
 
@@ -309,12 +297,10 @@ CREATE FUNCTION cycles._actor(p_ctx jsonb) RETURNS jsonb
 LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE
 AS $$
 BEGIN
-    RETURN (
-        SELECT jsonb_strip_nulls(jsonb_build_object(
-            'type', coalesce(p_ctx ->> 'actor_type', 'admin'),
-            'key_id', p_ctx ->> 'key_id',
-            'source_ip', p_ctx ->> 'source_ip'))
-    );
+    RETURN jsonb_strip_nulls(jsonb_build_object(
+        'type', coalesce(p_ctx ->> 'actor_type', 'admin'),
+        'key_id', p_ctx ->> 'key_id',
+        'source_ip', p_ctx ->> 'source_ip'));
 END;
 $$;
 
@@ -325,9 +311,7 @@ CREATE FUNCTION cycles._hash_secret(p_secret text) RETURNS bytea
 LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE
 AS $$
 BEGIN
-    RETURN (
-        SELECT sha256(convert_to(p_secret, 'UTF8'))
-    );
+    RETURN sha256(convert_to(p_secret, 'UTF8'));
 END;
 $$;
 
@@ -337,28 +321,34 @@ CREATE FUNCTION cycles._new_secret() RETURNS text
 LANGUAGE plpgsql VOLATILE
 AS $$
 BEGIN
-    RETURN (
-        SELECT 'cyc_live_' || rtrim(translate(encode(
-            decode(replace(gen_random_uuid()::text, '-', '') || replace(gen_random_uuid()::text, '-', ''), 'hex'),
-            'base64'), '+/', '-_'), '=')
-    );
+    RETURN 'cyc_live_' || rtrim(translate(encode(
+        decode(replace(gen_random_uuid()::text, '-', '') || replace(gen_random_uuid()::text, '-', ''), 'hex'),
+        'base64'), '+/', '-_'), '=');
 END;
 $$;
 
--- The ACTIVE, unexpired key whose secret this is, with its tenant's status;
+-- The ACTIVE, unexpired key whose secret this is, with its tenant;
 -- UNAUTHORIZED otherwise. Errors say nothing about which check failed, so a
--- caller cannot probe for revoked or expired keys.
-CREATE FUNCTION cycles._authenticate(p_api_key text, OUT o_key cycles.api_keys, OUT o_tenant_status text)
+-- caller cannot probe for revoked or expired keys. One indexed lookup; the
+-- hash is spelled out (not cycles._hash_secret) so that the statement's plan
+-- does not depend on the key and is made once per connection.
+CREATE FUNCTION cycles._authenticate(p_api_key text, OUT o_key cycles.api_keys, OUT o_tenant cycles.tenants)
 LANGUAGE plpgsql STABLE
 AS $$
+DECLARE
+    v_found record;
 BEGIN
     IF p_api_key IS NOT NULL AND char_length(p_api_key) BETWEEN 1 AND 512 THEN
-        SELECT k.* INTO o_key FROM cycles.api_keys AS k WHERE k.key_hash = cycles._hash_secret(p_api_key);
+        SELECT k AS key, t AS tenant INTO v_found
+        FROM cycles.api_keys AS k
+        JOIN cycles.tenants AS t ON t.tenant_id = k.tenant_id
+        WHERE k.key_hash = sha256(convert_to(p_api_key, 'UTF8'));
+        o_key := v_found.key;
+        o_tenant := v_found.tenant;
     END IF;
     IF o_key.key_id IS NULL OR o_key.status <> 'ACTIVE' OR o_key.expires_at <= clock_timestamp() THEN
         PERFORM cycles._fail('UNAUTHORIZED', 'missing, unknown, revoked or expired API key');
     END IF;
-    SELECT t.status INTO o_tenant_status FROM cycles.tenants AS t WHERE t.tenant_id = o_key.tenant_id;
 END;
 $$;
 
@@ -368,10 +358,8 @@ CREATE FUNCTION cycles._has_permission(p_permissions text[], p_permission text) 
 LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE
 AS $$
 BEGIN
-    RETURN (
-        SELECT p_permission = ANY (p_permissions)
-            OR (p_permission LIKE '%:write' AND 'admin:write' = ANY (p_permissions))
-            OR (p_permission LIKE '%:read' AND 'admin:read' = ANY (p_permissions))
-    );
+    RETURN p_permission = ANY (p_permissions)
+        OR (p_permission LIKE '%:write' AND 'admin:write' = ANY (p_permissions))
+        OR (p_permission LIKE '%:read' AND 'admin:read' = ANY (p_permissions));
 END;
 $$;

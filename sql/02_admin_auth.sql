@@ -210,17 +210,15 @@ CREATE FUNCTION cycles._scope_filter_allows(p_filter jsonb, p_scope text) RETURN
 LANGUAGE plpgsql IMMUTABLE
 AS $$
 BEGIN
-    RETURN (
-        SELECT p_filter IS NULL OR jsonb_typeof(p_filter) <> 'array' OR jsonb_array_length(p_filter) = 0
-            OR EXISTS (
-                SELECT FROM jsonb_array_elements_text(p_filter) AS f(entry)
-                WHERE lower(f.entry) = p_scope
-                   OR left(p_scope, char_length(f.entry) + 1) = lower(f.entry) || '/'
-                   OR lower(f.entry) = ANY (string_to_array(p_scope, '/'))
-                   OR (f.entry LIKE '%:*' AND EXISTS (
-                        SELECT FROM unnest(string_to_array(p_scope, '/')) AS s(seg)
-                        WHERE split_part(s.seg, ':', 1) = lower(split_part(f.entry, ':', 1)))))
-    );
+    RETURN p_filter IS NULL OR jsonb_typeof(p_filter) <> 'array' OR jsonb_array_length(p_filter) = 0
+        OR EXISTS (
+            SELECT FROM jsonb_array_elements_text(p_filter) AS f(entry)
+            WHERE lower(f.entry) = p_scope
+               OR left(p_scope, char_length(f.entry) + 1) = lower(f.entry) || '/'
+               OR lower(f.entry) = ANY (string_to_array(p_scope, '/'))
+               OR (f.entry LIKE '%:*' AND EXISTS (
+                    SELECT FROM unnest(string_to_array(p_scope, '/')) AS s(seg)
+                    WHERE split_part(s.seg, ':', 1) = lower(split_part(f.entry, ':', 1)))));
 END;
 $$;
 

@@ -22,9 +22,7 @@ CREATE FUNCTION cycles._iso8601(p_ts timestamptz) RETURNS text
 LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE
 AS $$
 BEGIN
-    RETURN (
-        SELECT to_char(p_ts AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"')
-    );
+    RETURN to_char(p_ts AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"');
 END;
 $$;
 
@@ -133,22 +131,20 @@ CREATE FUNCTION cycles._tenant_json(p_tenant cycles.tenants) RETURNS jsonb
 LANGUAGE plpgsql STABLE
 AS $$
 BEGIN
-    RETURN (
-        SELECT jsonb_strip_nulls(jsonb_build_object(
-            'tenant_id', p_tenant.tenant_id,
-            'name', p_tenant.name,
-            'status', p_tenant.status,
-            'parent_tenant_id', p_tenant.parent_tenant_id,
-            'default_commit_overage_policy', p_tenant.default_commit_overage_policy,
-            'default_reservation_ttl_ms', p_tenant.default_reservation_ttl_ms,
-            'max_reservation_ttl_ms', p_tenant.max_reservation_ttl_ms,
-            'max_reservation_extensions', p_tenant.max_reservation_extensions,
-            'metadata', p_tenant.metadata,
-            'created_at', cycles._iso8601(p_tenant.created_at),
-            'updated_at', cycles._iso8601(p_tenant.updated_at),
-            'suspended_at', cycles._iso8601(p_tenant.suspended_at),
-            'closed_at', cycles._iso8601(p_tenant.closed_at)))
-    );
+    RETURN jsonb_strip_nulls(jsonb_build_object(
+        'tenant_id', p_tenant.tenant_id,
+        'name', p_tenant.name,
+        'status', p_tenant.status,
+        'parent_tenant_id', p_tenant.parent_tenant_id,
+        'default_commit_overage_policy', p_tenant.default_commit_overage_policy,
+        'default_reservation_ttl_ms', p_tenant.default_reservation_ttl_ms,
+        'max_reservation_ttl_ms', p_tenant.max_reservation_ttl_ms,
+        'max_reservation_extensions', p_tenant.max_reservation_extensions,
+        'metadata', p_tenant.metadata,
+        'created_at', cycles._iso8601(p_tenant.created_at),
+        'updated_at', cycles._iso8601(p_tenant.updated_at),
+        'suspended_at', cycles._iso8601(p_tenant.suspended_at),
+        'closed_at', cycles._iso8601(p_tenant.closed_at)));
 END;
 $$;
 
@@ -159,22 +155,20 @@ CREATE FUNCTION cycles._tenant_lifecycle_event(
 LANGUAGE plpgsql
 AS $$
 BEGIN
-    RETURN (
-        SELECT cycles._emit_event(
-            p_tenant_id => p_tenant.tenant_id,
-            p_event_type => p_event_type,
-            p_source => 'cycles-admin',
-            p_actor => cycles._actor(p_ctx),
-            p_data => jsonb_build_object(
-                'tenant_id', p_tenant.tenant_id,
-                'previous_status', p_previous_status,
-                'new_status', p_tenant.status,
-                'changed_fields', CASE WHEN p_previous_status IS NULL THEN '[]'::jsonb ELSE '["status"]'::jsonb END),
-            p_scope => 'tenant:' || p_tenant.tenant_id,
-            p_request_id => p_ctx ->> 'request_id',
-            p_trace_id => p_ctx ->> 'trace_id',
-            p_correlation_id => p_correlation_id)
-    );
+    RETURN cycles._emit_event(
+        p_tenant_id => p_tenant.tenant_id,
+        p_event_type => p_event_type,
+        p_source => 'cycles-admin',
+        p_actor => cycles._actor(p_ctx),
+        p_data => jsonb_build_object(
+            'tenant_id', p_tenant.tenant_id,
+            'previous_status', p_previous_status,
+            'new_status', p_tenant.status,
+            'changed_fields', CASE WHEN p_previous_status IS NULL THEN '[]'::jsonb ELSE '["status"]'::jsonb END),
+        p_scope => 'tenant:' || p_tenant.tenant_id,
+        p_request_id => p_ctx ->> 'request_id',
+        p_trace_id => p_ctx ->> 'trace_id',
+        p_correlation_id => p_correlation_id);
 END;
 $$;
 

@@ -9,16 +9,14 @@ CREATE FUNCTION cycles._permissions() RETURNS text[]
 LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE
 AS $$
 BEGIN
-    RETURN (
-        SELECT ARRAY[
-            'reservations:create', 'reservations:commit', 'reservations:release', 'reservations:extend',
-            'reservations:list', 'balances:read', 'budgets:read', 'budgets:write', 'policies:read',
-            'policies:write', 'webhooks:read', 'webhooks:write', 'events:read',
-            'admin:read', 'admin:write',
-            'admin:tenants:read', 'admin:tenants:write', 'admin:budgets:read', 'admin:budgets:write',
-            'admin:policies:read', 'admin:policies:write', 'admin:apikeys:read', 'admin:apikeys:write',
-            'admin:webhooks:read', 'admin:webhooks:write', 'admin:events:read', 'admin:audit:read']
-    );
+    RETURN ARRAY[
+        'reservations:create', 'reservations:commit', 'reservations:release', 'reservations:extend',
+        'reservations:list', 'balances:read', 'budgets:read', 'budgets:write', 'policies:read',
+        'policies:write', 'webhooks:read', 'webhooks:write', 'events:read',
+        'admin:read', 'admin:write',
+        'admin:tenants:read', 'admin:tenants:write', 'admin:budgets:read', 'admin:budgets:write',
+        'admin:policies:read', 'admin:policies:write', 'admin:apikeys:read', 'admin:apikeys:write',
+        'admin:webhooks:read', 'admin:webhooks:write', 'admin:events:read', 'admin:audit:read'];
 END;
 $$;
 
@@ -28,12 +26,10 @@ CREATE FUNCTION cycles._default_permissions() RETURNS text[]
 LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE
 AS $$
 BEGIN
-    RETURN (
-        SELECT ARRAY[
-            'reservations:create', 'reservations:commit', 'reservations:release', 'reservations:extend',
-            'reservations:list', 'balances:read', 'budgets:read', 'budgets:write', 'policies:read',
-            'policies:write']
-    );
+    RETURN ARRAY[
+        'reservations:create', 'reservations:commit', 'reservations:release', 'reservations:extend',
+        'reservations:list', 'balances:read', 'budgets:read', 'budgets:write', 'policies:read',
+        'policies:write'];
 END;
 $$;
 
@@ -43,24 +39,22 @@ CREATE FUNCTION cycles._api_key_json(p_key cycles.api_keys) RETURNS jsonb
 LANGUAGE plpgsql STABLE
 AS $$
 BEGIN
-    RETURN (
-        SELECT jsonb_strip_nulls(jsonb_build_object(
-            'key_id', p_key.key_id,
-            'tenant_id', p_key.tenant_id,
-            'key_prefix', p_key.key_prefix,
-            'name', p_key.name,
-            'description', p_key.description,
-            'permissions', to_jsonb(p_key.permissions),
-            'scope_filter', to_jsonb(p_key.scope_filter),
-            'status', CASE WHEN p_key.status = 'ACTIVE' AND p_key.expires_at <= clock_timestamp()
-                           THEN 'EXPIRED' ELSE p_key.status END,
-            'created_at', cycles._iso8601(p_key.created_at),
-            'last_used_at', cycles._iso8601(p_key.last_used_at),
-            'expires_at', cycles._iso8601(p_key.expires_at),
-            'revoked_at', cycles._iso8601(p_key.revoked_at),
-            'revoked_reason', p_key.revoked_reason,
-            'metadata', p_key.metadata))
-    );
+    RETURN jsonb_strip_nulls(jsonb_build_object(
+        'key_id', p_key.key_id,
+        'tenant_id', p_key.tenant_id,
+        'key_prefix', p_key.key_prefix,
+        'name', p_key.name,
+        'description', p_key.description,
+        'permissions', to_jsonb(p_key.permissions),
+        'scope_filter', to_jsonb(p_key.scope_filter),
+        'status', CASE WHEN p_key.status = 'ACTIVE' AND p_key.expires_at <= clock_timestamp()
+                       THEN 'EXPIRED' ELSE p_key.status END,
+        'created_at', cycles._iso8601(p_key.created_at),
+        'last_used_at', cycles._iso8601(p_key.last_used_at),
+        'expires_at', cycles._iso8601(p_key.expires_at),
+        'revoked_at', cycles._iso8601(p_key.revoked_at),
+        'revoked_reason', p_key.revoked_reason,
+        'metadata', p_key.metadata));
 END;
 $$;
 

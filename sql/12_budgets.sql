@@ -25,9 +25,7 @@ CREATE FUNCTION cycles._amount_json(p_unit text, p_amount bigint) RETURNS jsonb
 LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE
 AS $$
 BEGIN
-    RETURN (
-        SELECT jsonb_build_object('unit', p_unit, 'amount', p_amount)
-    );
+    RETURN jsonb_build_object('unit', p_unit, 'amount', p_amount);
 END;
 $$;
 
@@ -49,25 +47,23 @@ CREATE FUNCTION cycles._budget_json(p_budget cycles.budgets) RETURNS jsonb
 LANGUAGE plpgsql STABLE
 AS $$
 BEGIN
-    RETURN (
-        SELECT jsonb_strip_nulls(jsonb_build_object(
-            'ledger_id', p_budget.budget_id::text,
-            'tenant_id', p_budget.tenant_id,
-            'scope', p_budget.scope,
-            'scope_path', p_budget.scope,
-            'unit', p_budget.unit,
-            'allocated', cycles._amount_json(p_budget.unit, p_budget.allocated),
-            'remaining', cycles._amount_json(p_budget.unit, p_budget.remaining),
-            'reserved', cycles._amount_json(p_budget.unit, p_budget.reserved),
-            'spent', cycles._amount_json(p_budget.unit, p_budget.spent),
-            'debt', cycles._amount_json(p_budget.unit, p_budget.debt),
-            'overdraft_limit', cycles._amount_json(p_budget.unit, p_budget.overdraft_limit),
-            'is_over_limit', p_budget.is_over_limit,
-            'commit_overage_policy', p_budget.commit_overage_policy,
-            'status', p_budget.status,
-            'created_at', cycles._iso8601(p_budget.created_at),
-            'updated_at', cycles._iso8601(p_budget.updated_at)))
-    );
+    RETURN jsonb_strip_nulls(jsonb_build_object(
+        'ledger_id', p_budget.budget_id::text,
+        'tenant_id', p_budget.tenant_id,
+        'scope', p_budget.scope,
+        'scope_path', p_budget.scope,
+        'unit', p_budget.unit,
+        'allocated', cycles._amount_json(p_budget.unit, p_budget.allocated),
+        'remaining', cycles._amount_json(p_budget.unit, p_budget.remaining),
+        'reserved', cycles._amount_json(p_budget.unit, p_budget.reserved),
+        'spent', cycles._amount_json(p_budget.unit, p_budget.spent),
+        'debt', cycles._amount_json(p_budget.unit, p_budget.debt),
+        'overdraft_limit', cycles._amount_json(p_budget.unit, p_budget.overdraft_limit),
+        'is_over_limit', p_budget.is_over_limit,
+        'commit_overage_policy', p_budget.commit_overage_policy,
+        'status', p_budget.status,
+        'created_at', cycles._iso8601(p_budget.created_at),
+        'updated_at', cycles._iso8601(p_budget.updated_at)));
 END;
 $$;
 
@@ -76,11 +72,9 @@ CREATE FUNCTION cycles._budget_state(p_budget cycles.budgets) RETURNS jsonb
 LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE
 AS $$
 BEGIN
-    RETURN (
-        SELECT jsonb_build_object(
-            'allocated', p_budget.allocated, 'remaining', p_budget.remaining, 'debt', p_budget.debt,
-            'spent', p_budget.spent, 'reserved', p_budget.reserved, 'status', p_budget.status)
-    );
+    RETURN jsonb_build_object(
+        'allocated', p_budget.allocated, 'remaining', p_budget.remaining, 'debt', p_budget.debt,
+        'spent', p_budget.spent, 'reserved', p_budget.reserved, 'status', p_budget.status);
 END;
 $$;
 
@@ -695,9 +689,7 @@ CREATE FUNCTION cycles._utilization(p_budget cycles.budgets) RETURNS numeric
 LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE
 AS $$
 BEGIN
-    RETURN (
-        SELECT CASE WHEN p_budget.allocated > 0 THEN p_budget.spent::numeric / p_budget.allocated ELSE 0 END
-    );
+    RETURN CASE WHEN p_budget.allocated > 0 THEN p_budget.spent::numeric / p_budget.allocated ELSE 0 END;
 END;
 $$;
 

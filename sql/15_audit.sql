@@ -11,26 +11,24 @@ CREATE FUNCTION cycles._audit_json(p_row cycles.audit_logs) RETURNS jsonb
 LANGUAGE plpgsql STABLE
 AS $$
 BEGIN
-    RETURN (
-        SELECT jsonb_strip_nulls(jsonb_build_object(
-            'log_id', p_row.log_id,
-            'timestamp', cycles._iso8601(p_row.created_at),
-            'tenant_id', p_row.tenant_id,
-            'key_id', p_row.key_id,
-            'user_agent', p_row.user_agent,
-            'source_ip', p_row.source_ip,
-            'operation', p_row.operation,
-            'resource_type', p_row.resource_type,
-            'resource_id', p_row.resource_id,
-            'request_id', p_row.request_id,
-            'trace_id', p_row.trace_id,
-            'status', p_row.status,
-            'error_code', p_row.error_code,
-            'subject', p_row.subject,
-            'action', p_row.action,
-            'amount', p_row.amount,
-            'metadata', p_row.metadata))
-    );
+    RETURN jsonb_strip_nulls(jsonb_build_object(
+        'log_id', p_row.log_id,
+        'timestamp', cycles._iso8601(p_row.created_at),
+        'tenant_id', p_row.tenant_id,
+        'key_id', p_row.key_id,
+        'user_agent', p_row.user_agent,
+        'source_ip', p_row.source_ip,
+        'operation', p_row.operation,
+        'resource_type', p_row.resource_type,
+        'resource_id', p_row.resource_id,
+        'request_id', p_row.request_id,
+        'trace_id', p_row.trace_id,
+        'status', p_row.status,
+        'error_code', p_row.error_code,
+        'subject', p_row.subject,
+        'action', p_row.action,
+        'amount', p_row.amount,
+        'metadata', p_row.metadata));
 END;
 $$;
 

@@ -87,10 +87,8 @@ CREATE FUNCTION cycles._scope_pattern_tenant(p_pattern text) RETURNS text
 LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE
 AS $$
 BEGIN
-    RETURN (
-        SELECT CASE WHEN split_part(lower(p_pattern), '/', 1) LIKE 'tenant:%'
-                    THEN substr(split_part(lower(p_pattern), '/', 1), 8) END
-    );
+    RETURN CASE WHEN split_part(lower(p_pattern), '/', 1) LIKE 'tenant:%'
+                THEN substr(split_part(lower(p_pattern), '/', 1), 8) END;
 END;
 $$;
 
@@ -241,23 +239,21 @@ CREATE FUNCTION cycles._policy_json(p_policy cycles.policies) RETURNS jsonb
 LANGUAGE plpgsql STABLE
 AS $$
 BEGIN
-    RETURN (
-        SELECT jsonb_strip_nulls(jsonb_build_object(
-            'policy_id', p_policy.policy_id,
-            'name', p_policy.name,
-            'description', p_policy.description,
-            'scope_pattern', p_policy.scope_pattern,
-            'priority', p_policy.priority,
-            'caps', p_policy.caps,
-            'commit_overage_policy', p_policy.commit_overage_policy,
-            'reservation_ttl_override', p_policy.reservation_ttl_override,
-            'rate_limits', p_policy.rate_limits,
-            'status', p_policy.status,
-            'effective_from', cycles._iso8601(p_policy.effective_from),
-            'effective_until', cycles._iso8601(p_policy.effective_until),
-            'created_at', cycles._iso8601(p_policy.created_at),
-            'updated_at', cycles._iso8601(p_policy.updated_at)))
-    );
+    RETURN jsonb_strip_nulls(jsonb_build_object(
+        'policy_id', p_policy.policy_id,
+        'name', p_policy.name,
+        'description', p_policy.description,
+        'scope_pattern', p_policy.scope_pattern,
+        'priority', p_policy.priority,
+        'caps', p_policy.caps,
+        'commit_overage_policy', p_policy.commit_overage_policy,
+        'reservation_ttl_override', p_policy.reservation_ttl_override,
+        'rate_limits', p_policy.rate_limits,
+        'status', p_policy.status,
+        'effective_from', cycles._iso8601(p_policy.effective_from),
+        'effective_until', cycles._iso8601(p_policy.effective_until),
+        'created_at', cycles._iso8601(p_policy.created_at),
+        'updated_at', cycles._iso8601(p_policy.updated_at)));
 END;
 $$;
 
@@ -268,20 +264,18 @@ CREATE FUNCTION cycles._policy_event(
 LANGUAGE plpgsql
 AS $$
 BEGIN
-    RETURN (
-        SELECT cycles._emit_event(
-            p_tenant_id => p_policy.tenant_id,
-            p_event_type => p_event_type,
-            p_source => 'cycles-admin',
-            p_actor => cycles._actor(p_ctx),
-            p_data => jsonb_build_object(
-                'policy_id', p_policy.policy_id,
-                'name', p_policy.name,
-                'scope_pattern', p_policy.scope_pattern,
-                'changed_fields', to_jsonb(p_changed_fields)),
-            p_request_id => p_ctx ->> 'request_id',
-            p_trace_id => p_ctx ->> 'trace_id')
-    );
+    RETURN cycles._emit_event(
+        p_tenant_id => p_policy.tenant_id,
+        p_event_type => p_event_type,
+        p_source => 'cycles-admin',
+        p_actor => cycles._actor(p_ctx),
+        p_data => jsonb_build_object(
+            'policy_id', p_policy.policy_id,
+            'name', p_policy.name,
+            'scope_pattern', p_policy.scope_pattern,
+            'changed_fields', to_jsonb(p_changed_fields)),
+        p_request_id => p_ctx ->> 'request_id',
+        p_trace_id => p_ctx ->> 'trace_id');
 END;
 $$;
 
@@ -315,9 +309,7 @@ CREATE FUNCTION cycles._policy_caps(p_policy cycles.policies) RETURNS jsonb
 LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE
 AS $$
 BEGIN
-    RETURN (
-        SELECT CASE WHEN p_policy.caps IS NOT NULL AND p_policy.caps <> '{}'::jsonb THEN p_policy.caps END
-    );
+    RETURN CASE WHEN p_policy.caps IS NOT NULL AND p_policy.caps <> '{}'::jsonb THEN p_policy.caps END;
 END;
 $$;
 

@@ -7,26 +7,24 @@ CREATE FUNCTION cycles._event_types() RETURNS text[]
 LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE
 AS $$
 BEGIN
-    RETURN (
-        SELECT ARRAY[
-            'budget.created', 'budget.updated', 'budget.funded', 'budget.debited', 'budget.reset',
-            'budget.reset_spent', 'budget.debt_repaid', 'budget.frozen', 'budget.unfrozen', 'budget.closed',
-            'budget.closed_via_tenant_cascade', 'budget.threshold_crossed', 'budget.exhausted',
-            'budget.over_limit_entered', 'budget.over_limit_exited', 'budget.debt_incurred',
-            'budget.burn_rate_anomaly',
-            'reservation.denied', 'reservation.denial_rate_spike', 'reservation.expired',
-            'reservation.expiry_rate_spike', 'reservation.commit_overage',
-            'reservation.released_via_tenant_cascade',
-            'tenant.created', 'tenant.updated', 'tenant.suspended', 'tenant.reactivated', 'tenant.closed',
-            'tenant.settings_changed',
-            'webhook.created', 'webhook.updated', 'webhook.paused', 'webhook.resumed', 'webhook.disabled',
-            'webhook.deleted', 'webhook.disabled_via_tenant_cascade',
-            'api_key.created', 'api_key.revoked', 'api_key.revoked_via_tenant_cascade', 'api_key.expired',
-            'api_key.permissions_changed', 'api_key.auth_failed', 'api_key.auth_failure_rate_spike',
-            'policy.created', 'policy.updated', 'policy.deleted',
-            'system.store_connection_lost', 'system.store_connection_restored', 'system.high_latency',
-            'system.webhook_delivery_failed', 'system.webhook_test']
-    );
+    RETURN ARRAY[
+        'budget.created', 'budget.updated', 'budget.funded', 'budget.debited', 'budget.reset',
+        'budget.reset_spent', 'budget.debt_repaid', 'budget.frozen', 'budget.unfrozen', 'budget.closed',
+        'budget.closed_via_tenant_cascade', 'budget.threshold_crossed', 'budget.exhausted',
+        'budget.over_limit_entered', 'budget.over_limit_exited', 'budget.debt_incurred',
+        'budget.burn_rate_anomaly',
+        'reservation.denied', 'reservation.denial_rate_spike', 'reservation.expired',
+        'reservation.expiry_rate_spike', 'reservation.commit_overage',
+        'reservation.released_via_tenant_cascade',
+        'tenant.created', 'tenant.updated', 'tenant.suspended', 'tenant.reactivated', 'tenant.closed',
+        'tenant.settings_changed',
+        'webhook.created', 'webhook.updated', 'webhook.paused', 'webhook.resumed', 'webhook.disabled',
+        'webhook.deleted', 'webhook.disabled_via_tenant_cascade',
+        'api_key.created', 'api_key.revoked', 'api_key.revoked_via_tenant_cascade', 'api_key.expired',
+        'api_key.permissions_changed', 'api_key.auth_failed', 'api_key.auth_failure_rate_spike',
+        'policy.created', 'policy.updated', 'policy.deleted',
+        'system.store_connection_lost', 'system.store_connection_restored', 'system.high_latency',
+        'system.webhook_delivery_failed', 'system.webhook_test'];
 END;
 $$;
 
@@ -36,22 +34,20 @@ CREATE FUNCTION cycles._event_json(p_event cycles.events) RETURNS jsonb
 LANGUAGE plpgsql STABLE
 AS $$
 BEGIN
-    RETURN (
-        SELECT jsonb_strip_nulls(jsonb_build_object(
-            'event_id', p_event.event_id,
-            'event_type', p_event.event_type,
-            'category', p_event.category,
-            'timestamp', cycles._iso8601(p_event.created_at),
-            'tenant_id', p_event.tenant_id,
-            'scope', p_event.scope,
-            'actor', p_event.actor,
-            'source', p_event.source,
-            'data', p_event.data,
-            'correlation_id', p_event.correlation_id,
-            'request_id', p_event.request_id,
-            'trace_id', p_event.trace_id,
-            'metadata', p_event.metadata))
-    );
+    RETURN jsonb_strip_nulls(jsonb_build_object(
+        'event_id', p_event.event_id,
+        'event_type', p_event.event_type,
+        'category', p_event.category,
+        'timestamp', cycles._iso8601(p_event.created_at),
+        'tenant_id', p_event.tenant_id,
+        'scope', p_event.scope,
+        'actor', p_event.actor,
+        'source', p_event.source,
+        'data', p_event.data,
+        'correlation_id', p_event.correlation_id,
+        'request_id', p_event.request_id,
+        'trace_id', p_event.trace_id,
+        'metadata', p_event.metadata));
 END;
 $$;
 
@@ -264,7 +260,7 @@ AS $$
 DECLARE
     v_key cycles.api_keys;
 BEGIN
-    SELECT (a.o_key).* INTO v_key FROM cycles._authenticate(p_api_key) AS a;
+    v_key := (cycles._authenticate(p_api_key)).o_key;
     IF NOT cycles._has_permission(v_key.permissions, 'events:read') THEN
         PERFORM cycles._fail('INSUFFICIENT_PERMISSIONS', 'API key lacks the events:read permission',
             jsonb_build_object('required_permission', 'events:read'));

@@ -19,16 +19,16 @@ CREATE FUNCTION cycles._runtime_principal(
 LANGUAGE plpgsql
 AS $$
 DECLARE
-    v_key cycles.api_keys;
+    v_auth record;
 BEGIN
-    SELECT (a.o_key).* INTO v_key FROM cycles._authenticate(p_api_key) AS a;
-    IF p_permission IS NOT NULL AND NOT cycles._has_permission(v_key.permissions, p_permission) THEN
+    v_auth := cycles._authenticate(p_api_key);
+    IF p_permission IS NOT NULL AND NOT cycles._has_permission((v_auth.o_key).permissions, p_permission) THEN
         PERFORM cycles._fail('FORBIDDEN', format('API key lacks the %s permission', p_permission),
             jsonb_build_object('required_permission', p_permission));
     END IF;
-    o_key_id := v_key.key_id;
-    o_scope_filter := v_key.scope_filter;
-    SELECT t.* INTO o_tenant FROM cycles.tenants AS t WHERE t.tenant_id = v_key.tenant_id;
+    o_key_id := (v_auth.o_key).key_id;
+    o_scope_filter := (v_auth.o_key).scope_filter;
+    o_tenant := v_auth.o_tenant;
 END;
 $$;
 
@@ -68,13 +68,11 @@ CREATE FUNCTION cycles._runtime_actor(p_ctx jsonb, p_key_id text) RETURNS jsonb
 LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE
 AS $$
 BEGIN
-    RETURN (
-        SELECT CASE
-            WHEN p_key_id IS NOT NULL THEN jsonb_strip_nulls(jsonb_build_object(
-                'type', 'api_key', 'key_id', p_key_id, 'source_ip', p_ctx ->> 'source_ip'))
-            ELSE cycles._actor(p_ctx)
-        END
-    );
+    RETURN CASE
+        WHEN p_key_id IS NOT NULL THEN jsonb_strip_nulls(jsonb_build_object(
+            'type', 'api_key', 'key_id', p_key_id, 'source_ip', p_ctx ->> 'source_ip'))
+        ELSE cycles._actor(p_ctx)
+    END;
 END;
 $$;
 
@@ -265,9 +263,7 @@ CREATE FUNCTION cycles._any_budget(p_scopes text[]) RETURNS boolean
 LANGUAGE plpgsql STABLE
 AS $$
 BEGIN
-    RETURN (
-        SELECT EXISTS (SELECT FROM cycles.budgets AS b WHERE b.scope = ANY (p_scopes))
-    );
+    RETURN EXISTS (SELECT FROM cycles.budgets AS b WHERE b.scope = ANY (p_scopes));
 END;
 $$;
 
@@ -476,9 +472,7 @@ CREATE FUNCTION cycles._request_hash(p_request jsonb, p_reservation_id text DEFA
 LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE
 AS $$
 BEGIN
-    RETURN (
-        SELECT sha256(convert_to(p_request::text || coalesce(chr(30) || p_reservation_id, ''), 'UTF8'))
-    );
+    RETURN sha256(convert_to(p_request::text || coalesce(chr(30) || p_reservation_id, ''), 'UTF8'));
 END;
 $$;
 
@@ -489,16 +483,14 @@ CREATE FUNCTION cycles._replay_response(p_response jsonb, p_reservation_id text)
 LANGUAGE plpgsql STABLE
 AS $$
 BEGIN
-    RETURN (
-        SELECT CASE
-            WHEN p_response ? 'remaining_ttl_ms' THEN jsonb_set(p_response, '{remaining_ttl_ms}', to_jsonb(
-                coalesce((SELECT CASE WHEN r.status = 'ACTIVE'
-                                      THEN greatest(0, (p_response ->> 'expires_at_ms')::bigint - cycles._now_ms())
-                                      ELSE 0 END
-                          FROM cycles.reservations AS r WHERE r.reservation_id = p_reservation_id), 0)))
-            ELSE p_response
-        END
-    );
+    RETURN CASE
+        WHEN p_response ? 'remaining_ttl_ms' THEN jsonb_set(p_response, '{remaining_ttl_ms}', to_jsonb(
+            coalesce((SELECT CASE WHEN r.status = 'ACTIVE'
+                                  THEN greatest(0, (p_response ->> 'expires_at_ms')::bigint - cycles._now_ms())
+                                  ELSE 0 END
+                      FROM cycles.reservations AS r WHERE r.reservation_id = p_reservation_id), 0)))
+        ELSE p_response
+    END;
 END;
 $$;
 

@@ -24,12 +24,11 @@ BEGIN
     v_parsed.idempotency_key := cycles._require_idempotency_key(p_request);
     v_parsed.subject := p_request -> 'subject';
     v_parsed.action := cycles._require_action(p_request -> 'action');
-    SELECT a.o_unit, a.o_amount INTO v_amount FROM cycles._request_amount(p_request -> 'estimate', 'estimate') AS a;
+    v_amount := cycles._request_amount(p_request -> 'estimate', 'estimate');
     v_parsed.unit := v_amount.o_unit;
     v_parsed.estimate := v_amount.o_amount;
     PERFORM cycles._request_object(p_request, 'metadata');
-    SELECT d.o_scope_path, d.o_affected_scopes INTO v_scopes
-    FROM cycles._derive_scopes(v_parsed.subject, p_tenant_id) AS d;
+    v_scopes := cycles._derive_scopes(v_parsed.subject, p_tenant_id);
     v_parsed.scope_path := v_scopes.o_scope_path;
     v_parsed.affected_scopes := v_scopes.o_affected_scopes;
     RETURN v_parsed;
@@ -69,9 +68,67 @@ BEGIN
         o_reason := 'BUDGET_NOT_FOUND';
         RETURN;
     END IF;
-    SELECT d.o_reason, d.o_row INTO v_denial FROM cycles._reserve_denial(o_rows, p_parsed.estimate) AS d;
+    v_denial := cycles._reserve_denial(o_rows, p_parsed.estimate);
     o_reason := v_denial.o_reason;
     o_row := v_denial.o_row;
+END;
+$$;
+
+-- Takes p_estimate into reserved on every budget of p_scopes (a scope path's
+-- cumulative prefixes, i.e. scope byte order) in p_unit: the live part of a
+-- reserve. Each row is locked and charged by one UPDATE, in that order (the
+-- global lock order), and only when cycles._reserve_denial would let it pass;
+-- a row the UPDATE skips is locked and checked again (it may have changed
+-- since), and a denial raises, undoing the rows already charged. The first
+-- denial from the top wins, as in cycles._reserve_denial. One statement per
+-- row on a unique key keeps every plan generic, and locking and charging
+-- together halves the statements of lock-then-update.
+-- Returns the rows before and after, sorted by scope; NULL arrays when no
+-- scope has a budget in p_unit.
+-- Errors: BUDGET_FROZEN, BUDGET_CLOSED, OVERDRAFT_LIMIT_EXCEEDED,
+-- DEBT_OUTSTANDING, BUDGET_EXCEEDED (cycles._fail_denial).
+CREATE FUNCTION cycles._take_reservation(
+    p_scopes   text[],
+    p_unit     text,
+    p_estimate bigint,
+    OUT o_before cycles.budgets[],
+    OUT o_after  cycles.budgets[]
+)
+LANGUAGE plpgsql
+AS $$
+DECLARE
+    v_scope  text;
+    v_row    cycles.budgets;
+    v_reason text;
+BEGIN
+    FOREACH v_scope IN ARRAY p_scopes LOOP
+        UPDATE cycles.budgets AS b SET
+            reserved = b.reserved + p_estimate,
+            remaining = b.remaining - p_estimate,
+            updated_at = clock_timestamp()
+        WHERE b.scope = v_scope AND b.unit = p_unit
+          AND b.status = 'ACTIVE' AND NOT b.is_over_limit AND (b.debt = 0 OR b.overdraft_limit > 0)
+          AND b.remaining >= p_estimate
+        RETURNING b.* INTO v_row;
+        IF NOT FOUND THEN
+            SELECT b.* INTO v_row FROM cycles.budgets AS b WHERE b.scope = v_scope AND b.unit = p_unit FOR UPDATE;
+            CONTINUE WHEN NOT FOUND;
+            v_reason := (cycles._reserve_denial(ARRAY[v_row], p_estimate)).o_reason;
+            IF v_reason IS NOT NULL THEN
+                PERFORM cycles._fail_denial(v_reason, v_row, p_estimate);
+            END IF;
+            UPDATE cycles.budgets AS b SET
+                reserved = b.reserved + p_estimate,
+                remaining = b.remaining - p_estimate,
+                updated_at = clock_timestamp()
+            WHERE b.budget_id = v_row.budget_id
+            RETURNING b.* INTO v_row;
+        END IF;
+        o_after := o_after || v_row;
+        v_row.reserved := v_row.reserved - p_estimate;
+        v_row.remaining := v_row.remaining + p_estimate;
+        o_before := o_before || v_row;
+    END LOOP;
 END;
 $$;
 
@@ -150,13 +207,13 @@ DECLARE
     v_before      cycles.budgets[];
     v_after       cycles.budgets[];
     v_denial      record;
+    v_taken       record;
     v_actor       jsonb;
     v_now_ms      bigint;
     v_expires_ms  bigint;
     v_id          text;
 BEGIN
-    SELECT p.o_key_id, p.o_tenant, p.o_scope_filter INTO v_principal
-    FROM cycles._runtime_principal(p_api_key, 'reservations:create') AS p;
+    v_principal := cycles._runtime_principal(p_api_key, 'reservations:create');
     v_tenant := v_principal.o_tenant;
     v_parsed := cycles._parse_reserve_request(p_request, v_tenant.tenant_id);
     PERFORM cycles._require_scope_in_filter(v_principal.o_scope_filter, v_parsed.scope_path);
@@ -176,7 +233,7 @@ BEGIN
     END IF;
 
     IF v_dry_run THEN
-        SELECT e.o_reason, e.o_row, e.o_rows INTO v_denial FROM cycles._evaluate_reserve(v_tenant, v_parsed) AS e;
+        v_denial := cycles._evaluate_reserve(v_tenant, v_parsed);
         IF v_denial.o_reason IS NULL THEN
             v_caps := cycles._policy_caps(cycles._match_policy(v_tenant.tenant_id, v_parsed.scope_path));
         END IF;
@@ -203,13 +260,11 @@ BEGIN
     END IF;
 
     PERFORM cycles._require_tenant_open(v_tenant, true);
-    v_before := cycles._lock_budgets(v_parsed.affected_scopes, v_parsed.unit);
-    IF v_before IS NULL THEN
+    v_taken := cycles._take_reservation(v_parsed.affected_scopes, v_parsed.unit, v_parsed.estimate);
+    v_before := v_taken.o_before;
+    v_after := v_taken.o_after;
+    IF v_after IS NULL THEN
         PERFORM cycles._fail_no_budget(v_parsed.affected_scopes, v_parsed.unit, v_parsed.scope_path);
-    END IF;
-    SELECT d.o_reason, d.o_row INTO v_denial FROM cycles._reserve_denial(v_before, v_parsed.estimate) AS d;
-    IF v_denial.o_reason IS NOT NULL THEN
-        PERFORM cycles._fail_denial(v_denial.o_reason, v_denial.o_row, v_parsed.estimate);
     END IF;
 
     v_match := cycles._match_policy(v_tenant.tenant_id, v_parsed.scope_path);
@@ -228,16 +283,6 @@ BEGIN
          WHERE b.commit_overage_policy IS NOT NULL ORDER BY b.scope COLLATE "C" DESC LIMIT 1),
         v_tenant.default_commit_overage_policy,
         'ALLOW_IF_AVAILABLE');
-
-    WITH changed AS (
-        UPDATE cycles.budgets AS b SET
-            reserved = b.reserved + v_parsed.estimate,
-            remaining = b.remaining - v_parsed.estimate,
-            updated_at = clock_timestamp()
-        WHERE b.budget_id IN (SELECT r.budget_id FROM unnest(v_before) AS r)
-        RETURNING b AS row
-    )
-    SELECT array_agg(c.row ORDER BY (c.row).scope COLLATE "C") INTO v_after FROM changed AS c;
 
     v_now_ms := cycles._now_ms();
     v_expires_ms := v_now_ms + v_ttl_ms;
@@ -303,8 +348,7 @@ DECLARE
     v_denial    record;
     v_caps      jsonb;
 BEGIN
-    SELECT p.o_key_id, p.o_tenant, p.o_scope_filter INTO v_principal
-    FROM cycles._runtime_principal(p_api_key, 'reservations:create') AS p;
+    v_principal := cycles._runtime_principal(p_api_key, 'reservations:create');
     v_tenant := v_principal.o_tenant;
     v_parsed := cycles._parse_reserve_request(p_request, v_tenant.tenant_id);
     PERFORM cycles._require_scope_in_filter(v_principal.o_scope_filter, v_parsed.scope_path);
@@ -315,7 +359,7 @@ BEGIN
         RETURN v_response;
     END IF;
 
-    SELECT e.o_reason, e.o_row INTO v_denial FROM cycles._evaluate_reserve(v_tenant, v_parsed) AS e;
+    v_denial := cycles._evaluate_reserve(v_tenant, v_parsed);
     IF v_denial.o_reason IS NULL THEN
         v_caps := cycles._policy_caps(cycles._match_policy(v_tenant.tenant_id, v_parsed.scope_path));
         v_response := jsonb_build_object(

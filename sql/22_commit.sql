@@ -50,15 +50,13 @@ DECLARE
     v_released    bigint;
     v_actor       jsonb;
 BEGIN
-    SELECT p.o_key_id, p.o_tenant, p.o_scope_filter INTO v_principal
-    FROM cycles._runtime_principal(p_api_key, 'reservations:commit') AS p;
+    v_principal := cycles._runtime_principal(p_api_key, 'reservations:commit');
     v_key := cycles._require_idempotency_key(p_request);
-    SELECT a.o_unit, a.o_amount INTO v_amount FROM cycles._request_amount(p_request -> 'actual', 'actual') AS a;
+    v_amount := cycles._request_amount(p_request -> 'actual', 'actual');
     v_metrics := cycles._request_object(p_request, 'metrics');
     v_metadata := cycles._request_object(p_request, 'metadata');
 
-    SELECT l.o_reservation, l.o_tenant INTO v_locked
-    FROM cycles._lock_reservation(p_reservation_id, (v_principal.o_tenant).tenant_id) AS l;
+    v_locked := cycles._lock_reservation(p_reservation_id, (v_principal.o_tenant).tenant_id);
     v_reservation := v_locked.o_reservation;
     PERFORM cycles._require_scope_in_filter(v_principal.o_scope_filter, v_reservation.scope_path);
 
@@ -91,8 +89,7 @@ BEGIN
     END IF;
 
     v_before := cycles._lock_budgets(v_reservation.budgeted_scopes, v_reservation.unit);
-    SELECT c.o_capped, c.o_violation INTO v_cap
-    FROM cycles._overage_cap(v_before, v_delta, v_reservation.overage_policy) AS c;
+    v_cap := cycles._overage_cap(v_before, v_delta, v_reservation.overage_policy);
     IF (v_cap.o_violation).budget_id IS NOT NULL THEN
         PERFORM cycles._fail('OVERDRAFT_LIMIT_EXCEEDED',
             format('the overage of %s would take the debt of %s past its overdraft limit %s',

@@ -51,8 +51,7 @@ BEGIN
     END IF;
     v_reason := p_request ->> 'reason';
 
-    SELECT l.o_reservation, l.o_tenant INTO v_locked
-    FROM cycles._lock_reservation(p_reservation_id, v_tenant_id) AS l;
+    v_locked := cycles._lock_reservation(p_reservation_id, v_tenant_id);
     v_reservation := v_locked.o_reservation;
     PERFORM cycles._require_scope_in_filter(v_filter, v_reservation.scope_path);
 

@@ -34,8 +34,7 @@ DECLARE
     v_now_ms      bigint;
     v_expires_ms  bigint;
 BEGIN
-    SELECT p.o_key_id, p.o_tenant, p.o_scope_filter INTO v_principal
-    FROM cycles._runtime_principal(p_api_key, 'reservations:extend') AS p;
+    v_principal := cycles._runtime_principal(p_api_key, 'reservations:extend');
     v_key := cycles._require_idempotency_key(p_request);
     IF p_request -> 'extend_by_ms' IS NULL OR p_request -> 'extend_by_ms' = 'null'::jsonb THEN
         PERFORM cycles._fail('INVALID_REQUEST', 'extend_by_ms is required');
@@ -43,8 +42,7 @@ BEGIN
     v_extend_by := cycles._json_int(p_request, 'extend_by_ms', 1, 86400000, NULL);
     PERFORM cycles._request_object(p_request, 'metadata');
 
-    SELECT l.o_reservation, l.o_tenant INTO v_locked
-    FROM cycles._lock_reservation(p_reservation_id, (v_principal.o_tenant).tenant_id) AS l;
+    v_locked := cycles._lock_reservation(p_reservation_id, (v_principal.o_tenant).tenant_id);
     v_reservation := v_locked.o_reservation;
     PERFORM cycles._require_scope_in_filter(v_principal.o_scope_filter, v_reservation.scope_path);
 

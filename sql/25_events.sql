@@ -43,18 +43,16 @@ DECLARE
     v_cap       record;
     v_event_id  text;
 BEGIN
-    SELECT p.o_key_id, p.o_tenant, p.o_scope_filter INTO v_principal
-    FROM cycles._runtime_principal(p_api_key, 'reservations:commit') AS p;
+    v_principal := cycles._runtime_principal(p_api_key, 'reservations:commit');
     v_tenant := v_principal.o_tenant;
     v_key := cycles._require_idempotency_key(p_request);
     v_action := cycles._require_action(p_request -> 'action');
-    SELECT a.o_unit, a.o_amount INTO v_amount FROM cycles._request_amount(p_request -> 'actual', 'actual') AS a;
+    v_amount := cycles._request_amount(p_request -> 'actual', 'actual');
     v_policy := cycles._require_overage_policy(p_request ->> 'overage_policy');
     PERFORM cycles._request_object(p_request, 'metrics');
     PERFORM cycles._request_object(p_request, 'metadata');
     PERFORM cycles._json_int(p_request, 'client_time_ms', 0, 9223372036854775807, NULL);
-    SELECT d.o_scope_path, d.o_affected_scopes INTO v_scopes
-    FROM cycles._derive_scopes(p_request -> 'subject', v_tenant.tenant_id) AS d;
+    v_scopes := cycles._derive_scopes(p_request -> 'subject', v_tenant.tenant_id);
     PERFORM cycles._require_scope_in_filter(v_principal.o_scope_filter, v_scopes.o_scope_path);
 
     v_hash := cycles._request_hash(p_request);
@@ -88,7 +86,7 @@ BEGIN
             PERFORM cycles._fail_denial('BUDGET_EXCEEDED', v_row, v_amount.o_amount);
         END IF;
     END IF;
-    SELECT c.o_capped, c.o_violation INTO v_cap FROM cycles._overage_cap(v_before, v_amount.o_amount, v_policy) AS c;
+    v_cap := cycles._overage_cap(v_before, v_amount.o_amount, v_policy);
     IF (v_cap.o_violation).budget_id IS NOT NULL THEN
         PERFORM cycles._fail('OVERDRAFT_LIMIT_EXCEEDED',
             format('an event of %s would take the debt of %s past its overdraft limit %s',

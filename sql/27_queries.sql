@@ -8,9 +8,7 @@ CREATE FUNCTION cycles._query_text(p_query jsonb, p_field text) RETURNS text
 LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE
 AS $$
 BEGIN
-    RETURN (
-        SELECT nullif(btrim(p_query ->> p_field), '')
-    );
+    RETURN nullif(btrim(p_query ->> p_field), '');
 END;
 $$;
 
@@ -63,10 +61,8 @@ CREATE FUNCTION cycles._cursor_encode(p_payload jsonb) RETURNS text
 LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE
 AS $$
 BEGIN
-    RETURN (
-        SELECT rtrim(translate(replace(encode(convert_to(p_payload::text, 'UTF8'), 'base64'), E'\n', ''),
-                               '+/', '-_'), '=')
-    );
+    RETURN rtrim(translate(replace(encode(convert_to(p_payload::text, 'UTF8'), 'base64'), E'\n', ''),
+                           '+/', '-_'), '=');
 END;
 $$;
 
@@ -244,24 +240,22 @@ CREATE FUNCTION cycles._reservation_json(
 LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE
 AS $$
 BEGIN
-    RETURN (
-        SELECT jsonb_strip_nulls(jsonb_build_object(
-            'reservation_id', p_row.reservation_id,
-            'status', p_row.status,
-            'idempotency_key', p_row.idempotency_key,
-            'subject', p_row.subject,
-            'action', p_row.action,
-            'reserved', cycles._amount_json(p_row.unit, p_row.estimate),
-            'committed', CASE WHEN p_row.status = 'COMMITTED'
-                              THEN cycles._amount_json(p_row.unit, p_row.committed) END,
-            'created_at_ms', p_row.created_at_ms,
-            'expires_at_ms', p_row.expires_at_ms,
-            'finalized_at_ms', CASE WHEN p_row.status IN ('COMMITTED', 'RELEASED') THEN p_row.finalized_at_ms END,
-            'scope_path', p_row.scope_path,
-            'affected_scopes', to_jsonb(p_row.affected_scopes),
-            'metadata', CASE WHEN p_metadata THEN p_row.metadata END,
-            'committed_metadata', CASE WHEN p_committed_metadata THEN p_row.committed_metadata END))
-    );
+    RETURN jsonb_strip_nulls(jsonb_build_object(
+        'reservation_id', p_row.reservation_id,
+        'status', p_row.status,
+        'idempotency_key', p_row.idempotency_key,
+        'subject', p_row.subject,
+        'action', p_row.action,
+        'reserved', cycles._amount_json(p_row.unit, p_row.estimate),
+        'committed', CASE WHEN p_row.status = 'COMMITTED'
+                          THEN cycles._amount_json(p_row.unit, p_row.committed) END,
+        'created_at_ms', p_row.created_at_ms,
+        'expires_at_ms', p_row.expires_at_ms,
+        'finalized_at_ms', CASE WHEN p_row.status IN ('COMMITTED', 'RELEASED') THEN p_row.finalized_at_ms END,
+        'scope_path', p_row.scope_path,
+        'affected_scopes', to_jsonb(p_row.affected_scopes),
+        'metadata', CASE WHEN p_metadata THEN p_row.metadata END,
+        'committed_metadata', CASE WHEN p_committed_metadata THEN p_row.committed_metadata END));
 END;
 $$;
 
@@ -477,7 +471,7 @@ BEGIN
                 'manage_webhooks', true, 'manage_tenants', true, 'manage_api_keys', true,
                 'manage_reservations', true));
     END IF;
-    SELECT (a.o_key).* INTO v_key FROM cycles._authenticate(p_api_key) AS a;
+    v_key := (cycles._authenticate(p_api_key)).o_key;
     v_perms := v_key.permissions;
     RETURN jsonb_build_object(
         'authenticated', true,

@@ -311,37 +311,35 @@ CREATE FUNCTION cycles._error_sqlstate(p_error text) RETURNS text
 LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE
 AS $$
 BEGIN
-    RETURN (
-        SELECT CASE p_error
-            WHEN 'INVALID_REQUEST'          THEN 'CY400'
-            WHEN 'UNAUTHORIZED'             THEN 'CY401'
-            WHEN 'FORBIDDEN'                THEN 'CY403'
-            WHEN 'NOT_FOUND'                THEN 'CY404'
-            WHEN 'RESERVATION_EXPIRED'      THEN 'CY410'
-            WHEN 'UNIT_MISMATCH'            THEN 'CY4UM'
-            WHEN 'BUDGET_EXCEEDED'          THEN 'CY901'
-            WHEN 'BUDGET_FROZEN'            THEN 'CY902'
-            WHEN 'BUDGET_CLOSED'            THEN 'CY903'
-            WHEN 'OVERDRAFT_LIMIT_EXCEEDED' THEN 'CY904'
-            WHEN 'DEBT_OUTSTANDING'         THEN 'CY905'
-            WHEN 'RESERVATION_FINALIZED'    THEN 'CY906'
-            WHEN 'IDEMPOTENCY_MISMATCH'     THEN 'CY907'
-            WHEN 'MAX_EXTENSIONS_EXCEEDED'  THEN 'CY908'
-            WHEN 'TENANT_CLOSED'            THEN 'CY909'
-            WHEN 'TENANT_SUSPENDED'         THEN 'CY910'
-            WHEN 'DUPLICATE_RESOURCE'       THEN 'CY911'
-            WHEN 'INVALID_TRANSITION'       THEN 'CY912'
-            WHEN 'KEY_REVOKED'              THEN 'CY913'
-            WHEN 'TENANT_NOT_FOUND'         THEN 'CY4TN'
-            WHEN 'BUDGET_NOT_FOUND'         THEN 'CY4BN'
-            WHEN 'INSUFFICIENT_PERMISSIONS' THEN 'CY4IP'
-            WHEN 'LIMIT_EXCEEDED'           THEN 'CY429'
-            WHEN 'WEBHOOK_NOT_FOUND'        THEN 'CY4WN'
-            WHEN 'WEBHOOK_URL_INVALID'      THEN 'CY4WU'
-            WHEN 'REPLAY_IN_PROGRESS'       THEN 'CY9RP'
-            WHEN 'COUNT_MISMATCH'           THEN 'CY9CM'
-        END
-    );
+    RETURN CASE p_error
+        WHEN 'INVALID_REQUEST'          THEN 'CY400'
+        WHEN 'UNAUTHORIZED'             THEN 'CY401'
+        WHEN 'FORBIDDEN'                THEN 'CY403'
+        WHEN 'NOT_FOUND'                THEN 'CY404'
+        WHEN 'RESERVATION_EXPIRED'      THEN 'CY410'
+        WHEN 'UNIT_MISMATCH'            THEN 'CY4UM'
+        WHEN 'BUDGET_EXCEEDED'          THEN 'CY901'
+        WHEN 'BUDGET_FROZEN'            THEN 'CY902'
+        WHEN 'BUDGET_CLOSED'            THEN 'CY903'
+        WHEN 'OVERDRAFT_LIMIT_EXCEEDED' THEN 'CY904'
+        WHEN 'DEBT_OUTSTANDING'         THEN 'CY905'
+        WHEN 'RESERVATION_FINALIZED'    THEN 'CY906'
+        WHEN 'IDEMPOTENCY_MISMATCH'     THEN 'CY907'
+        WHEN 'MAX_EXTENSIONS_EXCEEDED'  THEN 'CY908'
+        WHEN 'TENANT_CLOSED'            THEN 'CY909'
+        WHEN 'TENANT_SUSPENDED'         THEN 'CY910'
+        WHEN 'DUPLICATE_RESOURCE'       THEN 'CY911'
+        WHEN 'INVALID_TRANSITION'       THEN 'CY912'
+        WHEN 'KEY_REVOKED'              THEN 'CY913'
+        WHEN 'TENANT_NOT_FOUND'         THEN 'CY4TN'
+        WHEN 'BUDGET_NOT_FOUND'         THEN 'CY4BN'
+        WHEN 'INSUFFICIENT_PERMISSIONS' THEN 'CY4IP'
+        WHEN 'LIMIT_EXCEEDED'           THEN 'CY429'
+        WHEN 'WEBHOOK_NOT_FOUND'        THEN 'CY4WN'
+        WHEN 'WEBHOOK_URL_INVALID'      THEN 'CY4WU'
+        WHEN 'REPLAY_IN_PROGRESS'       THEN 'CY9RP'
+        WHEN 'COUNT_MISMATCH'           THEN 'CY9CM'
+    END;
 END;
 $$;
 
@@ -369,9 +367,7 @@ CREATE FUNCTION cycles._now_ms() RETURNS bigint
 LANGUAGE plpgsql VOLATILE PARALLEL SAFE
 AS $$
 BEGIN
-    RETURN (
-        SELECT floor(extract(epoch FROM clock_timestamp()) * 1000)::bigint
-    );
+    RETURN floor(extract(epoch FROM clock_timestamp()) * 1000)::bigint;
 END;
 $$;
 
@@ -379,9 +375,7 @@ CREATE FUNCTION cycles._ms_to_timestamptz(p_ms bigint) RETURNS timestamptz
 LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE
 AS $$
 BEGIN
-    RETURN (
-        SELECT to_timestamp(p_ms / 1000.0)
-    );
+    RETURN to_timestamp(p_ms / 1000.0);
 END;
 $$;
 
@@ -389,9 +383,7 @@ CREATE FUNCTION cycles._new_id(p_prefix text, p_hex_length integer DEFAULT 32) R
 LANGUAGE plpgsql VOLATILE PARALLEL SAFE
 AS $$
 BEGIN
-    RETURN (
-        SELECT p_prefix || left(replace(gen_random_uuid()::text, '-', ''), p_hex_length)
-    );
+    RETURN p_prefix || left(replace(gen_random_uuid()::text, '-', ''), p_hex_length);
 END;
 $$;
 
@@ -472,9 +464,7 @@ CREATE FUNCTION cycles._scope_levels() RETURNS text[]
 LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE
 AS $$
 BEGIN
-    RETURN (
-        SELECT ARRAY['tenant', 'workspace', 'app', 'workflow', 'agent', 'toolset']
-    );
+    RETURN ARRAY['tenant', 'workspace', 'app', 'workflow', 'agent', 'toolset'];
 END;
 $$;
 
@@ -525,9 +515,7 @@ CREATE FUNCTION cycles._scope_tenant(p_canonical_scope text) RETURNS text
 LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE
 AS $$
 BEGIN
-    RETURN (
-        SELECT substr(split_part(p_canonical_scope, '/', 1), 8)
-    );
+    RETURN substr(split_part(p_canonical_scope, '/', 1), 8);
 END;
 $$;
 
@@ -610,12 +598,10 @@ CREATE FUNCTION cycles._actor(p_ctx jsonb) RETURNS jsonb
 LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE
 AS $$
 BEGIN
-    RETURN (
-        SELECT jsonb_strip_nulls(jsonb_build_object(
-            'type', coalesce(p_ctx ->> 'actor_type', 'admin'),
-            'key_id', p_ctx ->> 'key_id',
-            'source_ip', p_ctx ->> 'source_ip'))
-    );
+    RETURN jsonb_strip_nulls(jsonb_build_object(
+        'type', coalesce(p_ctx ->> 'actor_type', 'admin'),
+        'key_id', p_ctx ->> 'key_id',
+        'source_ip', p_ctx ->> 'source_ip'));
 END;
 $$;
 
@@ -626,9 +612,7 @@ CREATE FUNCTION cycles._hash_secret(p_secret text) RETURNS bytea
 LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE
 AS $$
 BEGIN
-    RETURN (
-        SELECT sha256(convert_to(p_secret, 'UTF8'))
-    );
+    RETURN sha256(convert_to(p_secret, 'UTF8'));
 END;
 $$;
 
@@ -638,28 +622,34 @@ CREATE FUNCTION cycles._new_secret() RETURNS text
 LANGUAGE plpgsql VOLATILE
 AS $$
 BEGIN
-    RETURN (
-        SELECT 'cyc_live_' || rtrim(translate(encode(
-            decode(replace(gen_random_uuid()::text, '-', '') || replace(gen_random_uuid()::text, '-', ''), 'hex'),
-            'base64'), '+/', '-_'), '=')
-    );
+    RETURN 'cyc_live_' || rtrim(translate(encode(
+        decode(replace(gen_random_uuid()::text, '-', '') || replace(gen_random_uuid()::text, '-', ''), 'hex'),
+        'base64'), '+/', '-_'), '=');
 END;
 $$;
 
--- The ACTIVE, unexpired key whose secret this is, with its tenant's status;
+-- The ACTIVE, unexpired key whose secret this is, with its tenant;
 -- UNAUTHORIZED otherwise. Errors say nothing about which check failed, so a
--- caller cannot probe for revoked or expired keys.
-CREATE FUNCTION cycles._authenticate(p_api_key text, OUT o_key cycles.api_keys, OUT o_tenant_status text)
+-- caller cannot probe for revoked or expired keys. One indexed lookup; the
+-- hash is spelled out (not cycles._hash_secret) so that the statement's plan
+-- does not depend on the key and is made once per connection.
+CREATE FUNCTION cycles._authenticate(p_api_key text, OUT o_key cycles.api_keys, OUT o_tenant cycles.tenants)
 LANGUAGE plpgsql STABLE
 AS $$
+DECLARE
+    v_found record;
 BEGIN
     IF p_api_key IS NOT NULL AND char_length(p_api_key) BETWEEN 1 AND 512 THEN
-        SELECT k.* INTO o_key FROM cycles.api_keys AS k WHERE k.key_hash = cycles._hash_secret(p_api_key);
+        SELECT k AS key, t AS tenant INTO v_found
+        FROM cycles.api_keys AS k
+        JOIN cycles.tenants AS t ON t.tenant_id = k.tenant_id
+        WHERE k.key_hash = sha256(convert_to(p_api_key, 'UTF8'));
+        o_key := v_found.key;
+        o_tenant := v_found.tenant;
     END IF;
     IF o_key.key_id IS NULL OR o_key.status <> 'ACTIVE' OR o_key.expires_at <= clock_timestamp() THEN
         PERFORM cycles._fail('UNAUTHORIZED', 'missing, unknown, revoked or expired API key');
     END IF;
-    SELECT t.status INTO o_tenant_status FROM cycles.tenants AS t WHERE t.tenant_id = o_key.tenant_id;
 END;
 $$;
 
@@ -669,11 +659,9 @@ CREATE FUNCTION cycles._has_permission(p_permissions text[], p_permission text) 
 LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE
 AS $$
 BEGIN
-    RETURN (
-        SELECT p_permission = ANY (p_permissions)
-            OR (p_permission LIKE '%:write' AND 'admin:write' = ANY (p_permissions))
-            OR (p_permission LIKE '%:read' AND 'admin:read' = ANY (p_permissions))
-    );
+    RETURN p_permission = ANY (p_permissions)
+        OR (p_permission LIKE '%:write' AND 'admin:write' = ANY (p_permissions))
+        OR (p_permission LIKE '%:read' AND 'admin:read' = ANY (p_permissions));
 END;
 $$;
 
@@ -891,17 +879,15 @@ CREATE FUNCTION cycles._scope_filter_allows(p_filter jsonb, p_scope text) RETURN
 LANGUAGE plpgsql IMMUTABLE
 AS $$
 BEGIN
-    RETURN (
-        SELECT p_filter IS NULL OR jsonb_typeof(p_filter) <> 'array' OR jsonb_array_length(p_filter) = 0
-            OR EXISTS (
-                SELECT FROM jsonb_array_elements_text(p_filter) AS f(entry)
-                WHERE lower(f.entry) = p_scope
-                   OR left(p_scope, char_length(f.entry) + 1) = lower(f.entry) || '/'
-                   OR lower(f.entry) = ANY (string_to_array(p_scope, '/'))
-                   OR (f.entry LIKE '%:*' AND EXISTS (
-                        SELECT FROM unnest(string_to_array(p_scope, '/')) AS s(seg)
-                        WHERE split_part(s.seg, ':', 1) = lower(split_part(f.entry, ':', 1)))))
-    );
+    RETURN p_filter IS NULL OR jsonb_typeof(p_filter) <> 'array' OR jsonb_array_length(p_filter) = 0
+        OR EXISTS (
+            SELECT FROM jsonb_array_elements_text(p_filter) AS f(entry)
+            WHERE lower(f.entry) = p_scope
+               OR left(p_scope, char_length(f.entry) + 1) = lower(f.entry) || '/'
+               OR lower(f.entry) = ANY (string_to_array(p_scope, '/'))
+               OR (f.entry LIKE '%:*' AND EXISTS (
+                    SELECT FROM unnest(string_to_array(p_scope, '/')) AS s(seg)
+                    WHERE split_part(s.seg, ':', 1) = lower(split_part(f.entry, ':', 1)))));
 END;
 $$;
 
@@ -966,9 +952,7 @@ CREATE FUNCTION cycles._iso8601(p_ts timestamptz) RETURNS text
 LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE
 AS $$
 BEGIN
-    RETURN (
-        SELECT to_char(p_ts AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"')
-    );
+    RETURN to_char(p_ts AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"');
 END;
 $$;
 
@@ -1077,22 +1061,20 @@ CREATE FUNCTION cycles._tenant_json(p_tenant cycles.tenants) RETURNS jsonb
 LANGUAGE plpgsql STABLE
 AS $$
 BEGIN
-    RETURN (
-        SELECT jsonb_strip_nulls(jsonb_build_object(
-            'tenant_id', p_tenant.tenant_id,
-            'name', p_tenant.name,
-            'status', p_tenant.status,
-            'parent_tenant_id', p_tenant.parent_tenant_id,
-            'default_commit_overage_policy', p_tenant.default_commit_overage_policy,
-            'default_reservation_ttl_ms', p_tenant.default_reservation_ttl_ms,
-            'max_reservation_ttl_ms', p_tenant.max_reservation_ttl_ms,
-            'max_reservation_extensions', p_tenant.max_reservation_extensions,
-            'metadata', p_tenant.metadata,
-            'created_at', cycles._iso8601(p_tenant.created_at),
-            'updated_at', cycles._iso8601(p_tenant.updated_at),
-            'suspended_at', cycles._iso8601(p_tenant.suspended_at),
-            'closed_at', cycles._iso8601(p_tenant.closed_at)))
-    );
+    RETURN jsonb_strip_nulls(jsonb_build_object(
+        'tenant_id', p_tenant.tenant_id,
+        'name', p_tenant.name,
+        'status', p_tenant.status,
+        'parent_tenant_id', p_tenant.parent_tenant_id,
+        'default_commit_overage_policy', p_tenant.default_commit_overage_policy,
+        'default_reservation_ttl_ms', p_tenant.default_reservation_ttl_ms,
+        'max_reservation_ttl_ms', p_tenant.max_reservation_ttl_ms,
+        'max_reservation_extensions', p_tenant.max_reservation_extensions,
+        'metadata', p_tenant.metadata,
+        'created_at', cycles._iso8601(p_tenant.created_at),
+        'updated_at', cycles._iso8601(p_tenant.updated_at),
+        'suspended_at', cycles._iso8601(p_tenant.suspended_at),
+        'closed_at', cycles._iso8601(p_tenant.closed_at)));
 END;
 $$;
 
@@ -1103,22 +1085,20 @@ CREATE FUNCTION cycles._tenant_lifecycle_event(
 LANGUAGE plpgsql
 AS $$
 BEGIN
-    RETURN (
-        SELECT cycles._emit_event(
-            p_tenant_id => p_tenant.tenant_id,
-            p_event_type => p_event_type,
-            p_source => 'cycles-admin',
-            p_actor => cycles._actor(p_ctx),
-            p_data => jsonb_build_object(
-                'tenant_id', p_tenant.tenant_id,
-                'previous_status', p_previous_status,
-                'new_status', p_tenant.status,
-                'changed_fields', CASE WHEN p_previous_status IS NULL THEN '[]'::jsonb ELSE '["status"]'::jsonb END),
-            p_scope => 'tenant:' || p_tenant.tenant_id,
-            p_request_id => p_ctx ->> 'request_id',
-            p_trace_id => p_ctx ->> 'trace_id',
-            p_correlation_id => p_correlation_id)
-    );
+    RETURN cycles._emit_event(
+        p_tenant_id => p_tenant.tenant_id,
+        p_event_type => p_event_type,
+        p_source => 'cycles-admin',
+        p_actor => cycles._actor(p_ctx),
+        p_data => jsonb_build_object(
+            'tenant_id', p_tenant.tenant_id,
+            'previous_status', p_previous_status,
+            'new_status', p_tenant.status,
+            'changed_fields', CASE WHEN p_previous_status IS NULL THEN '[]'::jsonb ELSE '["status"]'::jsonb END),
+        p_scope => 'tenant:' || p_tenant.tenant_id,
+        p_request_id => p_ctx ->> 'request_id',
+        p_trace_id => p_ctx ->> 'trace_id',
+        p_correlation_id => p_correlation_id);
 END;
 $$;
 
@@ -1732,16 +1712,14 @@ CREATE FUNCTION cycles._permissions() RETURNS text[]
 LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE
 AS $$
 BEGIN
-    RETURN (
-        SELECT ARRAY[
-            'reservations:create', 'reservations:commit', 'reservations:release', 'reservations:extend',
-            'reservations:list', 'balances:read', 'budgets:read', 'budgets:write', 'policies:read',
-            'policies:write', 'webhooks:read', 'webhooks:write', 'events:read',
-            'admin:read', 'admin:write',
-            'admin:tenants:read', 'admin:tenants:write', 'admin:budgets:read', 'admin:budgets:write',
-            'admin:policies:read', 'admin:policies:write', 'admin:apikeys:read', 'admin:apikeys:write',
-            'admin:webhooks:read', 'admin:webhooks:write', 'admin:events:read', 'admin:audit:read']
-    );
+    RETURN ARRAY[
+        'reservations:create', 'reservations:commit', 'reservations:release', 'reservations:extend',
+        'reservations:list', 'balances:read', 'budgets:read', 'budgets:write', 'policies:read',
+        'policies:write', 'webhooks:read', 'webhooks:write', 'events:read',
+        'admin:read', 'admin:write',
+        'admin:tenants:read', 'admin:tenants:write', 'admin:budgets:read', 'admin:budgets:write',
+        'admin:policies:read', 'admin:policies:write', 'admin:apikeys:read', 'admin:apikeys:write',
+        'admin:webhooks:read', 'admin:webhooks:write', 'admin:events:read', 'admin:audit:read'];
 END;
 $$;
 
@@ -1751,12 +1729,10 @@ CREATE FUNCTION cycles._default_permissions() RETURNS text[]
 LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE
 AS $$
 BEGIN
-    RETURN (
-        SELECT ARRAY[
-            'reservations:create', 'reservations:commit', 'reservations:release', 'reservations:extend',
-            'reservations:list', 'balances:read', 'budgets:read', 'budgets:write', 'policies:read',
-            'policies:write']
-    );
+    RETURN ARRAY[
+        'reservations:create', 'reservations:commit', 'reservations:release', 'reservations:extend',
+        'reservations:list', 'balances:read', 'budgets:read', 'budgets:write', 'policies:read',
+        'policies:write'];
 END;
 $$;
 
@@ -1766,24 +1742,22 @@ CREATE FUNCTION cycles._api_key_json(p_key cycles.api_keys) RETURNS jsonb
 LANGUAGE plpgsql STABLE
 AS $$
 BEGIN
-    RETURN (
-        SELECT jsonb_strip_nulls(jsonb_build_object(
-            'key_id', p_key.key_id,
-            'tenant_id', p_key.tenant_id,
-            'key_prefix', p_key.key_prefix,
-            'name', p_key.name,
-            'description', p_key.description,
-            'permissions', to_jsonb(p_key.permissions),
-            'scope_filter', to_jsonb(p_key.scope_filter),
-            'status', CASE WHEN p_key.status = 'ACTIVE' AND p_key.expires_at <= clock_timestamp()
-                           THEN 'EXPIRED' ELSE p_key.status END,
-            'created_at', cycles._iso8601(p_key.created_at),
-            'last_used_at', cycles._iso8601(p_key.last_used_at),
-            'expires_at', cycles._iso8601(p_key.expires_at),
-            'revoked_at', cycles._iso8601(p_key.revoked_at),
-            'revoked_reason', p_key.revoked_reason,
-            'metadata', p_key.metadata))
-    );
+    RETURN jsonb_strip_nulls(jsonb_build_object(
+        'key_id', p_key.key_id,
+        'tenant_id', p_key.tenant_id,
+        'key_prefix', p_key.key_prefix,
+        'name', p_key.name,
+        'description', p_key.description,
+        'permissions', to_jsonb(p_key.permissions),
+        'scope_filter', to_jsonb(p_key.scope_filter),
+        'status', CASE WHEN p_key.status = 'ACTIVE' AND p_key.expires_at <= clock_timestamp()
+                       THEN 'EXPIRED' ELSE p_key.status END,
+        'created_at', cycles._iso8601(p_key.created_at),
+        'last_used_at', cycles._iso8601(p_key.last_used_at),
+        'expires_at', cycles._iso8601(p_key.expires_at),
+        'revoked_at', cycles._iso8601(p_key.revoked_at),
+        'revoked_reason', p_key.revoked_reason,
+        'metadata', p_key.metadata));
 END;
 $$;
 
@@ -2201,9 +2175,7 @@ CREATE FUNCTION cycles._amount_json(p_unit text, p_amount bigint) RETURNS jsonb
 LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE
 AS $$
 BEGIN
-    RETURN (
-        SELECT jsonb_build_object('unit', p_unit, 'amount', p_amount)
-    );
+    RETURN jsonb_build_object('unit', p_unit, 'amount', p_amount);
 END;
 $$;
 
@@ -2225,25 +2197,23 @@ CREATE FUNCTION cycles._budget_json(p_budget cycles.budgets) RETURNS jsonb
 LANGUAGE plpgsql STABLE
 AS $$
 BEGIN
-    RETURN (
-        SELECT jsonb_strip_nulls(jsonb_build_object(
-            'ledger_id', p_budget.budget_id::text,
-            'tenant_id', p_budget.tenant_id,
-            'scope', p_budget.scope,
-            'scope_path', p_budget.scope,
-            'unit', p_budget.unit,
-            'allocated', cycles._amount_json(p_budget.unit, p_budget.allocated),
-            'remaining', cycles._amount_json(p_budget.unit, p_budget.remaining),
-            'reserved', cycles._amount_json(p_budget.unit, p_budget.reserved),
-            'spent', cycles._amount_json(p_budget.unit, p_budget.spent),
-            'debt', cycles._amount_json(p_budget.unit, p_budget.debt),
-            'overdraft_limit', cycles._amount_json(p_budget.unit, p_budget.overdraft_limit),
-            'is_over_limit', p_budget.is_over_limit,
-            'commit_overage_policy', p_budget.commit_overage_policy,
-            'status', p_budget.status,
-            'created_at', cycles._iso8601(p_budget.created_at),
-            'updated_at', cycles._iso8601(p_budget.updated_at)))
-    );
+    RETURN jsonb_strip_nulls(jsonb_build_object(
+        'ledger_id', p_budget.budget_id::text,
+        'tenant_id', p_budget.tenant_id,
+        'scope', p_budget.scope,
+        'scope_path', p_budget.scope,
+        'unit', p_budget.unit,
+        'allocated', cycles._amount_json(p_budget.unit, p_budget.allocated),
+        'remaining', cycles._amount_json(p_budget.unit, p_budget.remaining),
+        'reserved', cycles._amount_json(p_budget.unit, p_budget.reserved),
+        'spent', cycles._amount_json(p_budget.unit, p_budget.spent),
+        'debt', cycles._amount_json(p_budget.unit, p_budget.debt),
+        'overdraft_limit', cycles._amount_json(p_budget.unit, p_budget.overdraft_limit),
+        'is_over_limit', p_budget.is_over_limit,
+        'commit_overage_policy', p_budget.commit_overage_policy,
+        'status', p_budget.status,
+        'created_at', cycles._iso8601(p_budget.created_at),
+        'updated_at', cycles._iso8601(p_budget.updated_at)));
 END;
 $$;
 
@@ -2252,11 +2222,9 @@ CREATE FUNCTION cycles._budget_state(p_budget cycles.budgets) RETURNS jsonb
 LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE
 AS $$
 BEGIN
-    RETURN (
-        SELECT jsonb_build_object(
-            'allocated', p_budget.allocated, 'remaining', p_budget.remaining, 'debt', p_budget.debt,
-            'spent', p_budget.spent, 'reserved', p_budget.reserved, 'status', p_budget.status)
-    );
+    RETURN jsonb_build_object(
+        'allocated', p_budget.allocated, 'remaining', p_budget.remaining, 'debt', p_budget.debt,
+        'spent', p_budget.spent, 'reserved', p_budget.reserved, 'status', p_budget.status);
 END;
 $$;
 
@@ -2871,9 +2839,7 @@ CREATE FUNCTION cycles._utilization(p_budget cycles.budgets) RETURNS numeric
 LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE
 AS $$
 BEGIN
-    RETURN (
-        SELECT CASE WHEN p_budget.allocated > 0 THEN p_budget.spent::numeric / p_budget.allocated ELSE 0 END
-    );
+    RETURN CASE WHEN p_budget.allocated > 0 THEN p_budget.spent::numeric / p_budget.allocated ELSE 0 END;
 END;
 $$;
 
@@ -3083,26 +3049,24 @@ CREATE FUNCTION cycles._audit_json(p_row cycles.audit_logs) RETURNS jsonb
 LANGUAGE plpgsql STABLE
 AS $$
 BEGIN
-    RETURN (
-        SELECT jsonb_strip_nulls(jsonb_build_object(
-            'log_id', p_row.log_id,
-            'timestamp', cycles._iso8601(p_row.created_at),
-            'tenant_id', p_row.tenant_id,
-            'key_id', p_row.key_id,
-            'user_agent', p_row.user_agent,
-            'source_ip', p_row.source_ip,
-            'operation', p_row.operation,
-            'resource_type', p_row.resource_type,
-            'resource_id', p_row.resource_id,
-            'request_id', p_row.request_id,
-            'trace_id', p_row.trace_id,
-            'status', p_row.status,
-            'error_code', p_row.error_code,
-            'subject', p_row.subject,
-            'action', p_row.action,
-            'amount', p_row.amount,
-            'metadata', p_row.metadata))
-    );
+    RETURN jsonb_strip_nulls(jsonb_build_object(
+        'log_id', p_row.log_id,
+        'timestamp', cycles._iso8601(p_row.created_at),
+        'tenant_id', p_row.tenant_id,
+        'key_id', p_row.key_id,
+        'user_agent', p_row.user_agent,
+        'source_ip', p_row.source_ip,
+        'operation', p_row.operation,
+        'resource_type', p_row.resource_type,
+        'resource_id', p_row.resource_id,
+        'request_id', p_row.request_id,
+        'trace_id', p_row.trace_id,
+        'status', p_row.status,
+        'error_code', p_row.error_code,
+        'subject', p_row.subject,
+        'action', p_row.action,
+        'amount', p_row.amount,
+        'metadata', p_row.metadata));
 END;
 $$;
 
@@ -3836,10 +3800,8 @@ CREATE FUNCTION cycles._scope_pattern_tenant(p_pattern text) RETURNS text
 LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE
 AS $$
 BEGIN
-    RETURN (
-        SELECT CASE WHEN split_part(lower(p_pattern), '/', 1) LIKE 'tenant:%'
-                    THEN substr(split_part(lower(p_pattern), '/', 1), 8) END
-    );
+    RETURN CASE WHEN split_part(lower(p_pattern), '/', 1) LIKE 'tenant:%'
+                THEN substr(split_part(lower(p_pattern), '/', 1), 8) END;
 END;
 $$;
 
@@ -3990,23 +3952,21 @@ CREATE FUNCTION cycles._policy_json(p_policy cycles.policies) RETURNS jsonb
 LANGUAGE plpgsql STABLE
 AS $$
 BEGIN
-    RETURN (
-        SELECT jsonb_strip_nulls(jsonb_build_object(
-            'policy_id', p_policy.policy_id,
-            'name', p_policy.name,
-            'description', p_policy.description,
-            'scope_pattern', p_policy.scope_pattern,
-            'priority', p_policy.priority,
-            'caps', p_policy.caps,
-            'commit_overage_policy', p_policy.commit_overage_policy,
-            'reservation_ttl_override', p_policy.reservation_ttl_override,
-            'rate_limits', p_policy.rate_limits,
-            'status', p_policy.status,
-            'effective_from', cycles._iso8601(p_policy.effective_from),
-            'effective_until', cycles._iso8601(p_policy.effective_until),
-            'created_at', cycles._iso8601(p_policy.created_at),
-            'updated_at', cycles._iso8601(p_policy.updated_at)))
-    );
+    RETURN jsonb_strip_nulls(jsonb_build_object(
+        'policy_id', p_policy.policy_id,
+        'name', p_policy.name,
+        'description', p_policy.description,
+        'scope_pattern', p_policy.scope_pattern,
+        'priority', p_policy.priority,
+        'caps', p_policy.caps,
+        'commit_overage_policy', p_policy.commit_overage_policy,
+        'reservation_ttl_override', p_policy.reservation_ttl_override,
+        'rate_limits', p_policy.rate_limits,
+        'status', p_policy.status,
+        'effective_from', cycles._iso8601(p_policy.effective_from),
+        'effective_until', cycles._iso8601(p_policy.effective_until),
+        'created_at', cycles._iso8601(p_policy.created_at),
+        'updated_at', cycles._iso8601(p_policy.updated_at)));
 END;
 $$;
 
@@ -4017,20 +3977,18 @@ CREATE FUNCTION cycles._policy_event(
 LANGUAGE plpgsql
 AS $$
 BEGIN
-    RETURN (
-        SELECT cycles._emit_event(
-            p_tenant_id => p_policy.tenant_id,
-            p_event_type => p_event_type,
-            p_source => 'cycles-admin',
-            p_actor => cycles._actor(p_ctx),
-            p_data => jsonb_build_object(
-                'policy_id', p_policy.policy_id,
-                'name', p_policy.name,
-                'scope_pattern', p_policy.scope_pattern,
-                'changed_fields', to_jsonb(p_changed_fields)),
-            p_request_id => p_ctx ->> 'request_id',
-            p_trace_id => p_ctx ->> 'trace_id')
-    );
+    RETURN cycles._emit_event(
+        p_tenant_id => p_policy.tenant_id,
+        p_event_type => p_event_type,
+        p_source => 'cycles-admin',
+        p_actor => cycles._actor(p_ctx),
+        p_data => jsonb_build_object(
+            'policy_id', p_policy.policy_id,
+            'name', p_policy.name,
+            'scope_pattern', p_policy.scope_pattern,
+            'changed_fields', to_jsonb(p_changed_fields)),
+        p_request_id => p_ctx ->> 'request_id',
+        p_trace_id => p_ctx ->> 'trace_id');
 END;
 $$;
 
@@ -4064,9 +4022,7 @@ CREATE FUNCTION cycles._policy_caps(p_policy cycles.policies) RETURNS jsonb
 LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE
 AS $$
 BEGIN
-    RETURN (
-        SELECT CASE WHEN p_policy.caps IS NOT NULL AND p_policy.caps <> '{}'::jsonb THEN p_policy.caps END
-    );
+    RETURN CASE WHEN p_policy.caps IS NOT NULL AND p_policy.caps <> '{}'::jsonb THEN p_policy.caps END;
 END;
 $$;
 
@@ -4416,26 +4372,24 @@ CREATE FUNCTION cycles._event_types() RETURNS text[]
 LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE
 AS $$
 BEGIN
-    RETURN (
-        SELECT ARRAY[
-            'budget.created', 'budget.updated', 'budget.funded', 'budget.debited', 'budget.reset',
-            'budget.reset_spent', 'budget.debt_repaid', 'budget.frozen', 'budget.unfrozen', 'budget.closed',
-            'budget.closed_via_tenant_cascade', 'budget.threshold_crossed', 'budget.exhausted',
-            'budget.over_limit_entered', 'budget.over_limit_exited', 'budget.debt_incurred',
-            'budget.burn_rate_anomaly',
-            'reservation.denied', 'reservation.denial_rate_spike', 'reservation.expired',
-            'reservation.expiry_rate_spike', 'reservation.commit_overage',
-            'reservation.released_via_tenant_cascade',
-            'tenant.created', 'tenant.updated', 'tenant.suspended', 'tenant.reactivated', 'tenant.closed',
-            'tenant.settings_changed',
-            'webhook.created', 'webhook.updated', 'webhook.paused', 'webhook.resumed', 'webhook.disabled',
-            'webhook.deleted', 'webhook.disabled_via_tenant_cascade',
-            'api_key.created', 'api_key.revoked', 'api_key.revoked_via_tenant_cascade', 'api_key.expired',
-            'api_key.permissions_changed', 'api_key.auth_failed', 'api_key.auth_failure_rate_spike',
-            'policy.created', 'policy.updated', 'policy.deleted',
-            'system.store_connection_lost', 'system.store_connection_restored', 'system.high_latency',
-            'system.webhook_delivery_failed', 'system.webhook_test']
-    );
+    RETURN ARRAY[
+        'budget.created', 'budget.updated', 'budget.funded', 'budget.debited', 'budget.reset',
+        'budget.reset_spent', 'budget.debt_repaid', 'budget.frozen', 'budget.unfrozen', 'budget.closed',
+        'budget.closed_via_tenant_cascade', 'budget.threshold_crossed', 'budget.exhausted',
+        'budget.over_limit_entered', 'budget.over_limit_exited', 'budget.debt_incurred',
+        'budget.burn_rate_anomaly',
+        'reservation.denied', 'reservation.denial_rate_spike', 'reservation.expired',
+        'reservation.expiry_rate_spike', 'reservation.commit_overage',
+        'reservation.released_via_tenant_cascade',
+        'tenant.created', 'tenant.updated', 'tenant.suspended', 'tenant.reactivated', 'tenant.closed',
+        'tenant.settings_changed',
+        'webhook.created', 'webhook.updated', 'webhook.paused', 'webhook.resumed', 'webhook.disabled',
+        'webhook.deleted', 'webhook.disabled_via_tenant_cascade',
+        'api_key.created', 'api_key.revoked', 'api_key.revoked_via_tenant_cascade', 'api_key.expired',
+        'api_key.permissions_changed', 'api_key.auth_failed', 'api_key.auth_failure_rate_spike',
+        'policy.created', 'policy.updated', 'policy.deleted',
+        'system.store_connection_lost', 'system.store_connection_restored', 'system.high_latency',
+        'system.webhook_delivery_failed', 'system.webhook_test'];
 END;
 $$;
 
@@ -4445,22 +4399,20 @@ CREATE FUNCTION cycles._event_json(p_event cycles.events) RETURNS jsonb
 LANGUAGE plpgsql STABLE
 AS $$
 BEGIN
-    RETURN (
-        SELECT jsonb_strip_nulls(jsonb_build_object(
-            'event_id', p_event.event_id,
-            'event_type', p_event.event_type,
-            'category', p_event.category,
-            'timestamp', cycles._iso8601(p_event.created_at),
-            'tenant_id', p_event.tenant_id,
-            'scope', p_event.scope,
-            'actor', p_event.actor,
-            'source', p_event.source,
-            'data', p_event.data,
-            'correlation_id', p_event.correlation_id,
-            'request_id', p_event.request_id,
-            'trace_id', p_event.trace_id,
-            'metadata', p_event.metadata))
-    );
+    RETURN jsonb_strip_nulls(jsonb_build_object(
+        'event_id', p_event.event_id,
+        'event_type', p_event.event_type,
+        'category', p_event.category,
+        'timestamp', cycles._iso8601(p_event.created_at),
+        'tenant_id', p_event.tenant_id,
+        'scope', p_event.scope,
+        'actor', p_event.actor,
+        'source', p_event.source,
+        'data', p_event.data,
+        'correlation_id', p_event.correlation_id,
+        'request_id', p_event.request_id,
+        'trace_id', p_event.trace_id,
+        'metadata', p_event.metadata));
 END;
 $$;
 
@@ -4673,7 +4625,7 @@ AS $$
 DECLARE
     v_key cycles.api_keys;
 BEGIN
-    SELECT (a.o_key).* INTO v_key FROM cycles._authenticate(p_api_key) AS a;
+    v_key := (cycles._authenticate(p_api_key)).o_key;
     IF NOT cycles._has_permission(v_key.permissions, 'events:read') THEN
         PERFORM cycles._fail('INSUFFICIENT_PERMISSIONS', 'API key lacks the events:read permission',
             jsonb_build_object('required_permission', 'events:read'));
@@ -4707,16 +4659,16 @@ CREATE FUNCTION cycles._runtime_principal(
 LANGUAGE plpgsql
 AS $$
 DECLARE
-    v_key cycles.api_keys;
+    v_auth record;
 BEGIN
-    SELECT (a.o_key).* INTO v_key FROM cycles._authenticate(p_api_key) AS a;
-    IF p_permission IS NOT NULL AND NOT cycles._has_permission(v_key.permissions, p_permission) THEN
+    v_auth := cycles._authenticate(p_api_key);
+    IF p_permission IS NOT NULL AND NOT cycles._has_permission((v_auth.o_key).permissions, p_permission) THEN
         PERFORM cycles._fail('FORBIDDEN', format('API key lacks the %s permission', p_permission),
             jsonb_build_object('required_permission', p_permission));
     END IF;
-    o_key_id := v_key.key_id;
-    o_scope_filter := v_key.scope_filter;
-    SELECT t.* INTO o_tenant FROM cycles.tenants AS t WHERE t.tenant_id = v_key.tenant_id;
+    o_key_id := (v_auth.o_key).key_id;
+    o_scope_filter := (v_auth.o_key).scope_filter;
+    o_tenant := v_auth.o_tenant;
 END;
 $$;
 
@@ -4756,13 +4708,11 @@ CREATE FUNCTION cycles._runtime_actor(p_ctx jsonb, p_key_id text) RETURNS jsonb
 LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE
 AS $$
 BEGIN
-    RETURN (
-        SELECT CASE
-            WHEN p_key_id IS NOT NULL THEN jsonb_strip_nulls(jsonb_build_object(
-                'type', 'api_key', 'key_id', p_key_id, 'source_ip', p_ctx ->> 'source_ip'))
-            ELSE cycles._actor(p_ctx)
-        END
-    );
+    RETURN CASE
+        WHEN p_key_id IS NOT NULL THEN jsonb_strip_nulls(jsonb_build_object(
+            'type', 'api_key', 'key_id', p_key_id, 'source_ip', p_ctx ->> 'source_ip'))
+        ELSE cycles._actor(p_ctx)
+    END;
 END;
 $$;
 
@@ -4953,9 +4903,7 @@ CREATE FUNCTION cycles._any_budget(p_scopes text[]) RETURNS boolean
 LANGUAGE plpgsql STABLE
 AS $$
 BEGIN
-    RETURN (
-        SELECT EXISTS (SELECT FROM cycles.budgets AS b WHERE b.scope = ANY (p_scopes))
-    );
+    RETURN EXISTS (SELECT FROM cycles.budgets AS b WHERE b.scope = ANY (p_scopes));
 END;
 $$;
 
@@ -5164,9 +5112,7 @@ CREATE FUNCTION cycles._request_hash(p_request jsonb, p_reservation_id text DEFA
 LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE
 AS $$
 BEGIN
-    RETURN (
-        SELECT sha256(convert_to(p_request::text || coalesce(chr(30) || p_reservation_id, ''), 'UTF8'))
-    );
+    RETURN sha256(convert_to(p_request::text || coalesce(chr(30) || p_reservation_id, ''), 'UTF8'));
 END;
 $$;
 
@@ -5177,16 +5123,14 @@ CREATE FUNCTION cycles._replay_response(p_response jsonb, p_reservation_id text)
 LANGUAGE plpgsql STABLE
 AS $$
 BEGIN
-    RETURN (
-        SELECT CASE
-            WHEN p_response ? 'remaining_ttl_ms' THEN jsonb_set(p_response, '{remaining_ttl_ms}', to_jsonb(
-                coalesce((SELECT CASE WHEN r.status = 'ACTIVE'
-                                      THEN greatest(0, (p_response ->> 'expires_at_ms')::bigint - cycles._now_ms())
-                                      ELSE 0 END
-                          FROM cycles.reservations AS r WHERE r.reservation_id = p_reservation_id), 0)))
-            ELSE p_response
-        END
-    );
+    RETURN CASE
+        WHEN p_response ? 'remaining_ttl_ms' THEN jsonb_set(p_response, '{remaining_ttl_ms}', to_jsonb(
+            coalesce((SELECT CASE WHEN r.status = 'ACTIVE'
+                                  THEN greatest(0, (p_response ->> 'expires_at_ms')::bigint - cycles._now_ms())
+                                  ELSE 0 END
+                      FROM cycles.reservations AS r WHERE r.reservation_id = p_reservation_id), 0)))
+        ELSE p_response
+    END;
 END;
 $$;
 
@@ -5447,12 +5391,11 @@ BEGIN
     v_parsed.idempotency_key := cycles._require_idempotency_key(p_request);
     v_parsed.subject := p_request -> 'subject';
     v_parsed.action := cycles._require_action(p_request -> 'action');
-    SELECT a.o_unit, a.o_amount INTO v_amount FROM cycles._request_amount(p_request -> 'estimate', 'estimate') AS a;
+    v_amount := cycles._request_amount(p_request -> 'estimate', 'estimate');
     v_parsed.unit := v_amount.o_unit;
     v_parsed.estimate := v_amount.o_amount;
     PERFORM cycles._request_object(p_request, 'metadata');
-    SELECT d.o_scope_path, d.o_affected_scopes INTO v_scopes
-    FROM cycles._derive_scopes(v_parsed.subject, p_tenant_id) AS d;
+    v_scopes := cycles._derive_scopes(v_parsed.subject, p_tenant_id);
     v_parsed.scope_path := v_scopes.o_scope_path;
     v_parsed.affected_scopes := v_scopes.o_affected_scopes;
     RETURN v_parsed;
@@ -5492,9 +5435,67 @@ BEGIN
         o_reason := 'BUDGET_NOT_FOUND';
         RETURN;
     END IF;
-    SELECT d.o_reason, d.o_row INTO v_denial FROM cycles._reserve_denial(o_rows, p_parsed.estimate) AS d;
+    v_denial := cycles._reserve_denial(o_rows, p_parsed.estimate);
     o_reason := v_denial.o_reason;
     o_row := v_denial.o_row;
+END;
+$$;
+
+-- Takes p_estimate into reserved on every budget of p_scopes (a scope path's
+-- cumulative prefixes, i.e. scope byte order) in p_unit: the live part of a
+-- reserve. Each row is locked and charged by one UPDATE, in that order (the
+-- global lock order), and only when cycles._reserve_denial would let it pass;
+-- a row the UPDATE skips is locked and checked again (it may have changed
+-- since), and a denial raises, undoing the rows already charged. The first
+-- denial from the top wins, as in cycles._reserve_denial. One statement per
+-- row on a unique key keeps every plan generic, and locking and charging
+-- together halves the statements of lock-then-update.
+-- Returns the rows before and after, sorted by scope; NULL arrays when no
+-- scope has a budget in p_unit.
+-- Errors: BUDGET_FROZEN, BUDGET_CLOSED, OVERDRAFT_LIMIT_EXCEEDED,
+-- DEBT_OUTSTANDING, BUDGET_EXCEEDED (cycles._fail_denial).
+CREATE FUNCTION cycles._take_reservation(
+    p_scopes   text[],
+    p_unit     text,
+    p_estimate bigint,
+    OUT o_before cycles.budgets[],
+    OUT o_after  cycles.budgets[]
+)
+LANGUAGE plpgsql
+AS $$
+DECLARE
+    v_scope  text;
+    v_row    cycles.budgets;
+    v_reason text;
+BEGIN
+    FOREACH v_scope IN ARRAY p_scopes LOOP
+        UPDATE cycles.budgets AS b SET
+            reserved = b.reserved + p_estimate,
+            remaining = b.remaining - p_estimate,
+            updated_at = clock_timestamp()
+        WHERE b.scope = v_scope AND b.unit = p_unit
+          AND b.status = 'ACTIVE' AND NOT b.is_over_limit AND (b.debt = 0 OR b.overdraft_limit > 0)
+          AND b.remaining >= p_estimate
+        RETURNING b.* INTO v_row;
+        IF NOT FOUND THEN
+            SELECT b.* INTO v_row FROM cycles.budgets AS b WHERE b.scope = v_scope AND b.unit = p_unit FOR UPDATE;
+            CONTINUE WHEN NOT FOUND;
+            v_reason := (cycles._reserve_denial(ARRAY[v_row], p_estimate)).o_reason;
+            IF v_reason IS NOT NULL THEN
+                PERFORM cycles._fail_denial(v_reason, v_row, p_estimate);
+            END IF;
+            UPDATE cycles.budgets AS b SET
+                reserved = b.reserved + p_estimate,
+                remaining = b.remaining - p_estimate,
+                updated_at = clock_timestamp()
+            WHERE b.budget_id = v_row.budget_id
+            RETURNING b.* INTO v_row;
+        END IF;
+        o_after := o_after || v_row;
+        v_row.reserved := v_row.reserved - p_estimate;
+        v_row.remaining := v_row.remaining + p_estimate;
+        o_before := o_before || v_row;
+    END LOOP;
 END;
 $$;
 
@@ -5573,13 +5574,13 @@ DECLARE
     v_before      cycles.budgets[];
     v_after       cycles.budgets[];
     v_denial      record;
+    v_taken       record;
     v_actor       jsonb;
     v_now_ms      bigint;
     v_expires_ms  bigint;
     v_id          text;
 BEGIN
-    SELECT p.o_key_id, p.o_tenant, p.o_scope_filter INTO v_principal
-    FROM cycles._runtime_principal(p_api_key, 'reservations:create') AS p;
+    v_principal := cycles._runtime_principal(p_api_key, 'reservations:create');
     v_tenant := v_principal.o_tenant;
     v_parsed := cycles._parse_reserve_request(p_request, v_tenant.tenant_id);
     PERFORM cycles._require_scope_in_filter(v_principal.o_scope_filter, v_parsed.scope_path);
@@ -5599,7 +5600,7 @@ BEGIN
     END IF;
 
     IF v_dry_run THEN
-        SELECT e.o_reason, e.o_row, e.o_rows INTO v_denial FROM cycles._evaluate_reserve(v_tenant, v_parsed) AS e;
+        v_denial := cycles._evaluate_reserve(v_tenant, v_parsed);
         IF v_denial.o_reason IS NULL THEN
             v_caps := cycles._policy_caps(cycles._match_policy(v_tenant.tenant_id, v_parsed.scope_path));
         END IF;
@@ -5626,13 +5627,11 @@ BEGIN
     END IF;
 
     PERFORM cycles._require_tenant_open(v_tenant, true);
-    v_before := cycles._lock_budgets(v_parsed.affected_scopes, v_parsed.unit);
-    IF v_before IS NULL THEN
+    v_taken := cycles._take_reservation(v_parsed.affected_scopes, v_parsed.unit, v_parsed.estimate);
+    v_before := v_taken.o_before;
+    v_after := v_taken.o_after;
+    IF v_after IS NULL THEN
         PERFORM cycles._fail_no_budget(v_parsed.affected_scopes, v_parsed.unit, v_parsed.scope_path);
-    END IF;
-    SELECT d.o_reason, d.o_row INTO v_denial FROM cycles._reserve_denial(v_before, v_parsed.estimate) AS d;
-    IF v_denial.o_reason IS NOT NULL THEN
-        PERFORM cycles._fail_denial(v_denial.o_reason, v_denial.o_row, v_parsed.estimate);
     END IF;
 
     v_match := cycles._match_policy(v_tenant.tenant_id, v_parsed.scope_path);
@@ -5651,16 +5650,6 @@ BEGIN
          WHERE b.commit_overage_policy IS NOT NULL ORDER BY b.scope COLLATE "C" DESC LIMIT 1),
         v_tenant.default_commit_overage_policy,
         'ALLOW_IF_AVAILABLE');
-
-    WITH changed AS (
-        UPDATE cycles.budgets AS b SET
-            reserved = b.reserved + v_parsed.estimate,
-            remaining = b.remaining - v_parsed.estimate,
-            updated_at = clock_timestamp()
-        WHERE b.budget_id IN (SELECT r.budget_id FROM unnest(v_before) AS r)
-        RETURNING b AS row
-    )
-    SELECT array_agg(c.row ORDER BY (c.row).scope COLLATE "C") INTO v_after FROM changed AS c;
 
     v_now_ms := cycles._now_ms();
     v_expires_ms := v_now_ms + v_ttl_ms;
@@ -5726,8 +5715,7 @@ DECLARE
     v_denial    record;
     v_caps      jsonb;
 BEGIN
-    SELECT p.o_key_id, p.o_tenant, p.o_scope_filter INTO v_principal
-    FROM cycles._runtime_principal(p_api_key, 'reservations:create') AS p;
+    v_principal := cycles._runtime_principal(p_api_key, 'reservations:create');
     v_tenant := v_principal.o_tenant;
     v_parsed := cycles._parse_reserve_request(p_request, v_tenant.tenant_id);
     PERFORM cycles._require_scope_in_filter(v_principal.o_scope_filter, v_parsed.scope_path);
@@ -5738,7 +5726,7 @@ BEGIN
         RETURN v_response;
     END IF;
 
-    SELECT e.o_reason, e.o_row INTO v_denial FROM cycles._evaluate_reserve(v_tenant, v_parsed) AS e;
+    v_denial := cycles._evaluate_reserve(v_tenant, v_parsed);
     IF v_denial.o_reason IS NULL THEN
         v_caps := cycles._policy_caps(cycles._match_policy(v_tenant.tenant_id, v_parsed.scope_path));
         v_response := jsonb_build_object(
@@ -5811,15 +5799,13 @@ DECLARE
     v_released    bigint;
     v_actor       jsonb;
 BEGIN
-    SELECT p.o_key_id, p.o_tenant, p.o_scope_filter INTO v_principal
-    FROM cycles._runtime_principal(p_api_key, 'reservations:commit') AS p;
+    v_principal := cycles._runtime_principal(p_api_key, 'reservations:commit');
     v_key := cycles._require_idempotency_key(p_request);
-    SELECT a.o_unit, a.o_amount INTO v_amount FROM cycles._request_amount(p_request -> 'actual', 'actual') AS a;
+    v_amount := cycles._request_amount(p_request -> 'actual', 'actual');
     v_metrics := cycles._request_object(p_request, 'metrics');
     v_metadata := cycles._request_object(p_request, 'metadata');
 
-    SELECT l.o_reservation, l.o_tenant INTO v_locked
-    FROM cycles._lock_reservation(p_reservation_id, (v_principal.o_tenant).tenant_id) AS l;
+    v_locked := cycles._lock_reservation(p_reservation_id, (v_principal.o_tenant).tenant_id);
     v_reservation := v_locked.o_reservation;
     PERFORM cycles._require_scope_in_filter(v_principal.o_scope_filter, v_reservation.scope_path);
 
@@ -5852,8 +5838,7 @@ BEGIN
     END IF;
 
     v_before := cycles._lock_budgets(v_reservation.budgeted_scopes, v_reservation.unit);
-    SELECT c.o_capped, c.o_violation INTO v_cap
-    FROM cycles._overage_cap(v_before, v_delta, v_reservation.overage_policy) AS c;
+    v_cap := cycles._overage_cap(v_before, v_delta, v_reservation.overage_policy);
     IF (v_cap.o_violation).budget_id IS NOT NULL THEN
         PERFORM cycles._fail('OVERDRAFT_LIMIT_EXCEEDED',
             format('the overage of %s would take the debt of %s past its overdraft limit %s',
@@ -5966,8 +5951,7 @@ BEGIN
     END IF;
     v_reason := p_request ->> 'reason';
 
-    SELECT l.o_reservation, l.o_tenant INTO v_locked
-    FROM cycles._lock_reservation(p_reservation_id, v_tenant_id) AS l;
+    v_locked := cycles._lock_reservation(p_reservation_id, v_tenant_id);
     v_reservation := v_locked.o_reservation;
     PERFORM cycles._require_scope_in_filter(v_filter, v_reservation.scope_path);
 
@@ -6048,8 +6032,7 @@ DECLARE
     v_now_ms      bigint;
     v_expires_ms  bigint;
 BEGIN
-    SELECT p.o_key_id, p.o_tenant, p.o_scope_filter INTO v_principal
-    FROM cycles._runtime_principal(p_api_key, 'reservations:extend') AS p;
+    v_principal := cycles._runtime_principal(p_api_key, 'reservations:extend');
     v_key := cycles._require_idempotency_key(p_request);
     IF p_request -> 'extend_by_ms' IS NULL OR p_request -> 'extend_by_ms' = 'null'::jsonb THEN
         PERFORM cycles._fail('INVALID_REQUEST', 'extend_by_ms is required');
@@ -6057,8 +6040,7 @@ BEGIN
     v_extend_by := cycles._json_int(p_request, 'extend_by_ms', 1, 86400000, NULL);
     PERFORM cycles._request_object(p_request, 'metadata');
 
-    SELECT l.o_reservation, l.o_tenant INTO v_locked
-    FROM cycles._lock_reservation(p_reservation_id, (v_principal.o_tenant).tenant_id) AS l;
+    v_locked := cycles._lock_reservation(p_reservation_id, (v_principal.o_tenant).tenant_id);
     v_reservation := v_locked.o_reservation;
     PERFORM cycles._require_scope_in_filter(v_principal.o_scope_filter, v_reservation.scope_path);
 
@@ -6157,18 +6139,16 @@ DECLARE
     v_cap       record;
     v_event_id  text;
 BEGIN
-    SELECT p.o_key_id, p.o_tenant, p.o_scope_filter INTO v_principal
-    FROM cycles._runtime_principal(p_api_key, 'reservations:commit') AS p;
+    v_principal := cycles._runtime_principal(p_api_key, 'reservations:commit');
     v_tenant := v_principal.o_tenant;
     v_key := cycles._require_idempotency_key(p_request);
     v_action := cycles._require_action(p_request -> 'action');
-    SELECT a.o_unit, a.o_amount INTO v_amount FROM cycles._request_amount(p_request -> 'actual', 'actual') AS a;
+    v_amount := cycles._request_amount(p_request -> 'actual', 'actual');
     v_policy := cycles._require_overage_policy(p_request ->> 'overage_policy');
     PERFORM cycles._request_object(p_request, 'metrics');
     PERFORM cycles._request_object(p_request, 'metadata');
     PERFORM cycles._json_int(p_request, 'client_time_ms', 0, 9223372036854775807, NULL);
-    SELECT d.o_scope_path, d.o_affected_scopes INTO v_scopes
-    FROM cycles._derive_scopes(p_request -> 'subject', v_tenant.tenant_id) AS d;
+    v_scopes := cycles._derive_scopes(p_request -> 'subject', v_tenant.tenant_id);
     PERFORM cycles._require_scope_in_filter(v_principal.o_scope_filter, v_scopes.o_scope_path);
 
     v_hash := cycles._request_hash(p_request);
@@ -6202,7 +6182,7 @@ BEGIN
             PERFORM cycles._fail_denial('BUDGET_EXCEEDED', v_row, v_amount.o_amount);
         END IF;
     END IF;
-    SELECT c.o_capped, c.o_violation INTO v_cap FROM cycles._overage_cap(v_before, v_amount.o_amount, v_policy) AS c;
+    v_cap := cycles._overage_cap(v_before, v_amount.o_amount, v_policy);
     IF (v_cap.o_violation).budget_id IS NOT NULL THEN
         PERFORM cycles._fail('OVERDRAFT_LIMIT_EXCEEDED',
             format('an event of %s would take the debt of %s past its overdraft limit %s',
@@ -6367,9 +6347,7 @@ CREATE FUNCTION cycles._query_text(p_query jsonb, p_field text) RETURNS text
 LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE
 AS $$
 BEGIN
-    RETURN (
-        SELECT nullif(btrim(p_query ->> p_field), '')
-    );
+    RETURN nullif(btrim(p_query ->> p_field), '');
 END;
 $$;
 
@@ -6422,10 +6400,8 @@ CREATE FUNCTION cycles._cursor_encode(p_payload jsonb) RETURNS text
 LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE
 AS $$
 BEGIN
-    RETURN (
-        SELECT rtrim(translate(replace(encode(convert_to(p_payload::text, 'UTF8'), 'base64'), E'\n', ''),
-                               '+/', '-_'), '=')
-    );
+    RETURN rtrim(translate(replace(encode(convert_to(p_payload::text, 'UTF8'), 'base64'), E'\n', ''),
+                           '+/', '-_'), '=');
 END;
 $$;
 
@@ -6603,24 +6579,22 @@ CREATE FUNCTION cycles._reservation_json(
 LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE
 AS $$
 BEGIN
-    RETURN (
-        SELECT jsonb_strip_nulls(jsonb_build_object(
-            'reservation_id', p_row.reservation_id,
-            'status', p_row.status,
-            'idempotency_key', p_row.idempotency_key,
-            'subject', p_row.subject,
-            'action', p_row.action,
-            'reserved', cycles._amount_json(p_row.unit, p_row.estimate),
-            'committed', CASE WHEN p_row.status = 'COMMITTED'
-                              THEN cycles._amount_json(p_row.unit, p_row.committed) END,
-            'created_at_ms', p_row.created_at_ms,
-            'expires_at_ms', p_row.expires_at_ms,
-            'finalized_at_ms', CASE WHEN p_row.status IN ('COMMITTED', 'RELEASED') THEN p_row.finalized_at_ms END,
-            'scope_path', p_row.scope_path,
-            'affected_scopes', to_jsonb(p_row.affected_scopes),
-            'metadata', CASE WHEN p_metadata THEN p_row.metadata END,
-            'committed_metadata', CASE WHEN p_committed_metadata THEN p_row.committed_metadata END))
-    );
+    RETURN jsonb_strip_nulls(jsonb_build_object(
+        'reservation_id', p_row.reservation_id,
+        'status', p_row.status,
+        'idempotency_key', p_row.idempotency_key,
+        'subject', p_row.subject,
+        'action', p_row.action,
+        'reserved', cycles._amount_json(p_row.unit, p_row.estimate),
+        'committed', CASE WHEN p_row.status = 'COMMITTED'
+                          THEN cycles._amount_json(p_row.unit, p_row.committed) END,
+        'created_at_ms', p_row.created_at_ms,
+        'expires_at_ms', p_row.expires_at_ms,
+        'finalized_at_ms', CASE WHEN p_row.status IN ('COMMITTED', 'RELEASED') THEN p_row.finalized_at_ms END,
+        'scope_path', p_row.scope_path,
+        'affected_scopes', to_jsonb(p_row.affected_scopes),
+        'metadata', CASE WHEN p_metadata THEN p_row.metadata END,
+        'committed_metadata', CASE WHEN p_committed_metadata THEN p_row.committed_metadata END));
 END;
 $$;
 
@@ -6836,7 +6810,7 @@ BEGIN
                 'manage_webhooks', true, 'manage_tenants', true, 'manage_api_keys', true,
                 'manage_reservations', true));
     END IF;
-    SELECT (a.o_key).* INTO v_key FROM cycles._authenticate(p_api_key) AS a;
+    v_key := (cycles._authenticate(p_api_key)).o_key;
     v_perms := v_key.permissions;
     RETURN jsonb_build_object(
         'authenticated', true,
