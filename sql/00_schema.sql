@@ -119,6 +119,9 @@ CREATE TABLE cycles.budgets (
 -- Lookups and locks go by scope in byte order (COLLATE "C"), which is the
 -- hierarchy order because an ancestor scope is a prefix of its descendants.
 CREATE INDEX budgets_tenant_scope_idx ON cycles.budgets (tenant_id, scope COLLATE "C", unit);
+-- Balances filtered by subject levels: the scopes containing every requested
+-- level:value segment, whatever the levels between them.
+CREATE INDEX budgets_scope_segments_idx ON cycles.budgets USING gin (string_to_array(scope, '/'));
 
 -- Reservations -------------------------------------------------------------
 
@@ -168,7 +171,13 @@ CREATE TABLE cycles.reservations (
     CONSTRAINT reservations_released_nonnegative CHECK (released >= 0)
 );
 
-CREATE INDEX reservations_tenant_created_idx ON cycles.reservations (tenant_id, created_at_ms DESC, reservation_id);
+-- The list's sort orders that are served from an index: newest first (the
+-- default, and the created window) and by expiry (the expires window). The
+-- tie-breaker is compared byte-wise, as the list compares it.
+CREATE INDEX reservations_tenant_created_idx
+    ON cycles.reservations (tenant_id, created_at_ms DESC, reservation_id COLLATE "C");
+CREATE INDEX reservations_tenant_expires_idx
+    ON cycles.reservations (tenant_id, expires_at_ms, reservation_id COLLATE "C");
 CREATE INDEX reservations_tenant_idempotency_idx ON cycles.reservations (tenant_id, idempotency_key);
 -- The expiry sweeper scans only live reservations, in deadline order.
 CREATE INDEX reservations_active_deadline_idx ON cycles.reservations ((expires_at_ms + grace_period_ms))
