@@ -74,64 +74,6 @@ BEGIN
 END;
 $$;
 
--- Takes p_estimate into reserved on every budget of p_scopes (a scope path's
--- cumulative prefixes, i.e. scope byte order) in p_unit: the live part of a
--- reserve. Each row is locked and charged by one UPDATE, in that order (the
--- global lock order), and only when cycles._reserve_denial would let it pass;
--- a row the UPDATE skips is locked and checked again (it may have changed
--- since), and a denial raises, undoing the rows already charged. The first
--- denial from the top wins, as in cycles._reserve_denial. One statement per
--- row on a unique key keeps every plan generic, and locking and charging
--- together halves the statements of lock-then-update.
--- Returns the rows before and after, sorted by scope; NULL arrays when no
--- scope has a budget in p_unit.
--- Errors: BUDGET_FROZEN, BUDGET_CLOSED, OVERDRAFT_LIMIT_EXCEEDED,
--- DEBT_OUTSTANDING, BUDGET_EXCEEDED (cycles._fail_denial).
-CREATE FUNCTION cycles._take_reservation(
-    p_scopes   text[],
-    p_unit     text,
-    p_estimate bigint,
-    OUT o_before cycles.budgets[],
-    OUT o_after  cycles.budgets[]
-)
-LANGUAGE plpgsql
-AS $$
-DECLARE
-    v_scope  text;
-    v_row    cycles.budgets;
-    v_reason text;
-BEGIN
-    FOREACH v_scope IN ARRAY p_scopes LOOP
-        UPDATE cycles.budgets AS b SET
-            reserved = b.reserved + p_estimate,
-            remaining = b.remaining - p_estimate,
-            updated_at = clock_timestamp()
-        WHERE b.scope = v_scope AND b.unit = p_unit
-          AND b.status = 'ACTIVE' AND NOT b.is_over_limit AND (b.debt = 0 OR b.overdraft_limit > 0)
-          AND b.remaining >= p_estimate
-        RETURNING b.* INTO v_row;
-        IF NOT FOUND THEN
-            SELECT b.* INTO v_row FROM cycles.budgets AS b WHERE b.scope = v_scope AND b.unit = p_unit FOR UPDATE;
-            CONTINUE WHEN NOT FOUND;
-            v_reason := (cycles._reserve_denial(ARRAY[v_row], p_estimate)).o_reason;
-            IF v_reason IS NOT NULL THEN
-                PERFORM cycles._fail_denial(v_reason, v_row, p_estimate);
-            END IF;
-            UPDATE cycles.budgets AS b SET
-                reserved = b.reserved + p_estimate,
-                remaining = b.remaining - p_estimate,
-                updated_at = clock_timestamp()
-            WHERE b.budget_id = v_row.budget_id
-            RETURNING b.* INTO v_row;
-        END IF;
-        o_after := o_after || v_row;
-        v_row.reserved := v_row.reserved - p_estimate;
-        v_row.remaining := v_row.remaining + p_estimate;
-        o_before := o_before || v_row;
-    END LOOP;
-END;
-$$;
-
 -- A DENY of dry_run or decide is recorded as a reservation.denied event.
 CREATE FUNCTION cycles._emit_denied(
     p_tenant_id text,
@@ -207,7 +149,6 @@ DECLARE
     v_before      cycles.budgets[];
     v_after       cycles.budgets[];
     v_denial      record;
-    v_taken       record;
     v_actor       jsonb;
     v_now_ms      bigint;
     v_expires_ms  bigint;
@@ -260,12 +201,15 @@ BEGIN
     END IF;
 
     PERFORM cycles._require_tenant_open(v_tenant, true);
-    v_taken := cycles._take_reservation(v_parsed.affected_scopes, v_parsed.unit, v_parsed.estimate);
-    v_before := v_taken.o_before;
-    v_after := v_taken.o_after;
-    IF v_after IS NULL THEN
+    v_before := cycles._lock_budgets(v_parsed.affected_scopes, v_parsed.unit);
+    IF v_before IS NULL THEN
         PERFORM cycles._fail_no_budget(v_parsed.affected_scopes, v_parsed.unit, v_parsed.scope_path);
     END IF;
+    v_denial := cycles._reserve_denial(v_before, v_parsed.estimate);
+    IF v_denial.o_reason IS NOT NULL THEN
+        PERFORM cycles._fail_denial(v_denial.o_reason, v_denial.o_row, v_parsed.estimate);
+    END IF;
+    v_after := cycles._hold_reserved(v_before, v_parsed.estimate);
 
     v_match := cycles._match_policy(v_tenant.tenant_id, v_parsed.scope_path);
     v_caps := cycles._policy_caps(v_match);

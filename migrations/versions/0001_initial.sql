@@ -5020,7 +5020,8 @@ $$;
 -- p_capped more from remaining (funded where remaining is positive, the rest
 -- as debt). A scope that could not cover p_delta under a capping policy, or
 -- whose debt passes its overdraft limit, becomes over limit.
--- Returns the rows after the change, sorted by scope.
+-- Returns the rows after the change, sorted by scope. The generic plan is
+-- forced, as in cycles._hold_reserved.
 CREATE FUNCTION cycles._apply_charge(
     p_ids     bigint[],
     p_release bigint,
@@ -5030,6 +5031,7 @@ CREATE FUNCTION cycles._apply_charge(
     p_policy  text
 ) RETURNS cycles.budgets[]
 LANGUAGE plpgsql
+SET plan_cache_mode = force_generic_plan
 AS $$
 DECLARE
     v_after cycles.budgets[];
@@ -5078,22 +5080,61 @@ BEGIN
 END;
 $$;
 
--- The derived scopes' budget rows in p_unit, locked FOR UPDATE in the global
--- lock order (scope byte order = hierarchy order), as a sorted array.
+-- The budget rows of p_scopes in p_unit, locked FOR UPDATE in the global
+-- lock order (scope byte order, which is hierarchy order), as an array in
+-- that order; NULL when none exists. One statement per scope on the unique
+-- (scope, unit) key: its plan is made once per connection, where a single
+-- statement over an array of scopes is planned again on every call.
 CREATE FUNCTION cycles._lock_budgets(p_scopes text[], p_unit text) RETURNS cycles.budgets[]
 LANGUAGE plpgsql
 AS $$
+DECLARE
+    v_scopes text[] := p_scopes;
+    v_scope  text;
+    v_row    cycles.budgets;
+    v_rows   cycles.budgets[];
 BEGIN
-    RETURN (
-        SELECT array_agg(locked.row ORDER BY (locked.row).scope COLLATE "C")
-        FROM (
-            SELECT b AS row
-            FROM cycles.budgets AS b
-            WHERE b.scope = ANY (p_scopes) AND b.unit = p_unit
-            ORDER BY b.scope COLLATE "C"
-            FOR UPDATE
-        ) AS locked
-    );
+    -- Callers pass a scope path's prefixes or a reservation's sorted scopes:
+    -- already in order. Sort anything else rather than risk a deadlock.
+    FOR i IN 2 .. coalesce(cardinality(v_scopes), 0) LOOP
+        IF v_scopes[i - 1] COLLATE "C" >= v_scopes[i] COLLATE "C" THEN
+            v_scopes := ARRAY(SELECT DISTINCT s.scope FROM unnest(p_scopes) AS s (scope) ORDER BY s.scope COLLATE "C");
+            EXIT;
+        END IF;
+    END LOOP;
+    FOREACH v_scope IN ARRAY v_scopes LOOP
+        SELECT b.* INTO v_row FROM cycles.budgets AS b WHERE b.scope = v_scope AND b.unit = p_unit FOR UPDATE;
+        IF FOUND THEN
+            v_rows := v_rows || v_row;
+        END IF;
+    END LOOP;
+    RETURN v_rows;
+END;
+$$;
+
+-- Adds p_estimate to reserved (and takes it from remaining) on p_rows, which
+-- the caller holds locked: a reservation's hold. Returns the rows after, in
+-- the same order. One UPDATE for all rows, whose integrity checks PostgreSQL
+-- prepares once per statement; the generic plan (a primary-key lookup per id)
+-- is forced, as the plan cache would otherwise plan an array of ids anew on
+-- every call.
+CREATE FUNCTION cycles._hold_reserved(p_rows cycles.budgets[], p_estimate bigint) RETURNS cycles.budgets[]
+LANGUAGE plpgsql
+SET plan_cache_mode = force_generic_plan
+AS $$
+DECLARE
+    v_after cycles.budgets[];
+BEGIN
+    WITH changed AS (
+        UPDATE cycles.budgets AS b SET
+            reserved = b.reserved + p_estimate,
+            remaining = b.remaining - p_estimate,
+            updated_at = clock_timestamp()
+        WHERE b.budget_id = ANY (ARRAY(SELECT r.budget_id FROM unnest(p_rows) AS r))
+        RETURNING b AS row
+    )
+    SELECT array_agg(c.row ORDER BY (c.row).scope COLLATE "C") INTO v_after FROM changed AS c;
+    RETURN v_after;
 END;
 $$;
 
@@ -5212,13 +5253,14 @@ $$;
 
 -- Ledger rows and budget signals ---------------------------------------------
 
--- After a balance change on budget rows (p_before and p_after, matched by
--- budget_id): one ledger row per budget with the deltas applied (every
+-- After a balance change on budget rows (p_before and p_after: the same
+-- rows, both sorted by scope): one ledger row per budget with the deltas applied (every
 -- budget for COMMIT and EVENT, so a zero charge is still on record; only
 -- changed ones otherwise), then the budget events the change caused:
 -- budget.exhausted (remaining reaches <= 0 from > 0), budget.over_limit_entered,
 -- budget.debt_incurred, and one budget.threshold_crossed per 80/95/100 %
--- utilisation threshold crossed upwards.
+-- utilisation threshold crossed upwards (the lowest, 0.80, also gates the
+-- event query).
 CREATE FUNCTION cycles._record_changes(
     p_before          cycles.budgets[],
     p_after           cycles.budgets[],
@@ -5236,26 +5278,51 @@ CREATE FUNCTION cycles._record_changes(
 ) RETURNS void
 LANGUAGE plpgsql
 AS $$
+DECLARE
+    v_before cycles.budgets;
+    v_after  cycles.budgets;
+    v_signal boolean := false;
 BEGIN
-    PERFORM cycles._append_ledger(
-        a.budget_id, a.tenant_id, a.scope, a.unit, p_operation, p_actor,
-        p_allocated_delta => a.allocated - b.allocated,
-        p_spent_delta => a.spent - b.spent,
-        p_reserved_delta => a.reserved - b.reserved,
-        p_debt_delta => a.debt - b.debt,
-        p_reservation_id => p_reservation_id,
-        p_event_id => p_event_id,
-        p_action => p_action,
-        p_subject => p_subject,
-        p_idempotency_key => p_idempotency_key,
-        p_reason => p_reason,
-        p_request_id => p_ctx ->> 'request_id',
-        p_trace_id => p_ctx ->> 'trace_id')
-    FROM unnest(p_before) AS b
-    JOIN unnest(p_after) AS a ON a.budget_id = b.budget_id
-    WHERE p_operation IN ('COMMIT', 'EVENT')
-       OR (a.allocated, a.spent, a.reserved, a.debt) IS DISTINCT FROM (b.allocated, b.spent, b.reserved, b.debt)
-    ORDER BY a.scope COLLATE "C";
+    -- Callers pass both arrays sorted by scope (cycles._lock_budgets, then
+    -- an UPDATE of the same rows), so row i before is row i after. A loop of
+    -- plain expressions costs less here than a join of the two arrays.
+    FOR i IN 1 .. coalesce(cardinality(p_after), 0) LOOP
+        v_before := p_before[i];
+        v_after := p_after[i];
+        IF v_before.budget_id IS DISTINCT FROM v_after.budget_id THEN
+            RAISE EXCEPTION 'cycles._record_changes: before and after rows are not aligned';
+        END IF;
+        IF p_operation IN ('COMMIT', 'EVENT')
+           OR (v_after.allocated, v_after.spent, v_after.reserved, v_after.debt)
+              IS DISTINCT FROM (v_before.allocated, v_before.spent, v_before.reserved, v_before.debt) THEN
+            PERFORM cycles._append_ledger(
+                v_after.budget_id, v_after.tenant_id, v_after.scope, v_after.unit, p_operation, p_actor,
+                p_allocated_delta => v_after.allocated - v_before.allocated,
+                p_spent_delta => v_after.spent - v_before.spent,
+                p_reserved_delta => v_after.reserved - v_before.reserved,
+                p_debt_delta => v_after.debt - v_before.debt,
+                p_reservation_id => p_reservation_id,
+                p_event_id => p_event_id,
+                p_action => p_action,
+                p_subject => p_subject,
+                p_idempotency_key => p_idempotency_key,
+                p_reason => p_reason,
+                p_request_id => p_ctx ->> 'request_id',
+                p_trace_id => p_ctx ->> 'trace_id');
+        END IF;
+        -- Whether the query below can find anything for this row: a budget
+        -- below its lowest utilisation threshold that stays funded, within
+        -- its limit and without new debt signals nothing.
+        v_signal := v_signal
+            OR (v_before.remaining > 0 AND v_after.remaining <= 0)
+            OR (NOT v_before.is_over_limit AND v_after.is_over_limit)
+            OR v_after.debt > v_before.debt
+            OR (v_after.allocated > 0
+                AND (v_after.spent + v_after.reserved + v_after.debt)::numeric >= 0.80 * v_after.allocated);
+    END LOOP;
+    IF NOT v_signal THEN
+        RETURN;
+    END IF;
 
     PERFORM cycles._emit_event(a.tenant_id, s.event_type, p_source, p_actor, s.data, a.scope,
                                p_ctx ->> 'request_id', p_ctx ->> 'trace_id',
@@ -5450,64 +5517,6 @@ BEGIN
 END;
 $$;
 
--- Takes p_estimate into reserved on every budget of p_scopes (a scope path's
--- cumulative prefixes, i.e. scope byte order) in p_unit: the live part of a
--- reserve. Each row is locked and charged by one UPDATE, in that order (the
--- global lock order), and only when cycles._reserve_denial would let it pass;
--- a row the UPDATE skips is locked and checked again (it may have changed
--- since), and a denial raises, undoing the rows already charged. The first
--- denial from the top wins, as in cycles._reserve_denial. One statement per
--- row on a unique key keeps every plan generic, and locking and charging
--- together halves the statements of lock-then-update.
--- Returns the rows before and after, sorted by scope; NULL arrays when no
--- scope has a budget in p_unit.
--- Errors: BUDGET_FROZEN, BUDGET_CLOSED, OVERDRAFT_LIMIT_EXCEEDED,
--- DEBT_OUTSTANDING, BUDGET_EXCEEDED (cycles._fail_denial).
-CREATE FUNCTION cycles._take_reservation(
-    p_scopes   text[],
-    p_unit     text,
-    p_estimate bigint,
-    OUT o_before cycles.budgets[],
-    OUT o_after  cycles.budgets[]
-)
-LANGUAGE plpgsql
-AS $$
-DECLARE
-    v_scope  text;
-    v_row    cycles.budgets;
-    v_reason text;
-BEGIN
-    FOREACH v_scope IN ARRAY p_scopes LOOP
-        UPDATE cycles.budgets AS b SET
-            reserved = b.reserved + p_estimate,
-            remaining = b.remaining - p_estimate,
-            updated_at = clock_timestamp()
-        WHERE b.scope = v_scope AND b.unit = p_unit
-          AND b.status = 'ACTIVE' AND NOT b.is_over_limit AND (b.debt = 0 OR b.overdraft_limit > 0)
-          AND b.remaining >= p_estimate
-        RETURNING b.* INTO v_row;
-        IF NOT FOUND THEN
-            SELECT b.* INTO v_row FROM cycles.budgets AS b WHERE b.scope = v_scope AND b.unit = p_unit FOR UPDATE;
-            CONTINUE WHEN NOT FOUND;
-            v_reason := (cycles._reserve_denial(ARRAY[v_row], p_estimate)).o_reason;
-            IF v_reason IS NOT NULL THEN
-                PERFORM cycles._fail_denial(v_reason, v_row, p_estimate);
-            END IF;
-            UPDATE cycles.budgets AS b SET
-                reserved = b.reserved + p_estimate,
-                remaining = b.remaining - p_estimate,
-                updated_at = clock_timestamp()
-            WHERE b.budget_id = v_row.budget_id
-            RETURNING b.* INTO v_row;
-        END IF;
-        o_after := o_after || v_row;
-        v_row.reserved := v_row.reserved - p_estimate;
-        v_row.remaining := v_row.remaining + p_estimate;
-        o_before := o_before || v_row;
-    END LOOP;
-END;
-$$;
-
 -- A DENY of dry_run or decide is recorded as a reservation.denied event.
 CREATE FUNCTION cycles._emit_denied(
     p_tenant_id text,
@@ -5583,7 +5592,6 @@ DECLARE
     v_before      cycles.budgets[];
     v_after       cycles.budgets[];
     v_denial      record;
-    v_taken       record;
     v_actor       jsonb;
     v_now_ms      bigint;
     v_expires_ms  bigint;
@@ -5636,12 +5644,15 @@ BEGIN
     END IF;
 
     PERFORM cycles._require_tenant_open(v_tenant, true);
-    v_taken := cycles._take_reservation(v_parsed.affected_scopes, v_parsed.unit, v_parsed.estimate);
-    v_before := v_taken.o_before;
-    v_after := v_taken.o_after;
-    IF v_after IS NULL THEN
+    v_before := cycles._lock_budgets(v_parsed.affected_scopes, v_parsed.unit);
+    IF v_before IS NULL THEN
         PERFORM cycles._fail_no_budget(v_parsed.affected_scopes, v_parsed.unit, v_parsed.scope_path);
     END IF;
+    v_denial := cycles._reserve_denial(v_before, v_parsed.estimate);
+    IF v_denial.o_reason IS NOT NULL THEN
+        PERFORM cycles._fail_denial(v_denial.o_reason, v_denial.o_row, v_parsed.estimate);
+    END IF;
+    v_after := cycles._hold_reserved(v_before, v_parsed.estimate);
 
     v_match := cycles._match_policy(v_tenant.tenant_id, v_parsed.scope_path);
     v_caps := cycles._policy_caps(v_match);
