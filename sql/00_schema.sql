@@ -178,7 +178,6 @@ CREATE INDEX reservations_tenant_created_idx
     ON cycles.reservations (tenant_id, created_at_ms DESC, reservation_id COLLATE "C");
 CREATE INDEX reservations_tenant_expires_idx
     ON cycles.reservations (tenant_id, expires_at_ms, reservation_id COLLATE "C");
-CREATE INDEX reservations_tenant_idempotency_idx ON cycles.reservations (tenant_id, idempotency_key);
 -- The expiry sweeper scans only live reservations, in deadline order.
 CREATE INDEX reservations_active_deadline_idx ON cycles.reservations ((expires_at_ms + grace_period_ms))
     WHERE status = 'ACTIVE';

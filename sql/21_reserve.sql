@@ -201,6 +201,14 @@ BEGIN
     END IF;
 
     PERFORM cycles._require_tenant_open(v_tenant, true);
+    -- Everything that does not depend on the budget rows comes before their
+    -- locks: a shared budget's row is held from here to the commit.
+    v_match := cycles._match_policy(v_tenant.tenant_id, v_parsed.scope_path);
+    v_caps := cycles._policy_caps(v_match);
+    v_ttl_ms := least(
+        coalesce(v_ttl_req, (v_match.reservation_ttl_override ->> 'default_ttl_ms')::bigint,
+                 v_tenant.default_reservation_ttl_ms),
+        coalesce((v_match.reservation_ttl_override ->> 'max_ttl_ms')::bigint, v_tenant.max_reservation_ttl_ms));
     v_before := cycles._lock_budgets(v_parsed.affected_scopes, v_parsed.unit);
     IF v_before IS NULL THEN
         PERFORM cycles._fail_no_budget(v_parsed.affected_scopes, v_parsed.unit, v_parsed.scope_path);
@@ -210,13 +218,6 @@ BEGIN
         PERFORM cycles._fail_denial(v_denial.o_reason, v_denial.o_row, v_parsed.estimate);
     END IF;
     v_after := cycles._hold_reserved(v_before, v_parsed.estimate);
-
-    v_match := cycles._match_policy(v_tenant.tenant_id, v_parsed.scope_path);
-    v_caps := cycles._policy_caps(v_match);
-    v_ttl_ms := least(
-        coalesce(v_ttl_req, (v_match.reservation_ttl_override ->> 'default_ttl_ms')::bigint,
-                 v_tenant.default_reservation_ttl_ms),
-        coalesce((v_match.reservation_ttl_override ->> 'max_ttl_ms')::bigint, v_tenant.max_reservation_ttl_ms));
 
     -- Overage policy: the request's, else the matching policy's, else the
     -- deepest budget's, else the tenant's.

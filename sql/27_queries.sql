@@ -258,16 +258,22 @@ BEGIN
 END;
 $$;
 
--- The list filters a reservation matches exactly: its tenant, its status and
--- each subject level it names (lower-cased, as the filters compare them), as
--- level:value tokens. One GIN index on them serves every combination of those
--- filters; a btree per subject level would cost every reserve five more
--- index entries.
-CREATE FUNCTION cycles._reservation_tokens(p_tenant_id text, p_status text, p_subject jsonb) RETURNS text[]
+-- The list filters a reservation matches exactly: its tenant, status and
+-- idempotency key and each subject level it names (lower-cased, as the
+-- filters compare them), as name:value tokens. One GIN index on them serves
+-- every combination of those filters; a btree per filter would cost every
+-- reserve six more index entries.
+CREATE FUNCTION cycles._reservation_tokens(
+    p_tenant_id       text,
+    p_status          text,
+    p_idempotency_key text,
+    p_subject         jsonb
+) RETURNS text[]
 LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE
 AS $$
 DECLARE
-    v_tokens text[] := ARRAY['tenant:' || p_tenant_id, 'status:' || p_status];
+    v_tokens text[] := ARRAY['tenant:' || p_tenant_id, 'status:' || p_status,
+                             'idempotency_key:' || p_idempotency_key];
     v_level  text;
 BEGIN
     FOREACH v_level IN ARRAY ARRAY['workspace', 'app', 'workflow', 'agent', 'toolset'] LOOP
@@ -280,7 +286,7 @@ END;
 $$;
 
 CREATE INDEX reservations_filter_tokens_idx
-    ON cycles.reservations USING gin (cycles._reservation_tokens(tenant_id, status, subject));
+    ON cycles.reservations USING gin (cycles._reservation_tokens(tenant_id, status, idempotency_key, subject));
 
 -- cycles.list_reservations: GET /v1/reservations.
 --
@@ -337,6 +343,9 @@ BEGIN
     IF v_status IS NOT NULL THEN
         v_tokens := v_tokens || ('status:' || v_status);
     END IF;
+    IF v_idem_key IS NOT NULL THEN
+        v_tokens := v_tokens || ('idempotency_key:' || v_idem_key);
+    END IF;
     IF cardinality(v_tokens) > 0 THEN
         v_tokens := ('tenant:' || v_tenant) || v_tokens;
     END IF;
@@ -381,8 +390,8 @@ BEGIN
             SELECT r
             FROM cycles.reservations AS r
             WHERE r.tenant_id = $1
-              AND ($3::text IS NULL OR r.idempotency_key = $3)
-              AND (cardinality($4) = 0 OR cycles._reservation_tokens(r.tenant_id, r.status, r.subject) @> $4)
+              AND (cardinality($4) = 0
+                   OR cycles._reservation_tokens(r.tenant_id, r.status, r.idempotency_key, r.subject) @> $4)
               AND ($5[1]::bigint IS NULL OR r.created_at_ms >= $5[1])
               AND ($5[2]::bigint IS NULL OR r.created_at_ms <= $5[2])
               AND ($5[3]::bigint IS NULL OR r.expires_at_ms >= $5[3])

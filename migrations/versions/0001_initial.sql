@@ -183,7 +183,6 @@ CREATE INDEX reservations_tenant_created_idx
     ON cycles.reservations (tenant_id, created_at_ms DESC, reservation_id COLLATE "C");
 CREATE INDEX reservations_tenant_expires_idx
     ON cycles.reservations (tenant_id, expires_at_ms, reservation_id COLLATE "C");
-CREATE INDEX reservations_tenant_idempotency_idx ON cycles.reservations (tenant_id, idempotency_key);
 -- The expiry sweeper scans only live reservations, in deadline order.
 CREATE INDEX reservations_active_deadline_idx ON cycles.reservations ((expires_at_ms + grace_period_ms))
     WHERE status = 'ACTIVE';
@@ -5644,6 +5643,14 @@ BEGIN
     END IF;
 
     PERFORM cycles._require_tenant_open(v_tenant, true);
+    -- Everything that does not depend on the budget rows comes before their
+    -- locks: a shared budget's row is held from here to the commit.
+    v_match := cycles._match_policy(v_tenant.tenant_id, v_parsed.scope_path);
+    v_caps := cycles._policy_caps(v_match);
+    v_ttl_ms := least(
+        coalesce(v_ttl_req, (v_match.reservation_ttl_override ->> 'default_ttl_ms')::bigint,
+                 v_tenant.default_reservation_ttl_ms),
+        coalesce((v_match.reservation_ttl_override ->> 'max_ttl_ms')::bigint, v_tenant.max_reservation_ttl_ms));
     v_before := cycles._lock_budgets(v_parsed.affected_scopes, v_parsed.unit);
     IF v_before IS NULL THEN
         PERFORM cycles._fail_no_budget(v_parsed.affected_scopes, v_parsed.unit, v_parsed.scope_path);
@@ -5653,13 +5660,6 @@ BEGIN
         PERFORM cycles._fail_denial(v_denial.o_reason, v_denial.o_row, v_parsed.estimate);
     END IF;
     v_after := cycles._hold_reserved(v_before, v_parsed.estimate);
-
-    v_match := cycles._match_policy(v_tenant.tenant_id, v_parsed.scope_path);
-    v_caps := cycles._policy_caps(v_match);
-    v_ttl_ms := least(
-        coalesce(v_ttl_req, (v_match.reservation_ttl_override ->> 'default_ttl_ms')::bigint,
-                 v_tenant.default_reservation_ttl_ms),
-        coalesce((v_match.reservation_ttl_override ->> 'max_ttl_ms')::bigint, v_tenant.max_reservation_ttl_ms));
 
     -- Overage policy: the request's, else the matching policy's, else the
     -- deepest budget's, else the tenant's.
@@ -6617,16 +6617,22 @@ BEGIN
 END;
 $$;
 
--- The list filters a reservation matches exactly: its tenant, its status and
--- each subject level it names (lower-cased, as the filters compare them), as
--- level:value tokens. One GIN index on them serves every combination of those
--- filters; a btree per subject level would cost every reserve five more
--- index entries.
-CREATE FUNCTION cycles._reservation_tokens(p_tenant_id text, p_status text, p_subject jsonb) RETURNS text[]
+-- The list filters a reservation matches exactly: its tenant, status and
+-- idempotency key and each subject level it names (lower-cased, as the
+-- filters compare them), as name:value tokens. One GIN index on them serves
+-- every combination of those filters; a btree per filter would cost every
+-- reserve six more index entries.
+CREATE FUNCTION cycles._reservation_tokens(
+    p_tenant_id       text,
+    p_status          text,
+    p_idempotency_key text,
+    p_subject         jsonb
+) RETURNS text[]
 LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE
 AS $$
 DECLARE
-    v_tokens text[] := ARRAY['tenant:' || p_tenant_id, 'status:' || p_status];
+    v_tokens text[] := ARRAY['tenant:' || p_tenant_id, 'status:' || p_status,
+                             'idempotency_key:' || p_idempotency_key];
     v_level  text;
 BEGIN
     FOREACH v_level IN ARRAY ARRAY['workspace', 'app', 'workflow', 'agent', 'toolset'] LOOP
@@ -6639,7 +6645,7 @@ END;
 $$;
 
 CREATE INDEX reservations_filter_tokens_idx
-    ON cycles.reservations USING gin (cycles._reservation_tokens(tenant_id, status, subject));
+    ON cycles.reservations USING gin (cycles._reservation_tokens(tenant_id, status, idempotency_key, subject));
 
 -- cycles.list_reservations: GET /v1/reservations.
 --
@@ -6696,6 +6702,9 @@ BEGIN
     IF v_status IS NOT NULL THEN
         v_tokens := v_tokens || ('status:' || v_status);
     END IF;
+    IF v_idem_key IS NOT NULL THEN
+        v_tokens := v_tokens || ('idempotency_key:' || v_idem_key);
+    END IF;
     IF cardinality(v_tokens) > 0 THEN
         v_tokens := ('tenant:' || v_tenant) || v_tokens;
     END IF;
@@ -6740,8 +6749,8 @@ BEGIN
             SELECT r
             FROM cycles.reservations AS r
             WHERE r.tenant_id = $1
-              AND ($3::text IS NULL OR r.idempotency_key = $3)
-              AND (cardinality($4) = 0 OR cycles._reservation_tokens(r.tenant_id, r.status, r.subject) @> $4)
+              AND (cardinality($4) = 0
+                   OR cycles._reservation_tokens(r.tenant_id, r.status, r.idempotency_key, r.subject) @> $4)
               AND ($5[1]::bigint IS NULL OR r.created_at_ms >= $5[1])
               AND ($5[2]::bigint IS NULL OR r.created_at_ms <= $5[2])
               AND ($5[3]::bigint IS NULL OR r.expires_at_ms >= $5[3])
