@@ -152,13 +152,17 @@ def pgbench(stack: Stack, script: str, clients: int, seconds: int) -> dict[str, 
                "-j", str(min(clients, 2)), "-T", str(seconds), "-f", str(script_path), "cycles"]
     if stack.cluster.run_as:
         command = ["runuser", "-u", stack.cluster.run_as, "--", *command]
+    meter = CpuMeter(stack)
     out = subprocess.run(command, capture_output=True, text=True, check=False)
     if out.returncode != 0:
         raise SystemExit(f"pgbench failed:\n{out.stdout}\n{out.stderr}")
+    transactions = re.search(r"number of transactions actually processed: (\d+)", out.stdout)
+    cpu = meter.per_operation_ms(float(transactions.group(1)) if transactions else 0.0)
     tps = float(re.search(r"tps = ([\d.]+)", out.stdout).group(1))  # type: ignore[union-attr]
     latency = float(re.search(r"latency average = ([\d.]+) ms", out.stdout).group(1))  # type: ignore[union-attr]
     failed = re.search(r"number of failed transactions: (\d+)", out.stdout)
-    return {"tps": tps, "latency_ms": latency, "failed": float(failed.group(1)) if failed else 0.0}
+    return {"tps": tps, "latency_ms": latency, "failed": float(failed.group(1)) if failed else 0.0,
+            "db_cpu_ms": cpu["db_cpu_ms"]}
 
 
 BASELINE_INDEPENDENT = "SELECT bench.bare_reserve(ARRAY[:client_id * 3 + 3, :client_id * 3 + 4, :client_id * 3 + 5], 1);\n"
@@ -243,6 +247,53 @@ def server_rss_kib(stack: Stack) -> int:
     return total
 
 
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def tree_cpu_seconds(root_pid: int) -> float:
+    """CPU time (user + system) of a process and all its children, living or
+    exited: an exited child's time is in its parent's cutime/cstime once
+    reaped, so the difference of two samples counts every process exactly
+    once, including the PostgreSQL backends of pgbench, which exit with it."""
+    total = 0
+    stack = [root_pid]
+    first = True
+    while stack:
+        pid = stack.pop()
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+        except OSError:
+            continue
+        # fields[0] is the state (field 3): utime and stime are fields 14 and
+        # 15, cutime and cstime 16 and 17.
+        total += int(fields[11]) + int(fields[12])
+        if first:
+            total += int(fields[13]) + int(fields[14])
+            first = False
+        stack += [int(child) for child in children]
+    return total / CLOCK_TICKS
+
+
+def postmaster_pid(stack: Stack) -> int:
+    return int((stack.cluster.data_dir / "postmaster.pid").read_text().split()[0])
+
+
+class CpuMeter:
+    """CPU seconds the server and the database spend during a measurement."""
+
+    def __init__(self, stack: Stack) -> None:
+        self.stack = stack
+        self.server = tree_cpu_seconds(stack.server_pid)
+        self.database = tree_cpu_seconds(postmaster_pid(stack))
+
+    def per_operation_ms(self, operations: float) -> dict[str, float]:
+        server = tree_cpu_seconds(self.stack.server_pid) - self.server
+        database = tree_cpu_seconds(postmaster_pid(self.stack)) - self.database
+        count = max(operations, 1.0)
+        return {"server_cpu_ms": round(server * 1000 / count, 3), "db_cpu_ms": round(database * 1000 / count, 3)}
+
+
 def wrk(stack: Stack, key: str, tenant: str, agents: int, mode: str, connections: int, seconds: int) -> dict[str, Any]:
     command = ["wrk", "-t", str(min(connections, 2)), "-c", str(connections), "-d", f"{seconds}s",
                "--timeout", "10s", "-s", str(BENCH / "wrk" / "reserve.lua"), stack.base_url,
@@ -256,6 +307,7 @@ def wrk(stack: Stack, key: str, tenant: str, agents: int, mode: str, connections
 
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
+    meter = CpuMeter(stack)
     out = subprocess.run(command, capture_output=True, text=True, check=False)
     stop.set()
     sampler.join()
@@ -263,6 +315,7 @@ def wrk(stack: Stack, key: str, tenant: str, agents: int, mode: str, connections
     if match is None:
         raise SystemExit(f"wrk failed:\n{out.stdout}\n{out.stderr}")
     result: dict[str, Any] = json.loads(match.group(1))
+    result.update(meter.per_operation_ms(result["requests"]))
     result["rps"] = result["requests"] / (result["duration_us"] / 1e6)
     result["peak_rss_mib"] = round(peak_rss[0] / 1024, 1)
     return result
@@ -367,38 +420,89 @@ def machine() -> dict[str, str]:
             "python": platform.python_version(), "postgres": postgres}
 
 
+def goals(results: dict[str, Any]) -> list[tuple[str, str, bool]]:
+    """The issue's goals, each with the figure of this run and whether it is met."""
+    http = results.get("http", {})
+    rows: list[tuple[str, str, bool]] = []
+    one = http.get("reserve/independent/1")
+    if one:
+        p50, p99 = one["p50_us"] / 1000, one["p99_us"] / 1000
+        rows.append(("HTTP reserve, 1 client: p50 ≤ 1.5 ms, p99 ≤ 4 ms", f"p50 {p50:.2f} ms, p99 {p99:.2f} ms",
+                     p50 <= 1.5 and p99 <= 4))
+    fifty = http.get("reserve/independent/50")
+    if fifty:
+        rows.append(("Independent budgets, 50 clients: ≥ 2,500 reserves/s", f"{fifty['rps']:.0f}/s",
+                     fifty["rps"] >= 2500))
+    many = http.get("reserve/independent/200")
+    if many:
+        errors = many["non_2xx"] + many["socket_errors"]
+        rows.append(("Independent budgets, 200 clients: 0 errors, p99 ≤ 200 ms",
+                     f"{errors} errors, p99 {many['p99_us'] / 1000:.0f} ms", errors == 0 and many["p99_us"] <= 200_000))
+    shared = http.get("reserve/shared/50")
+    if shared:
+        limit = max(2000.0, max(results["baseline"][f"shared/{c}"]["tps"] for c in PGBENCH_CLIENTS))
+        rows.append((f"Shared tenant budget, 50 clients: ≥ {limit:,.0f} reserves/s (2,000 or the bare single-row "
+                     "limit of this run, whichever is higher)", f"{shared['rps']:.0f}/s", shared["rps"] >= limit))
+    ratios = [results["sql"]["reserve/independent"][str(c)]["tps"] / results["baseline"][f"independent/{c}"]["tps"]
+              for c in PGBENCH_CLIENTS]
+    rows.append(("SQL level: cycles.reserve ≥ 50 % of the bare baseline (independent, every client count)",
+                 " / ".join(f"{r:.2f}" for r in ratios), min(ratios) >= 0.5))
+    if "scale" in results:
+        worst = max(cell["p99_ms"] for cell in results["scale"].values())
+        rows.append(("Scale queries with 1M reservations: p99 ≤ 20 ms", f"worst p99 {worst} ms", worst <= 20))
+    mismatches = sum(cell["ledger_mismatches"] for cell in http.values())
+    rows.append(("0 ledger mismatches in every HTTP cell", str(mismatches), mismatches == 0))
+    return rows
+
+
 def write_report(results: dict[str, Any], path: Path) -> None:
     base = results["baseline"]
+    cores = int(results["machine"]["cores"])
     lines = ["# Performance", "", "Generated by `.venv/bin/python -m bench.run` "
              f"({results['started']}, {results['seconds']} s per cell). Client, server and database share "
              "one machine:", ""]
     lines += [f"- {k}: {v}" for k, v in results["machine"].items()]
     lines += ["", "Every figure is also given as a ratio to the bare reserve-shaped baseline measured by pgbench in "
-              "the same run (`bench/baseline.sql`: lock 3 rows in order, update them, insert 2 rows).", "",
-              "## 1. Baseline and SQL level (pgbench, prepared statements)", "",
-              "| script | shape | clients | tps | latency ms | ratio to baseline |", "|---|---|---|---|---|---|"]
+              "the same run (`bench/baseline.sql`: lock 3 rows in order, update them, insert 2 rows). "
+              "CPU columns are the CPU time the database (every PostgreSQL process) and the server (granian "
+              "and its workers) spent during the cell, divided by the operations done.", "",
+              "## Goals", "", "| goal | this run | met |", "|---|---|---|"]
+    lines += [f"| {goal} | {figure} | {'yes' if met else 'no'} |" for goal, figure, met in goals(results)]
+    lines += ["", "## 1. Baseline and SQL level (pgbench, prepared statements)", "",
+              "| script | shape | clients | tps | latency ms | ratio to baseline | db CPU ms/txn |",
+              "|---|---|---|---|---|---|---|"]
     for shape in ("independent", "shared"):
         for clients in PGBENCH_CLIENTS:
             cell = base[f"{shape}/{clients}"]
-            lines.append(f"| bare baseline | {shape} | {clients} | {cell['tps']:.0f} | {cell['latency_ms']:.3f} | 1.00 |")
+            lines.append(f"| bare baseline | {shape} | {clients} | {cell['tps']:.0f} | {cell['latency_ms']:.3f} | 1.00 "
+                         f"| {cell['db_cpu_ms']:.3f} |")
     for name, cells in results["sql"].items():
         mode, shape = name.split("/")
         for clients in PGBENCH_CLIENTS:
             cell = cells[str(clients)]
             ratio = cell["tps"] / base[f"{shape}/{clients}"]["tps"]
             lines.append(f"| cycles.{mode} | {shape} | {clients} | {cell['tps']:.0f} | {cell['latency_ms']:.3f} "
-                         f"| {ratio:.2f} |")
+                         f"| {ratio:.2f} | {cell['db_cpu_ms']:.3f} |")
     lines += ["", "A lifecycle is one reserve and one commit (two function calls per pgbench transaction).", "",
               "## 2. HTTP (wrk, 2 threads)", "",
               "| mode | shape | connections | req/s | p50 ms | p95 ms | p99 ms | non-2xx | ledger mismatches "
-              "| RSS MiB | req/s ÷ baseline tps (same shape, 32 clients) |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+              "| RSS MiB | server CPU ms/req | db CPU ms/req | req/s ÷ baseline tps (same shape, 32 clients) |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, cell in results.get("http", {}).items():
         mode, shape, connections = name.split("/")
         ratio = cell["rps"] / base[f"{shape}/32"]["tps"]
         lines.append(
             f"| {mode} | {shape} | {connections} | {cell['rps']:.0f} | {cell['p50_us'] / 1000:.2f} | "
             f"{cell['p95_us'] / 1000:.2f} | {cell['p99_us'] / 1000:.2f} | {cell['non_2xx'] + cell['socket_errors']} | "
-            f"{cell['ledger_mismatches']} | {cell['peak_rss_mib']} | {ratio:.2f} |")
+            f"{cell['ledger_mismatches']} | {cell['peak_rss_mib']} | {cell['server_cpu_ms']:.3f} | "
+            f"{cell['db_cpu_ms']:.3f} | {ratio:.2f} |")
+    busy = results.get("http", {}).get("reserve/independent/50")
+    if busy:
+        per_request = busy["server_cpu_ms"] + busy["db_cpu_ms"]
+        lines += ["", f"At 50 connections a reserve costs {busy['db_cpu_ms']:.2f} ms of database CPU and "
+                  f"{busy['server_cpu_ms']:.2f} ms of server CPU: with {cores} cores (shared with wrk) the "
+                  f"ceiling is about {cores * 1000 / per_request:,.0f} reserves/s. See "
+                  "[performance-profile.md](performance-profile.md) for where that time goes."]
     if "scale" in results:
         lines += ["", f"## 3. Scale ({SCALE_RESERVATIONS:,} reservations, {SCALE_BUDGETS:,} budgets)", "",
                   "| query | p50 ms | p99 ms |", "|---|---|---|"]
