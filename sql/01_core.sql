@@ -329,20 +329,22 @@ $$;
 
 -- The ACTIVE, unexpired key whose secret this is, with its tenant;
 -- UNAUTHORIZED otherwise. Errors say nothing about which check failed, so a
--- caller cannot probe for revoked or expired keys. One indexed lookup; the
--- hash is spelled out (not cycles._hash_secret) so that the statement's plan
--- does not depend on the key and is made once per connection.
+-- caller cannot probe for revoked or expired keys. One indexed lookup, by a
+-- hash computed beforehand: with the hash function inside the statement the
+-- plan cache would plan it anew for every key.
 CREATE FUNCTION cycles._authenticate(p_api_key text, OUT o_key cycles.api_keys, OUT o_tenant cycles.tenants)
 LANGUAGE plpgsql STABLE
 AS $$
 DECLARE
+    v_hash  bytea;
     v_found record;
 BEGIN
     IF p_api_key IS NOT NULL AND char_length(p_api_key) BETWEEN 1 AND 512 THEN
+        v_hash := cycles._hash_secret(p_api_key);
         SELECT k AS key, t AS tenant INTO v_found
         FROM cycles.api_keys AS k
         JOIN cycles.tenants AS t ON t.tenant_id = k.tenant_id
-        WHERE k.key_hash = sha256(convert_to(p_api_key, 'UTF8'));
+        WHERE k.key_hash = v_hash;
         o_key := v_found.key;
         o_tenant := v_found.tenant;
     END IF;
