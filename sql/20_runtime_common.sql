@@ -366,7 +366,7 @@ BEGIN
 END;
 $$;
 
--- Applies a settlement to the budget rows p_ids, which the caller holds
+-- Applies a settlement to the budget rows p_rows, which the caller holds
 -- locked: release p_release from reserved, charge p_base from it, and charge
 -- p_capped more from remaining (funded where remaining is positive, the rest
 -- as debt). A scope that could not cover p_delta under a capping policy, or
@@ -374,7 +374,7 @@ $$;
 -- Returns the rows after the change, sorted by scope. The generic plan is
 -- forced, as in cycles._hold_reserved.
 CREATE FUNCTION cycles._apply_charge(
-    p_ids     bigint[],
+    p_rows    cycles.budgets[],
     p_release bigint,
     p_base    bigint,
     p_capped  bigint,
@@ -398,7 +398,7 @@ BEGIN
                 OR (p_capped < p_delta AND b.remaining < p_delta
                     AND (p_policy <> 'ALLOW_WITH_OVERDRAFT' OR b.overdraft_limit = 0)),
             updated_at = clock_timestamp()
-        WHERE b.budget_id = ANY (p_ids)
+        WHERE b.budget_id = ANY (ARRAY(SELECT r.budget_id FROM unnest(p_rows) AS r))
         RETURNING b AS row
     )
     SELECT array_agg(c.row ORDER BY (c.row).scope COLLATE "C") INTO v_after FROM changed AS c;

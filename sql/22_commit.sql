@@ -100,8 +100,7 @@ BEGIN
                                'remaining', (v_cap.o_violation).remaining, 'requested', v_delta));
     END IF;
 
-    v_after := cycles._apply_charge(
-        ARRAY(SELECT b.budget_id FROM unnest(v_before) AS b), v_reservation.estimate,
+    v_after := cycles._apply_charge(v_before, v_reservation.estimate,
         least(v_amount.o_amount, v_reservation.estimate), v_cap.o_capped, v_delta, v_reservation.overage_policy);
     v_charged := least(v_amount.o_amount, v_reservation.estimate) + v_cap.o_capped;
     v_released := greatest(v_reservation.estimate - v_amount.o_amount, 0);

@@ -68,8 +68,7 @@ BEGIN
     PERFORM cycles._require_settleable(v_reservation, true);
 
     v_before := cycles._lock_budgets(v_reservation.budgeted_scopes, v_reservation.unit);
-    v_after := cycles._apply_charge(ARRAY(SELECT b.budget_id FROM unnest(v_before) AS b),
-                                    v_reservation.estimate, 0, 0, 0, v_reservation.overage_policy);
+    v_after := cycles._apply_charge(v_before, v_reservation.estimate, 0, 0, 0, v_reservation.overage_policy);
 
     UPDATE cycles.reservations AS r SET
         status = 'RELEASED',

@@ -97,8 +97,7 @@ BEGIN
                                'remaining', (v_cap.o_violation).remaining, 'requested', v_amount.o_amount));
     END IF;
 
-    v_after := cycles._apply_charge(ARRAY(SELECT b.budget_id FROM unnest(v_before) AS b), 0, 0,
-                                    v_cap.o_capped, v_amount.o_amount, v_policy);
+    v_after := cycles._apply_charge(v_before, 0, 0, v_cap.o_capped, v_amount.o_amount, v_policy);
     v_event_id := cycles._new_id('evt_', 32);
     PERFORM cycles._record_changes(v_before, v_after, 'EVENT', cycles._runtime_actor(p_ctx, v_principal.o_key_id),
         p_ctx, p_event_id => v_event_id, p_action => v_action, p_subject => p_request -> 'subject',

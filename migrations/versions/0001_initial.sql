@@ -5016,7 +5016,7 @@ BEGIN
 END;
 $$;
 
--- Applies a settlement to the budget rows p_ids, which the caller holds
+-- Applies a settlement to the budget rows p_rows, which the caller holds
 -- locked: release p_release from reserved, charge p_base from it, and charge
 -- p_capped more from remaining (funded where remaining is positive, the rest
 -- as debt). A scope that could not cover p_delta under a capping policy, or
@@ -5024,7 +5024,7 @@ $$;
 -- Returns the rows after the change, sorted by scope. The generic plan is
 -- forced, as in cycles._hold_reserved.
 CREATE FUNCTION cycles._apply_charge(
-    p_ids     bigint[],
+    p_rows    cycles.budgets[],
     p_release bigint,
     p_base    bigint,
     p_capped  bigint,
@@ -5048,7 +5048,7 @@ BEGIN
                 OR (p_capped < p_delta AND b.remaining < p_delta
                     AND (p_policy <> 'ALLOW_WITH_OVERDRAFT' OR b.overdraft_limit = 0)),
             updated_at = clock_timestamp()
-        WHERE b.budget_id = ANY (p_ids)
+        WHERE b.budget_id = ANY (ARRAY(SELECT r.budget_id FROM unnest(p_rows) AS r))
         RETURNING b AS row
     )
     SELECT array_agg(c.row ORDER BY (c.row).scope COLLATE "C") INTO v_after FROM changed AS c;
@@ -5871,8 +5871,7 @@ BEGIN
                                'remaining', (v_cap.o_violation).remaining, 'requested', v_delta));
     END IF;
 
-    v_after := cycles._apply_charge(
-        ARRAY(SELECT b.budget_id FROM unnest(v_before) AS b), v_reservation.estimate,
+    v_after := cycles._apply_charge(v_before, v_reservation.estimate,
         least(v_amount.o_amount, v_reservation.estimate), v_cap.o_capped, v_delta, v_reservation.overage_policy);
     v_charged := least(v_amount.o_amount, v_reservation.estimate) + v_cap.o_capped;
     v_released := greatest(v_reservation.estimate - v_amount.o_amount, 0);
@@ -5990,8 +5989,7 @@ BEGIN
     PERFORM cycles._require_settleable(v_reservation, true);
 
     v_before := cycles._lock_budgets(v_reservation.budgeted_scopes, v_reservation.unit);
-    v_after := cycles._apply_charge(ARRAY(SELECT b.budget_id FROM unnest(v_before) AS b),
-                                    v_reservation.estimate, 0, 0, 0, v_reservation.overage_policy);
+    v_after := cycles._apply_charge(v_before, v_reservation.estimate, 0, 0, 0, v_reservation.overage_policy);
 
     UPDATE cycles.reservations AS r SET
         status = 'RELEASED',
@@ -6215,8 +6213,7 @@ BEGIN
                                'remaining', (v_cap.o_violation).remaining, 'requested', v_amount.o_amount));
     END IF;
 
-    v_after := cycles._apply_charge(ARRAY(SELECT b.budget_id FROM unnest(v_before) AS b), 0, 0,
-                                    v_cap.o_capped, v_amount.o_amount, v_policy);
+    v_after := cycles._apply_charge(v_before, 0, 0, v_cap.o_capped, v_amount.o_amount, v_policy);
     v_event_id := cycles._new_id('evt_', 32);
     PERFORM cycles._record_changes(v_before, v_after, 'EVENT', cycles._runtime_actor(p_ctx, v_principal.o_key_id),
         p_ctx, p_event_id => v_event_id, p_action => v_action, p_subject => p_request -> 'subject',
