@@ -46,6 +46,13 @@ class Settings:
     pool_min_size: int = 2
     pool_max_size: int = 4
     sweep_interval_ms: int = 500
+    # A request waits at most this long for a row lock (then 503, nothing
+    # done), and a statement runs at most this long; 0 leaves the database's
+    # own setting.
+    lock_timeout_ms: int = 5000
+    statement_timeout_ms: int = 15000
+    # How long a request waits for a pooled connection (then 503).
+    pool_timeout_ms: int = 3000
     log_level: str = "info"
     # Webhooks: dev mode allows http:// URLs; allow_private lets URLs resolve
     # to private, loopback and link-local addresses (refused otherwise: SSRF).
@@ -75,6 +82,9 @@ class Settings:
             pool_min_size=_int_env("CYCLES_POOL_MIN_SIZE", min(2, pool_max_size)),
             pool_max_size=pool_max_size,
             sweep_interval_ms=_int_env("CYCLES_SWEEP_INTERVAL_MS", 500),
+            lock_timeout_ms=_int_env("CYCLES_LOCK_TIMEOUT_MS", 5000),
+            statement_timeout_ms=_int_env("CYCLES_STATEMENT_TIMEOUT_MS", 15000),
+            pool_timeout_ms=_int_env("CYCLES_POOL_TIMEOUT_MS", 3000),
             log_level=os.environ.get("CYCLES_LOG_LEVEL", "info"),
             dev_mode=_bool_env("CYCLES_DEV_MODE"),
             webhook_allow_private=_bool_env("CYCLES_WEBHOOK_ALLOW_PRIVATE"),

@@ -11,16 +11,14 @@ the JSON a function built is the response body, byte for byte.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import psycopg
 from psycopg.abc import Buffer
 from psycopg.adapt import Loader
 from psycopg_pool import AsyncConnectionPool
-
-# How long a request waits for a free connection before giving up (503).
-CONNECTION_TIMEOUT_S = 10.0
 
 
 class _RawTextLoader(Loader):
@@ -30,29 +28,54 @@ class _RawTextLoader(Loader):
         return bytes(data)
 
 
-async def _configure(conn: psycopg.AsyncConnection[Any]) -> None:
-    conn.adapters.register_loader("text", _RawTextLoader)
+@dataclass(frozen=True)
+class Timeouts:
+    """Bounds on how long a request may wait in the database (milliseconds;
+    0 leaves the setting the connection already has)."""
+
+    lock_ms: int = 5000
+    statement_ms: int = 15000
 
 
-def create_pool(database_url: str, min_size: int, max_size: int) -> AsyncConnectionPool[Any]:
+def _configurer(timeouts: Timeouts) -> Callable[[psycopg.AsyncConnection[Any]], Awaitable[None]]:
+    async def configure(conn: psycopg.AsyncConnection[Any]) -> None:
+        conn.adapters.register_loader("text", _RawTextLoader)
+        # A lock held by a stuck transaction must become a fast 503 (the
+        # request's transaction rolls back: nothing done), not a request that
+        # hangs. A value already set for the connection (conninfo options, the
+        # role or the database) wins.
+        for name, value in (("lock_timeout", timeouts.lock_ms), ("statement_timeout", timeouts.statement_ms)):
+            if value > 0:
+                await conn.execute(
+                    "SELECT set_config(%(name)s, %(value)s, false) WHERE current_setting(%(name)s) = '0'",
+                    {"name": name, "value": f"{value}ms"})
+
+    return configure
+
+
+def create_pool(database_url: str, min_size: int, max_size: int, timeouts: Timeouts) -> AsyncConnectionPool[Any]:
     """A pool of autocommit connections; opened by the application lifespan."""
     return AsyncConnectionPool(
         database_url,
         min_size=min_size,
         max_size=max(min_size, max_size),
         kwargs={"autocommit": True},
-        configure=_configure,
+        configure=_configurer(timeouts),
         open=False,
         name="cycles",
     )
 
 
 class Database:
-    """The pool of one application instance (set while the app is running)."""
+    """The pool of one application instance (set while the app is running).
+    A request waits at most ``pool_timeout_s`` for a connection, which is
+    also how soon it learns that the database is down (503)."""
 
-    def __init__(self, database_url: str, min_size: int, max_size: int) -> None:
+    def __init__(self, database_url: str, min_size: int, max_size: int,
+                 timeouts: Timeouts = Timeouts(), pool_timeout_s: float = 3.0) -> None:
         self.database_url = database_url
-        self.pool = create_pool(database_url, min_size, max_size)
+        self.pool_timeout_s = pool_timeout_s
+        self.pool = create_pool(database_url, min_size, max_size, timeouts)
 
     async def open(self) -> None:
         # Do not wait for the database: the process must come up (and /health
@@ -64,7 +87,7 @@ class Database:
 
     async def fetch_json(self, sql: str, params: Mapping[str, Any]) -> bytes:
         """Run one statement returning one text value (a function's jsonb::text)."""
-        async with self.pool.connection(timeout=CONNECTION_TIMEOUT_S) as conn:
+        async with self.pool.connection(timeout=self.pool_timeout_s) as conn:
             cursor = await conn.execute(sql, params)
             row = await cursor.fetchone()
         if row is None or row[0] is None:
@@ -74,7 +97,7 @@ class Database:
 
     async def fetch_int(self, sql: str) -> int:
         """Run one statement returning one integer."""
-        async with self.pool.connection(timeout=CONNECTION_TIMEOUT_S) as conn:
+        async with self.pool.connection(timeout=self.pool_timeout_s) as conn:
             cursor = await conn.execute(sql)
             row = await cursor.fetchone()
         if row is None or not isinstance(row[0], int):

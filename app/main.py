@@ -36,7 +36,7 @@ from app.api.admin import events as admin_events
 from app.api.admin import policies as admin_policies
 from app.api.admin import tenants as admin_tenants
 from app.config import Settings
-from app.db import Database
+from app.db import Database, Timeouts
 from app.errors import EXCEPTION_HANDLERS
 from app.sweeper import run_sweeper
 from app.tracing import add_id_headers
@@ -60,7 +60,10 @@ def create_app(settings: Settings | None = None) -> Litestar:
     if not settings.database_url:
         raise SystemExit("CYCLES_DATABASE_URL must be set to serve the API")
     _configure_logging(settings.log_level)
-    database = Database(settings.database_url, settings.pool_min_size, settings.pool_max_size)
+    database = Database(
+        settings.database_url, settings.pool_min_size, settings.pool_max_size,
+        Timeouts(lock_ms=settings.lock_timeout_ms, statement_ms=settings.statement_timeout_ms),
+        pool_timeout_s=settings.pool_timeout_ms / 1000)
 
     @contextlib.asynccontextmanager
     async def lifespan(_: Litestar) -> AsyncIterator[None]:
