@@ -1,0 +1,50 @@
+"""Fixtures of the reliability tests: one server of their own for the whole
+session (its own database, so it never shares state with tests/api), the
+admin connection to that database, and the hypothesis settings profiles.
+
+Profiles (CYCLES_RELIABILITY_PROFILE): "ci" (default) keeps the examples few
+enough for the CI budget; "long" runs hundreds of examples per property.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+
+import psycopg
+import pytest
+from hypothesis import HealthCheck, Phase, settings
+
+from app.pgcluster import Cluster
+from tests.api.provision import Conn
+from tests.server import ApiServer, fresh_database, running_server
+
+_COMMON = {
+    "deadline": None, "database": None, "print_blob": True,
+    "suppress_health_check": [HealthCheck.too_slow, HealthCheck.data_too_large]}
+# CI: few examples and no shrinking (a concurrent run is slow to shrink and
+# the failing example is printed whole anyway).
+settings.register_profile(
+    "ci", max_examples=int(os.environ.get("CYCLES_RELIABILITY_EXAMPLES", "10")),
+    phases=[Phase.explicit, Phase.generate], **_COMMON)
+settings.register_profile(
+    "long", max_examples=int(os.environ.get("CYCLES_RELIABILITY_EXAMPLES", "300")), **_COMMON)
+PROFILE = os.environ.get("CYCLES_RELIABILITY_PROFILE", "ci")
+settings.load_profile(PROFILE)
+# The long profile runs for as long as it takes (no per-test timeout).
+PROPERTY_TIMEOUT_S = 0 if PROFILE == "long" else 120
+
+
+@pytest.fixture(scope="session")
+def reliability_server(pg_cluster: Cluster) -> Iterator[ApiServer]:
+    # The sweeper runs often, so reservations past their deadline are swept
+    # while the workers are still busy with them.
+    with running_server(fresh_database(pg_cluster, "cycles_reliability"),
+                        CYCLES_SWEEP_INTERVAL_MS="50", CYCLES_POOL_MAX_SIZE="16") as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def reliability_conn(reliability_server: ApiServer) -> Iterator[Conn]:
+    with psycopg.connect(reliability_server.conninfo, autocommit=True) as conn:
+        yield conn
