@@ -10,7 +10,7 @@ import signal
 import subprocess
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 import httpx
@@ -52,10 +52,8 @@ def crash_postgres(cluster: Cluster) -> None:
     postmaster = int((cluster.data_dir / "postmaster.pid").read_text().split()[0])
     victims = [postmaster, *_children(postmaster)]
     for pid in victims:
-        try:
+        with suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
     deadline = time.monotonic() + 30
     while not all(_gone(pid) for pid in victims):
         if time.monotonic() > deadline:
