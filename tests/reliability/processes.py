@@ -4,6 +4,7 @@ they can SIGKILL and start again on the same port."""
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import signal
@@ -12,6 +13,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -124,3 +126,14 @@ class ServerProcess:
 
     def log(self) -> str:
         return self.log_file.read_text(errors="replace")
+
+
+def report(name: str, figures: dict[str, Any]) -> None:
+    """Prints a test's measured figures (pytest -s) and appends them as a
+    JSON line to the file named by CYCLES_RELIABILITY_REPORT, if set."""
+    line = json.dumps({"test": name, **figures})
+    print(line)
+    target = os.environ.get("CYCLES_RELIABILITY_REPORT")
+    if target:
+        with open(target, "a") as out:
+            out.write(line + "\n")

@@ -20,26 +20,20 @@ CYCLES_RELIABILITY_REPORT when set.
 from __future__ import annotations
 
 import itertools
-import json
 import os
 import random
-import shutil
-import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
+from collections.abc import Callable
 
 import httpx
 import psycopg
 import pytest
 
-from app.pgcluster import Cluster
 from tests.api.provision import USD, Conn
+from tests.reliability.conftest import PrivatePg
 from tests.reliability.invariants import all_violations, log_violations
-from tests.reliability.processes import ServerProcess, crash_postgres, private_cluster
+from tests.reliability.processes import ServerProcess, crash_postgres, report
 from tests.reliability.workload import (
     Call,
     CallLog,
@@ -51,32 +45,11 @@ from tests.reliability.workload import (
     release_body,
     reserve_body,
 )
-from tests.server import fresh_database
 
 RUNS = int(os.environ.get("CYCLES_CRASH_RUNS", "3"))
 CLIENTS = 4
 POLICY = "ALLOW_IF_AVAILABLE"
 ALLOCATIONS = [10**12, 10**11, 10**10]
-
-
-@dataclass
-class CrashEnv:
-    cluster: Cluster
-    conninfo: str
-    log_dir: Path
-
-
-@pytest.fixture(scope="module")
-def crash_env() -> Iterator[CrashEnv]:
-    # Not under pytest's tmp_path: the cluster runs as another user when the
-    # tests run as root, and must be able to reach its directory.
-    base = Path(tempfile.mkdtemp(prefix="cycles-crash-"))
-    base.chmod(0o755)
-    try:
-        with private_cluster(base / "pg") as cluster:
-            yield CrashEnv(cluster, fresh_database(cluster, "cycles_crash"), base)
-    finally:
-        shutil.rmtree(base, ignore_errors=True)
 
 
 class Load:
@@ -189,16 +162,7 @@ def _exactly_once(conn: Conn, load: Load) -> list[str]:
     return found
 
 
-def _report(name: str, figures: dict[str, Any]) -> None:
-    line = json.dumps({"test": name, **figures})
-    print(line)
-    target = os.environ.get("CYCLES_RELIABILITY_REPORT")
-    if target:
-        with open(target, "a") as report:
-            report.write(line + "\n")
-
-
-def _crash_test(env: CrashEnv, name: str, crash: Callable[[ServerProcess], None]) -> None:
+def _crash_test(env: PrivatePg, name: str, crash: Callable[[ServerProcess], None]) -> None:
     server = ServerProcess(env.conninfo, env.log_dir / f"{name}.log")
     with psycopg.connect(env.conninfo, autocommit=True) as conn:
         hierarchy = provision(conn, ALLOCATIONS)
@@ -219,7 +183,7 @@ def _crash_test(env: CrashEnv, name: str, crash: Callable[[ServerProcess], None]
                       + all_violations(conn, tenant_id, POLICY))
     acknowledged = sum(1 for c in load.log.calls if c.ok)
     uncertain = sum(1 for c in load.log.calls if c.status is None or c.status >= 500)
-    _report(name, {"crashes": RUNS, "acknowledged": acknowledged, "unanswered_then_retried": uncertain,
+    report(name, {"crashes": RUNS, "acknowledged": acknowledged, "unanswered_then_retried": uncertain,
                    "never_sent": len(load.not_sent), "violations": len(violations)})
     assert violations == [], "\n".join(violations)
     assert acknowledged > 0
@@ -227,19 +191,19 @@ def _crash_test(env: CrashEnv, name: str, crash: Callable[[ServerProcess], None]
 
 
 @pytest.mark.timeout(300)
-def test_server_sigkill_under_load_loses_nothing(crash_env: CrashEnv) -> None:
+def test_server_sigkill_under_load_loses_nothing(running_pg: PrivatePg) -> None:
     def crash(server: ServerProcess) -> None:
         server.kill()
         server.start()
 
-    _crash_test(crash_env, "server_sigkill", crash)
+    _crash_test(running_pg, "server_sigkill", crash)
 
 
 @pytest.mark.timeout(300)
-def test_postgres_crash_under_load_loses_nothing(crash_env: CrashEnv) -> None:
+def test_postgres_crash_under_load_loses_nothing(running_pg: PrivatePg) -> None:
     def crash(server: ServerProcess) -> None:
-        crash_postgres(crash_env.cluster)
+        crash_postgres(running_pg.cluster)
         time.sleep(0.2)
-        crash_env.cluster.start()
+        running_pg.cluster.start()
 
-    _crash_test(crash_env, "postgres_sigkill", crash)
+    _crash_test(running_pg, "postgres_sigkill", crash)
