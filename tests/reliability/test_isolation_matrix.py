@@ -209,3 +209,28 @@ def test_webhook_url_is_not_looked_up_for_an_unauthenticated_caller(
     response = httpx.request(method, f"{reliability_server.base_url}{world.path(path)}", json=body, timeout=30,
                              headers={"X-Cycles-API-Key": "not-a-key"})
     assert response.status_code == 401, response.text
+
+
+def test_near_miss_keys_get_the_same_answer_as_any_wrong_key(
+        world: World, reliability_server: ApiServer) -> None:
+    """Nothing in the answer tells how much of a key was right: a key wrong
+    in its last character, in its first, a random one, a revoked and an
+    expired one all get the same status, error and message. (The lookup is
+    by a hash of the whole key, and the admin key is compared with
+    hmac.compare_digest; response times are not measured here.)"""
+    secret = world.a.api_key
+    candidates = [secret[:-1] + ("x" if secret[-1] != "x" else "y"), ("x" if secret[0] != "x" else "y") + secret[1:],
+                  secret[: len(secret) // 2], unique("cyc_live_"), world.revoked, world.expired]
+    answers = set()
+    with httpx.Client(base_url=reliability_server.base_url, timeout=30) as http:
+        for key in candidates:
+            response = http.get("/v1/balances", params={"tenant": world.a.tenant_id},
+                                headers={"X-Cycles-API-Key": key})
+            document = response.json()
+            answers.add((response.status_code, document["error"], document["message"],
+                         tuple(sorted(document.get("details", {}).items()))))
+        admin = {http.get("/v1/admin/tenants", headers={"X-Admin-API-Key": key}).json()["message"]
+                 for key in (reliability_server.admin_key[:-1] + "x", "x" + reliability_server.admin_key[1:], "x")}
+    assert len(answers) == 1, answers
+    assert next(iter(answers))[:2] == (401, "UNAUTHORIZED")
+    assert len(admin) == 1, admin
