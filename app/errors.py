@@ -71,6 +71,10 @@ _STATUS_ERRORS: Final[Mapping[int, str]] = {
 }
 
 
+# SQLSTATEs (or their class prefixes) that mean "retry later": 503.
+_UNAVAILABLE_SQLSTATES: Final = ("08", "57P", "53", "55P03", "57014")
+
+
 class ApiError(Exception):
     """A request the adapter refuses before (or instead of) calling SQL."""
 
@@ -145,8 +149,11 @@ def handle_database_error(request: Request[Any, Any, Any], exc: psycopg.Error) -
     mapped = SQLSTATE_ERRORS.get(sqlstate) if sqlstate else None
     if mapped is None:
         # No SQLSTATE at all, connection exceptions (08), operator intervention
-        # (57P: shutdown, crash recovery): the database is away, not wrong.
-        if sqlstate is None or sqlstate.startswith(("08", "57P")):
+        # (57P: shutdown, crash recovery), out of connections or resources
+        # (53), a lock held too long (55P03, lock_timeout) or a statement
+        # cancelled at statement_timeout (57014): the database is away or
+        # busy, not wrong, and the transaction rolled back, so a retry is safe.
+        if sqlstate is None or sqlstate.startswith(_UNAVAILABLE_SQLSTATES):
             return _unavailable(request, exc)
         return _internal_error(request, exc)
     status, error = mapped

@@ -17,13 +17,23 @@ from litestar import Request, Response
 from litestar.enums import MediaType
 
 from app.api.admin.auth import AdminPrincipal, admin_context, context_text
-from app.api.request_parsing import database, decode_body, enum_param, int_param, read_query, text_param
+from app.api.request_parsing import (
+    ADMIN_KEY_HEADER,
+    API_KEY_HEADER,
+    database,
+    decode_body,
+    enum_param,
+    int_param,
+    read_query,
+    text_param,
+)
 from app.api.sql_call import respond
 from app.errors import ApiError, invalid_request
 from app.webhooks.sender import new_client, send
 from app.webhooks.url_policy import UrlPolicy, url_problem
 from app.webhooks.worker import COMPLETE_SQL, outcome_params
 
+AUTHENTICATE_SQL: Final = "SELECT cycles.introspect(p_api_key => %(key)s)::text"
 CREATE_SQL: Final = (
     "SELECT cycles.create_webhook(p_request => %(request)s::jsonb, p_tenant_id => %(tenant)s,"
     " p_ctx => %(ctx)s::jsonb)::text")
@@ -97,6 +107,12 @@ async def check_url(request: Request[Any, Any, Any], body: dict[str, Any]) -> No
     url = body.get("url")
     if not isinstance(url, str):
         return  # absent or mistyped: SQL reports it
+    # Checking a URL resolves its host: only for an authenticated caller. The
+    # admin key was checked already; a tenant key is checked here (401 when
+    # unknown, revoked or expired) before any lookup.
+    api_key = request.headers.get(API_KEY_HEADER)
+    if api_key and not request.headers.get(ADMIN_KEY_HEADER):
+        await database(request).fetch_json(AUTHENTICATE_SQL, {"key": api_key})
     problem = await url_problem(url, _policy(request))
     if problem is not None:
         raise ApiError(400, "WEBHOOK_URL_INVALID", problem, {"url": url[:256]})
