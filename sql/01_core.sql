@@ -265,6 +265,37 @@ BEGIN
 END;
 $$;
 
+-- The last ledger row of a budget (its chain's head): time, running
+-- balances and hash; all NULL for a budget without rows. An index lookup on
+-- (budget_id, created_at), read backwards from the end. Every other plan
+-- (sequential or bitmap scan, then a sort) is switched off for this one
+-- query: statistics taken while the ledger was small (a fresh install, a
+-- benchmark) would otherwise let the plan cached in a long-lived session
+-- read all the budget's rows, or the whole ledger, on every append.
+CREATE FUNCTION cycles._ledger_tail(
+    p_budget_id         bigint,
+    OUT o_created_at    timestamptz,
+    OUT o_allocated_after bigint,
+    OUT o_spent_after   bigint,
+    OUT o_reserved_after bigint,
+    OUT o_debt_after    bigint,
+    OUT o_entry_hash    bytea
+)
+LANGUAGE plpgsql
+SET enable_seqscan = off
+SET enable_bitmapscan = off
+SET enable_sort = off
+AS $$
+BEGIN
+    SELECT l.created_at, l.allocated_after, l.spent_after, l.reserved_after, l.debt_after, l.entry_hash
+    INTO o_created_at, o_allocated_after, o_spent_after, o_reserved_after, o_debt_after, o_entry_hash
+    FROM cycles.ledger_entries AS l
+    WHERE l.budget_id = p_budget_id
+    ORDER BY l.created_at DESC
+    LIMIT 1;
+END;
+$$;
+
 -- cycles._append_ledger: the one place that appends to the ledger.
 -- Callers have already applied the same deltas to the budget row, which
 -- they hold locked FOR UPDATE (or inserted, for CREATE) in this
@@ -308,6 +339,8 @@ AS $$
 DECLARE
     v_lead  boolean := true;
     v_group text;
+    v_prev  record;
+    v_now   timestamptz;
 BEGIN
     IF p_reservation_id IS NOT NULL OR p_event_id IS NOT NULL THEN
         v_group := p_operation || ':' || coalesce(p_reservation_id, p_event_id);
@@ -318,8 +351,8 @@ BEGIN
         END IF;
     END IF;
 
-    -- One statement: the previous row (an index lookup on (budget_id,
-    -- created_at)), the new row, its hash, the insert.
+    SELECT t.* INTO v_prev FROM cycles._ledger_tail(p_budget_id) AS t;
+    v_now := clock_timestamp();
     INSERT INTO cycles.ledger_entries OVERRIDING SYSTEM VALUE
     SELECT (n.row).entry_id, (n.row).tenant_id, (n.row).budget_id, (n.row).scope, (n.row).unit,
            (n.row).operation, (n.row).allocated_delta, (n.row).spent_delta, (n.row).reserved_delta,
@@ -337,8 +370,8 @@ BEGIN
             p_reservation_id, p_event_id, p_action ->> 'kind', p_action ->> 'name', p_subject,
             p_idempotency_key, p_reason, p_request_id, p_trace_id,
             coalesce(p_actor ->> 'type', 'admin'), p_actor ->> 'key_id',
-            CASE WHEN prev.created_at >= clock_timestamp() THEN prev.created_at + interval '1 microsecond'
-                 ELSE clock_timestamp() END,
+            CASE WHEN v_prev.o_created_at >= v_now THEN v_prev.o_created_at + interval '1 microsecond'
+                 ELSE v_now END,
             CASE WHEN p_subject IS NULL THEN substring(p_scope FROM '/workspace:([^/]+)')
                  ELSE lower(p_subject ->> 'workspace') END,
             CASE WHEN p_subject IS NULL THEN substring(p_scope FROM '/app:([^/]+)')
@@ -350,20 +383,12 @@ BEGIN
             CASE WHEN p_subject IS NULL THEN substring(p_scope FROM '/toolset:([^/]+)')
                  ELSE lower(p_subject ->> 'toolset') END,
             v_lead,
-            coalesce(prev.allocated_after, 0) + p_allocated_delta,
-            coalesce(prev.spent_after, 0) + p_spent_delta,
-            coalesce(prev.reserved_after, 0) + p_reserved_delta,
-            coalesce(prev.debt_after, 0) + p_debt_delta,
-            prev.entry_hash,
+            coalesce(v_prev.o_allocated_after, 0) + p_allocated_delta,
+            coalesce(v_prev.o_spent_after, 0) + p_spent_delta,
+            coalesce(v_prev.o_reserved_after, 0) + p_reserved_delta,
+            coalesce(v_prev.o_debt_after, 0) + p_debt_delta,
+            v_prev.o_entry_hash,
             NULL)::cycles.ledger_entries AS row
-        FROM (SELECT) AS one
-        LEFT JOIN LATERAL (
-            SELECT l.created_at, l.allocated_after, l.spent_after, l.reserved_after, l.debt_after, l.entry_hash
-            FROM cycles.ledger_entries AS l
-            WHERE l.budget_id = p_budget_id
-            ORDER BY l.created_at DESC
-            LIMIT 1
-        ) AS prev ON true
     ) AS n;
 END;
 $$;
