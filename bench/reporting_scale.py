@@ -176,16 +176,18 @@ def chain_cost(cluster: Cluster, workdir: Path, seconds: int, rounds: int, clien
 # One row per generated reservation g: tenant (Zipf-like weights), workspace,
 # agent, action, amount, outcome and times. Times are a strictly increasing
 # function of g, so they are unique within every budget, as real ones are.
+WEIGHTS = """
+    CREATE TABLE gen_weight AS
+    SELECT t, coalesce(lag(upper_bound) OVER (ORDER BY t), 0) AS lower_bound, upper_bound
+    FROM (
+        SELECT t, sum(w) OVER (ORDER BY t) / sum(w) OVER () AS upper_bound
+        FROM (SELECT t, 1.0 / power(t + 1, 1.1) AS w FROM generate_series(0, %(tenants)s - 1) AS t) AS weights
+    ) AS cumulative
+"""
+
 RESERVATIONS = """
     CREATE TABLE gen_reservation AS
-    WITH weights AS (
-        SELECT t, 1.0 / power(t + 1, 1.1) AS w FROM generate_series(0, %(tenants)s - 1) AS t
-    ),
-    cumulative AS (
-        SELECT t, sum(w) OVER (ORDER BY t) / sum(w) OVER () AS upper_bound FROM weights
-    )
-    SELECT g,
-           (SELECT min(c.t) FROM cumulative AS c WHERE c.upper_bound >= r.u) AS tenant,
+    SELECT g, w.t AS tenant,
            (g * 7 %% %(workspaces)s) AS workspace,
            (g * 13 %% %(agents)s) AS agent,
            (g %% 4) AS action,
@@ -193,8 +195,8 @@ RESERVATIONS = """
            CASE WHEN r.o < 0.85 THEN 'COMMIT' WHEN r.o < 0.95 THEN 'RELEASE' ELSE 'EXPIRE' END AS outcome,
            timestamptz '2026-01-01 00:00:00+00'
                + (g::numeric * %(span_us)s / %(count)s)::bigint * interval '1 microsecond' AS reserved_at
-    FROM generate_series(1, %(count)s) AS g,
-         LATERAL (SELECT random() AS u, random() AS o OFFSET 0) AS r
+    FROM (SELECT g, random() AS u, random() AS o FROM generate_series(1::bigint, %(count)s) AS g) AS r
+    JOIN gen_weight AS w ON r.u >= w.lower_bound AND r.u < w.upper_bound
 """
 
 LEDGER = """
@@ -280,6 +282,7 @@ def populate(cluster: Cluster, rows: int) -> None:
                 FROM generate_series(0, %(workspaces)s - 1) AS w, generate_series(0, %(agents)s - 1) AS a
             ) AS scopes""", {"tenants": TENANTS, "workspaces": WORKSPACES, "agents": AGENTS})
         say(f"generating {reservations:,} reservations")
+        conn.execute(WEIGHTS, {"tenants": TENANTS})  # type: ignore[arg-type]
         conn.execute(RESERVATIONS, {"tenants": TENANTS, "workspaces": WORKSPACES, "agents": AGENTS,  # type: ignore[arg-type]
                                     "count": reservations, "span_us": 181 * 86400 * 1_000_000})
         # Indexes are built after the load, as a restore would.
@@ -305,7 +308,7 @@ def populate(cluster: Cluster, rows: int) -> None:
                          sum(reserved_delta)::bigint AS reserved, sum(debt_delta)::bigint AS debt
                   FROM cycles.ledger_entries GROUP BY budget_id) AS s
             WHERE s.budget_id = b.budget_id""")
-        conn.execute("DROP TABLE gen_reservation")
+        conn.execute("DROP TABLE gen_reservation, gen_weight")
         say("vacuum analyze")
         conn.execute("VACUUM ANALYZE")
 
