@@ -208,6 +208,25 @@ CREATE INDEX idempotency_records_expires_idx ON cycles.idempotency_records (expi
 -- carrying the deltas it applied. For every budget the sums of the deltas
 -- equal its counters (cycles.verify_ledger()). UPDATE, DELETE and TRUNCATE are
 -- refused by trigger (below) and by grants (90_grants.sql).
+--
+-- Rows are written only by cycles._append_ledger, which also fills:
+--   subject_*        the operation's subject levels (lower-cased, as in scope
+--                    paths), or for an admin row the levels of its scope, so
+--                    reports group by agent or workflow without parsing JSON;
+--   operation_lead   true on exactly one row per operation (the first it
+--                    wrote): a reserve, commit, release, expiry or event that
+--                    touched three budgets writes three rows with the same
+--                    amounts, and reports that count operations rather than
+--                    budgets sum only the lead rows;
+--   *_after          the budget's counters after this row (running balances):
+--                    a balance at any instant is one index lookup;
+--   prev_hash, entry_hash
+--                    the hash chain of the budget (see cycles._ledger_entry_hash):
+--                    changing, removing or reordering a row breaks it
+--                    (cycles.verify_ledger_chain).
+-- created_at is strictly increasing within a budget (the writer holds the
+-- budget row locked and takes the later of the clock and the previous row's
+-- time plus one microsecond), so (budget_id, created_at) orders each chain.
 
 CREATE TABLE cycles.ledger_entries (
     entry_id        bigint      GENERATED ALWAYS AS IDENTITY,
@@ -232,7 +251,20 @@ CREATE TABLE cycles.ledger_entries (
     actor_type      text        NOT NULL,
     actor_key_id    text,
     created_at      timestamptz NOT NULL DEFAULT clock_timestamp(),
+    subject_workspace text,
+    subject_app       text,
+    subject_workflow  text,
+    subject_agent     text,
+    subject_toolset   text,
+    operation_lead  boolean     NOT NULL,
+    allocated_after bigint      NOT NULL,
+    spent_after     bigint      NOT NULL,
+    reserved_after  bigint      NOT NULL,
+    debt_after      bigint      NOT NULL,
+    prev_hash       bytea,
+    entry_hash      bytea       NOT NULL,
     CONSTRAINT ledger_entries_pkey PRIMARY KEY (entry_id),
+    CONSTRAINT ledger_entries_budget_time_key UNIQUE (budget_id, created_at),
     CONSTRAINT ledger_entries_budget_fkey FOREIGN KEY (budget_id) REFERENCES cycles.budgets (budget_id),
     CONSTRAINT ledger_entries_tenant_fkey FOREIGN KEY (tenant_id) REFERENCES cycles.tenants (tenant_id),
     CONSTRAINT ledger_entries_operation_valid CHECK (operation IN (
@@ -242,10 +274,11 @@ CREATE TABLE cycles.ledger_entries (
         actor_type IN ('admin', 'api_key', 'admin_on_behalf_of', 'system')),
     CONSTRAINT ledger_entries_changes_something CHECK (
         allocated_delta <> 0 OR spent_delta <> 0 OR reserved_delta <> 0 OR debt_delta <> 0
-        OR operation IN ('CREATE', 'CLOSE', 'RESET', 'RESET_SPENT', 'COMMIT', 'EVENT'))
+        OR operation IN ('CREATE', 'CLOSE', 'RESET', 'RESET_SPENT', 'COMMIT', 'EVENT')),
+    CONSTRAINT ledger_entries_hashes_sha256 CHECK (
+        octet_length(entry_hash) = 32 AND (prev_hash IS NULL OR octet_length(prev_hash) = 32))
 );
 
-CREATE INDEX ledger_entries_budget_idx ON cycles.ledger_entries (budget_id, entry_id);
 CREATE INDEX ledger_entries_tenant_time_idx ON cycles.ledger_entries (tenant_id, created_at);
 CREATE INDEX ledger_entries_reservation_idx ON cycles.ledger_entries (reservation_id)
     WHERE reservation_id IS NOT NULL;

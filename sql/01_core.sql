@@ -219,9 +219,89 @@ END;
 $$;
 
 -- Ledger rows --------------------------------------------------------------
--- The one place that appends to the ledger. Callers have already applied the
--- same deltas to the budget row, which they hold locked.
 
+-- The hash that chains a ledger row to the previous row of its budget:
+-- SHA-256 of the UTF-8 text of the record
+--   (entry_id, tenant_id, budget_id, scope, unit, operation,
+--    allocated_delta, spent_delta, reserved_delta, debt_delta,
+--    reservation_id, event_id, action_kind, action_name, subject,
+--    idempotency_key, reason, request_id, trace_id, actor_type, actor_key_id,
+--    created_at as integer microseconds since 1970-01-01 UTC,
+--    subject_workspace, subject_app, subject_workflow, subject_agent,
+--    subject_toolset, operation_lead, allocated_after, spent_after,
+--    reserved_after, debt_after, prev_hash as lower-case hex)
+-- in PostgreSQL's record text form: fields joined by commas inside
+-- parentheses, NULL as nothing, a value quoted with double quotes (inner
+-- quotes and backslashes doubled) when it is empty or holds a quote, a
+-- backslash, a parenthesis, a comma or white space; booleans are t and f,
+-- subject is its jsonb text. Every field is spelled independently of session
+-- settings (no time zone, date style or bytea format enters), so anyone can
+-- recompute it from an export.
+CREATE FUNCTION cycles._ledger_entry_hash(p_row cycles.ledger_entries) RETURNS bytea
+LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE
+AS $$
+BEGIN
+    RETURN sha256(convert_to(ROW(
+        p_row.entry_id, p_row.tenant_id, p_row.budget_id, p_row.scope, p_row.unit, p_row.operation,
+        p_row.allocated_delta, p_row.spent_delta, p_row.reserved_delta, p_row.debt_delta,
+        p_row.reservation_id, p_row.event_id, p_row.action_kind, p_row.action_name, p_row.subject,
+        p_row.idempotency_key, p_row.reason, p_row.request_id, p_row.trace_id, p_row.actor_type,
+        p_row.actor_key_id, (extract(epoch FROM p_row.created_at) * 1000000)::bigint,
+        p_row.subject_workspace, p_row.subject_app, p_row.subject_workflow, p_row.subject_agent,
+        p_row.subject_toolset, p_row.operation_lead, p_row.allocated_after, p_row.spent_after,
+        p_row.reserved_after, p_row.debt_after, encode(p_row.prev_hash, 'hex'))::text, 'UTF8'));
+END;
+$$;
+
+-- The last ledger row of a budget (its chain's head): time, running
+-- balances and hash; all NULL for a budget without rows. An index lookup on
+-- (budget_id, created_at), read backwards from the end. Every other plan
+-- (sequential or bitmap scan, then a sort) is switched off for this one
+-- query: statistics taken while the ledger was small (a fresh install, a
+-- benchmark) would otherwise let the plan cached in a long-lived session
+-- read all the budget's rows, or the whole ledger, on every append.
+CREATE FUNCTION cycles._ledger_tail(
+    p_budget_id         bigint,
+    OUT o_created_at    timestamptz,
+    OUT o_allocated_after bigint,
+    OUT o_spent_after   bigint,
+    OUT o_reserved_after bigint,
+    OUT o_debt_after    bigint,
+    OUT o_entry_hash    bytea
+)
+LANGUAGE plpgsql
+SET enable_seqscan = off
+SET enable_bitmapscan = off
+SET enable_sort = off
+AS $$
+BEGIN
+    SELECT l.created_at, l.allocated_after, l.spent_after, l.reserved_after, l.debt_after, l.entry_hash
+    INTO o_created_at, o_allocated_after, o_spent_after, o_reserved_after, o_debt_after, o_entry_hash
+    FROM cycles.ledger_entries AS l
+    WHERE l.budget_id = p_budget_id
+    ORDER BY l.created_at DESC
+    LIMIT 1;
+END;
+$$;
+
+-- cycles._append_ledger: the one place that appends to the ledger.
+-- Callers have already applied the same deltas to the budget row, which
+-- they hold locked FOR UPDATE (or inserted, for CREATE) in this
+-- transaction: every writer of a budget's rows is serialised by that lock,
+-- so the previous row read here is the chain's last and stays so until
+-- commit. No lock is taken here.
+-- Fills, beyond the arguments: the subject levels (from p_subject, or from
+-- the scope for an admin row), operation_lead (false when the row
+-- continues the operation the previous call in this transaction started:
+-- same operation and reservation or event id; remembered in the
+-- transaction-local setting cycles.ledger_operation, which a public
+-- function's SET clause confines to that call), the running balances
+-- (previous row's plus the deltas), created_at (strictly after the previous
+-- row of the budget), prev_hash and entry_hash.
+-- Errors: none of its own (a bigint overflow of a running balance would
+-- mean the counters themselves overflowed).
+-- Invariants: one row per call; for every budget, the last row's *_after
+-- equal the sums of its deltas.
 CREATE FUNCTION cycles._append_ledger(
     p_budget_id       bigint,
     p_tenant_id       text,
@@ -244,18 +324,60 @@ CREATE FUNCTION cycles._append_ledger(
 ) RETURNS void
 LANGUAGE plpgsql
 AS $$
+DECLARE
+    v_lead  boolean := true;
+    v_group text;
+    v_prev  record;
+    v_now   timestamptz;
 BEGIN
-        INSERT INTO cycles.ledger_entries (
-            tenant_id, budget_id, scope, unit, operation,
-            allocated_delta, spent_delta, reserved_delta, debt_delta,
-            reservation_id, event_id, action_kind, action_name, subject,
-            idempotency_key, reason, request_id, trace_id, actor_type, actor_key_id)
-        VALUES (
-            p_tenant_id, p_budget_id, p_scope, p_unit, p_operation,
-            p_allocated_delta, p_spent_delta, p_reserved_delta, p_debt_delta,
+    IF p_reservation_id IS NOT NULL OR p_event_id IS NOT NULL THEN
+        v_group := p_operation || ':' || coalesce(p_reservation_id, p_event_id);
+        IF current_setting('cycles.ledger_operation', true) = v_group THEN
+            v_lead := false;
+        ELSE
+            PERFORM set_config('cycles.ledger_operation', v_group, true);
+        END IF;
+    END IF;
+
+    SELECT t.* INTO v_prev FROM cycles._ledger_tail(p_budget_id) AS t;
+    v_now := clock_timestamp();
+    INSERT INTO cycles.ledger_entries OVERRIDING SYSTEM VALUE
+    SELECT (n.row).entry_id, (n.row).tenant_id, (n.row).budget_id, (n.row).scope, (n.row).unit,
+           (n.row).operation, (n.row).allocated_delta, (n.row).spent_delta, (n.row).reserved_delta,
+           (n.row).debt_delta, (n.row).reservation_id, (n.row).event_id, (n.row).action_kind,
+           (n.row).action_name, (n.row).subject, (n.row).idempotency_key, (n.row).reason,
+           (n.row).request_id, (n.row).trace_id, (n.row).actor_type, (n.row).actor_key_id,
+           (n.row).created_at, (n.row).subject_workspace, (n.row).subject_app, (n.row).subject_workflow,
+           (n.row).subject_agent, (n.row).subject_toolset, (n.row).operation_lead,
+           (n.row).allocated_after, (n.row).spent_after, (n.row).reserved_after, (n.row).debt_after,
+           (n.row).prev_hash, cycles._ledger_entry_hash(n.row)
+    FROM (
+        SELECT ROW(
+            nextval('cycles.ledger_entries_entry_id_seq'), p_tenant_id, p_budget_id, p_scope, p_unit,
+            p_operation, p_allocated_delta, p_spent_delta, p_reserved_delta, p_debt_delta,
             p_reservation_id, p_event_id, p_action ->> 'kind', p_action ->> 'name', p_subject,
             p_idempotency_key, p_reason, p_request_id, p_trace_id,
-            coalesce(p_actor ->> 'type', 'admin'), p_actor ->> 'key_id');
+            coalesce(p_actor ->> 'type', 'admin'), p_actor ->> 'key_id',
+            CASE WHEN v_prev.o_created_at >= v_now THEN v_prev.o_created_at + interval '1 microsecond'
+                 ELSE v_now END,
+            CASE WHEN p_subject IS NULL THEN substring(p_scope FROM '/workspace:([^/]+)')
+                 ELSE lower(p_subject ->> 'workspace') END,
+            CASE WHEN p_subject IS NULL THEN substring(p_scope FROM '/app:([^/]+)')
+                 ELSE lower(p_subject ->> 'app') END,
+            CASE WHEN p_subject IS NULL THEN substring(p_scope FROM '/workflow:([^/]+)')
+                 ELSE lower(p_subject ->> 'workflow') END,
+            CASE WHEN p_subject IS NULL THEN substring(p_scope FROM '/agent:([^/]+)')
+                 ELSE lower(p_subject ->> 'agent') END,
+            CASE WHEN p_subject IS NULL THEN substring(p_scope FROM '/toolset:([^/]+)')
+                 ELSE lower(p_subject ->> 'toolset') END,
+            v_lead,
+            coalesce(v_prev.o_allocated_after, 0) + p_allocated_delta,
+            coalesce(v_prev.o_spent_after, 0) + p_spent_delta,
+            coalesce(v_prev.o_reserved_after, 0) + p_reserved_delta,
+            coalesce(v_prev.o_debt_after, 0) + p_debt_delta,
+            v_prev.o_entry_hash,
+            NULL)::cycles.ledger_entries AS row
+    ) AS n;
 END;
 $$;
 

@@ -30,6 +30,8 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    # Everything the snapshot creates lives in schema cycles, except the role
-    # cycles_app: roles are cluster-wide and may serve other databases, so it stays.
+    # Everything the snapshot creates lives in schemas cycles and
+    # cycles_reporting, except the roles cycles_app and cycles_reporting: roles
+    # are cluster-wide and may serve other databases, so they stay.
+    op.get_bind().exec_driver_sql("DROP SCHEMA IF EXISTS cycles_reporting CASCADE")
     op.get_bind().exec_driver_sql("DROP SCHEMA IF EXISTS cycles CASCADE")

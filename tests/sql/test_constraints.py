@@ -13,8 +13,11 @@ import pytest
 from psycopg import errors
 
 _LEDGER_INSERT = """
-    INSERT INTO cycles.ledger_entries (tenant_id, budget_id, scope, unit, operation, allocated_delta, actor_type)
-    SELECT 'acme', budget_id, scope, unit, {operation}, {delta}, {actor} FROM cycles.budgets"""
+    INSERT INTO cycles.ledger_entries (tenant_id, budget_id, scope, unit, operation, allocated_delta, actor_type,
+        operation_lead, allocated_after, spent_after, reserved_after, debt_after, created_at, entry_hash)
+    SELECT 'acme', budget_id, scope, unit, {operation}, {delta}, {actor},
+        true, 0, 0, 0, 0, '2100-01-01', {hash} FROM cycles.budgets"""
+_SHA = "sha256('x')"
 _EVENT_INSERT = """
     INSERT INTO cycles.events (event_id, tenant_id, event_type, category, source, data)
     VALUES ('evt_bad', 'acme', {event_type}, {category}, {source}, {data})"""
@@ -109,9 +112,13 @@ VIOLATIONS: dict[str, str] = {
     "idempotency_records_key_length": _IDEMPOTENCY.format("idempotency_key = ''"),
     "idempotency_records_expiry_after_creation": _IDEMPOTENCY.format("expires_at = created_at"),
 
-    "ledger_entries_operation_valid": _LEDGER_INSERT.format(operation="'GIFT'", delta=1, actor="'admin'"),
-    "ledger_entries_actor_type_valid": _LEDGER_INSERT.format(operation="'CREDIT'", delta=1, actor="'robot'"),
-    "ledger_entries_changes_something": _LEDGER_INSERT.format(operation="'CREDIT'", delta=0, actor="'admin'"),
+    "ledger_entries_operation_valid": _LEDGER_INSERT.format(operation="'GIFT'", delta=1, actor="'admin'", hash=_SHA),
+    "ledger_entries_actor_type_valid": _LEDGER_INSERT.format(operation="'CREDIT'", delta=1, actor="'robot'",
+                                                             hash=_SHA),
+    "ledger_entries_changes_something": _LEDGER_INSERT.format(operation="'CREDIT'", delta=0, actor="'admin'",
+                                                              hash=_SHA),
+    "ledger_entries_hashes_sha256": _LEDGER_INSERT.format(operation="'CREDIT'", delta=1, actor="'admin'",
+                                                          hash="'\\x00'"),
 
     "events_category_valid": _EVENT_INSERT.format(
         event_type="'billing.sent'", category="'billing'", source="'cycles-admin'", data="'{}'"),

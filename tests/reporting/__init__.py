@@ -1,0 +1,1 @@
+"""Reports, statements, point-in-time balances and the ledger hash chain."""
