@@ -148,9 +148,6 @@ def test_lock_held_too_long_is_a_503_when_the_timeouts_are_set(
     assert "internal error" not in server.log(), server.log()
 
 
-@pytest.mark.xfail(strict=True, raises=httpx.ReadTimeout, reason=(
-    "the server sets no lock_timeout/statement_timeout of its own: a request behind a held lock waits "
-    "until the lock is released (app.db should set them on every pooled connection)"))
 def test_lock_held_too_long_is_a_503_with_the_default_settings(
         running_pg: PrivatePg, server: ServerProcess, hierarchy: Hierarchy) -> None:
     holder = _hold_budget_lock(running_pg, hierarchy)
@@ -163,9 +160,6 @@ def test_lock_held_too_long_is_a_503_with_the_default_settings(
         holder.close()
 
 
-@pytest.mark.xfail(strict=True, raises=httpx.ReadTimeout, reason=(
-    "while the database is down, a request waits the pool's whole 10 s connection timeout "
-    "(app.db CONNECTION_TIMEOUT_S) for a 503"))
 def test_database_down_is_a_503_within_5_seconds(
         running_pg: PrivatePg, server: ServerProcess, hierarchy: Hierarchy) -> None:
     running_pg.cluster.stop("immediate")
