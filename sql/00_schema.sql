@@ -209,7 +209,7 @@ CREATE INDEX idempotency_records_expires_idx ON cycles.idempotency_records (expi
 -- equal its counters (cycles.verify_ledger()). UPDATE, DELETE and TRUNCATE are
 -- refused by trigger (below) and by grants (90_grants.sql).
 --
--- Rows are written only by cycles._append_ledger, which also fills:
+-- Rows are written only by cycles._append_ledger_rows, which also fills:
 --   subject_*        the operation's subject levels (lower-cased, as in scope
 --                    paths), or for an admin row the levels of its scope, so
 --                    reports group by agent or workflow without parsing JSON;

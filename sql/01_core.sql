@@ -253,55 +253,141 @@ BEGIN
 END;
 $$;
 
--- The last ledger row of a budget (its chain's head): time, running
--- balances and hash; all NULL for a budget without rows. An index lookup on
--- (budget_id, created_at), read backwards from the end. Every other plan
--- (sequential or bitmap scan, then a sort) is switched off for this one
--- query: statistics taken while the ledger was small (a fresh install, a
--- benchmark) would otherwise let the plan cached in a long-lived session
--- read all the budget's rows, or the whole ledger, on every append.
-CREATE FUNCTION cycles._ledger_tail(
-    p_budget_id         bigint,
-    OUT o_created_at    timestamptz,
-    OUT o_allocated_after bigint,
-    OUT o_spent_after   bigint,
-    OUT o_reserved_after bigint,
-    OUT o_debt_after    bigint,
-    OUT o_entry_hash    bytea
-)
+-- A ledger row as its writer receives it: what the caller knows (budget,
+-- operation, deltas, references, actor). cycles._append_ledger_rows fills
+-- the rest. Same parameters as cycles._append_ledger.
+CREATE FUNCTION cycles._ledger_row(
+    p_budget_id       bigint,
+    p_tenant_id       text,
+    p_scope           text,
+    p_unit            text,
+    p_operation       text,
+    p_actor           jsonb,
+    p_allocated_delta bigint DEFAULT 0,
+    p_spent_delta     bigint DEFAULT 0,
+    p_reserved_delta  bigint DEFAULT 0,
+    p_debt_delta      bigint DEFAULT 0,
+    p_reservation_id  text DEFAULT NULL,
+    p_event_id        text DEFAULT NULL,
+    p_action          jsonb DEFAULT NULL,
+    p_subject         jsonb DEFAULT NULL,
+    p_idempotency_key text DEFAULT NULL,
+    p_reason          text DEFAULT NULL,
+    p_request_id      text DEFAULT NULL,
+    p_trace_id        text DEFAULT NULL
+) RETURNS cycles.ledger_entries
+LANGUAGE plpgsql IMMUTABLE
+AS $$
+DECLARE
+    v_row cycles.ledger_entries;
+BEGIN
+    v_row.tenant_id := p_tenant_id;
+    v_row.budget_id := p_budget_id;
+    v_row.scope := p_scope;
+    v_row.unit := p_unit;
+    v_row.operation := p_operation;
+    v_row.allocated_delta := p_allocated_delta;
+    v_row.spent_delta := p_spent_delta;
+    v_row.reserved_delta := p_reserved_delta;
+    v_row.debt_delta := p_debt_delta;
+    v_row.reservation_id := p_reservation_id;
+    v_row.event_id := p_event_id;
+    v_row.action_kind := p_action ->> 'kind';
+    v_row.action_name := p_action ->> 'name';
+    v_row.subject := p_subject;
+    v_row.idempotency_key := p_idempotency_key;
+    v_row.reason := p_reason;
+    v_row.request_id := p_request_id;
+    v_row.trace_id := p_trace_id;
+    v_row.actor_type := coalesce(p_actor ->> 'type', 'admin');
+    v_row.actor_key_id := p_actor ->> 'key_id';
+    RETURN v_row;
+END;
+$$;
+
+-- cycles._append_ledger_rows: the one place that appends to the ledger.
+-- p_rows (from cycles._ledger_row) are the rows of one operation, one per
+-- budget. Callers have already applied the same deltas to the budget rows,
+-- which they hold locked FOR UPDATE (or inserted, for CREATE) in this
+-- transaction: every writer of a budget's rows is serialised by that lock,
+-- so the previous row read here is the chain's last and stays so until
+-- commit. No lock is taken here.
+-- Fills, beyond what the caller gave: entry_id; created_at (strictly after
+-- the previous row of the budget); the subject levels (from the subject, or
+-- from the scope for an admin row); operation_lead (false when the row
+-- continues the operation that the previous row written in this transaction
+-- belongs to: same operation and reservation or event id; remembered in the
+-- transaction-local setting cycles.ledger_operation); the running balances
+-- (previous row's plus the deltas); prev_hash and entry_hash. Then inserts
+-- all rows with one statement (PostgreSQL prepares a table's CHECK
+-- constraints once per statement, not per row).
+-- The chain head is read with an index scan on (budget_id, created_at)
+-- backwards; every other plan (sequential or bitmap scan, then a sort) is
+-- switched off: statistics taken while the ledger was small (a fresh
+-- install, a benchmark) would otherwise let the plan cached in a long-lived
+-- session read all the budget's rows, or the whole ledger, on every append.
+-- Errors: none of its own (a bigint overflow of a running balance would
+-- mean the counters themselves overflowed).
+-- Invariants: one row per element; for every budget, the last row's *_after
+-- equal the sums of its deltas.
+CREATE FUNCTION cycles._append_ledger_rows(p_rows cycles.ledger_entries[]) RETURNS void
 LANGUAGE plpgsql
 SET enable_seqscan = off
 SET enable_bitmapscan = off
 SET enable_sort = off
 AS $$
+DECLARE
+    v_row   cycles.ledger_entries;
+    v_prev  record;
+    v_out   cycles.ledger_entries[];
+    v_group text;
+    v_last  text := current_setting('cycles.ledger_operation', true);
+    v_now   timestamptz;
 BEGIN
-    SELECT l.created_at, l.allocated_after, l.spent_after, l.reserved_after, l.debt_after, l.entry_hash
-    INTO o_created_at, o_allocated_after, o_spent_after, o_reserved_after, o_debt_after, o_entry_hash
-    FROM cycles.ledger_entries AS l
-    WHERE l.budget_id = p_budget_id
-    ORDER BY l.created_at DESC
-    LIMIT 1;
+    FOREACH v_row IN ARRAY p_rows LOOP
+        SELECT l.created_at, l.allocated_after, l.spent_after, l.reserved_after, l.debt_after, l.entry_hash
+        INTO v_prev
+        FROM cycles.ledger_entries AS l
+        WHERE l.budget_id = v_row.budget_id
+        ORDER BY l.created_at DESC
+        LIMIT 1;
+        v_group := v_row.operation || ':' || coalesce(v_row.reservation_id, v_row.event_id);
+        v_row.operation_lead := v_group IS NULL OR v_group IS DISTINCT FROM v_last;
+        v_last := coalesce(v_group, v_last);
+        v_now := clock_timestamp();
+        v_row.entry_id := nextval('cycles.ledger_entries_entry_id_seq');
+        v_row.created_at := CASE WHEN v_prev.created_at >= v_now THEN v_prev.created_at + interval '1 microsecond'
+                                 ELSE v_now END;
+        IF v_row.subject IS NULL THEN
+            v_row.subject_workspace := substring(v_row.scope FROM '/workspace:([^/]+)');
+            v_row.subject_app := substring(v_row.scope FROM '/app:([^/]+)');
+            v_row.subject_workflow := substring(v_row.scope FROM '/workflow:([^/]+)');
+            v_row.subject_agent := substring(v_row.scope FROM '/agent:([^/]+)');
+            v_row.subject_toolset := substring(v_row.scope FROM '/toolset:([^/]+)');
+        ELSE
+            v_row.subject_workspace := lower(v_row.subject ->> 'workspace');
+            v_row.subject_app := lower(v_row.subject ->> 'app');
+            v_row.subject_workflow := lower(v_row.subject ->> 'workflow');
+            v_row.subject_agent := lower(v_row.subject ->> 'agent');
+            v_row.subject_toolset := lower(v_row.subject ->> 'toolset');
+        END IF;
+        v_row.allocated_after := coalesce(v_prev.allocated_after, 0) + v_row.allocated_delta;
+        v_row.spent_after := coalesce(v_prev.spent_after, 0) + v_row.spent_delta;
+        v_row.reserved_after := coalesce(v_prev.reserved_after, 0) + v_row.reserved_delta;
+        v_row.debt_after := coalesce(v_prev.debt_after, 0) + v_row.debt_delta;
+        v_row.prev_hash := v_prev.entry_hash;
+        v_row.entry_hash := cycles._ledger_entry_hash(v_row);
+        v_out := v_out || v_row;
+    END LOOP;
+    IF v_last IS DISTINCT FROM current_setting('cycles.ledger_operation', true) THEN
+        PERFORM set_config('cycles.ledger_operation', v_last, true);
+    END IF;
+    INSERT INTO cycles.ledger_entries OVERRIDING SYSTEM VALUE SELECT r.* FROM unnest(v_out) AS r;
 END;
 $$;
 
--- cycles._append_ledger: the one place that appends to the ledger.
--- Callers have already applied the same deltas to the budget row, which
--- they hold locked FOR UPDATE (or inserted, for CREATE) in this
--- transaction: every writer of a budget's rows is serialised by that lock,
--- so the previous row read here is the chain's last and stays so until
--- commit. No lock is taken here.
--- Fills, beyond the arguments: the subject levels (from p_subject, or from
--- the scope for an admin row), operation_lead (false when the row
--- continues the operation the previous call in this transaction started:
--- same operation and reservation or event id; remembered in the
--- transaction-local setting cycles.ledger_operation, which a public
--- function's SET clause confines to that call), the running balances
--- (previous row's plus the deltas), created_at (strictly after the previous
--- row of the budget), prev_hash and entry_hash.
--- Errors: none of its own (a bigint overflow of a running balance would
--- mean the counters themselves overflowed).
--- Invariants: one row per call; for every budget, the last row's *_after
--- equal the sums of its deltas.
+-- One ledger row (see cycles._ledger_row and cycles._append_ledger_rows),
+-- for callers that change one budget at a time.
 CREATE FUNCTION cycles._append_ledger(
     p_budget_id       bigint,
     p_tenant_id       text,
@@ -324,60 +410,11 @@ CREATE FUNCTION cycles._append_ledger(
 ) RETURNS void
 LANGUAGE plpgsql
 AS $$
-DECLARE
-    v_lead  boolean := true;
-    v_group text;
-    v_prev  record;
-    v_now   timestamptz;
 BEGIN
-    IF p_reservation_id IS NOT NULL OR p_event_id IS NOT NULL THEN
-        v_group := p_operation || ':' || coalesce(p_reservation_id, p_event_id);
-        IF current_setting('cycles.ledger_operation', true) = v_group THEN
-            v_lead := false;
-        ELSE
-            PERFORM set_config('cycles.ledger_operation', v_group, true);
-        END IF;
-    END IF;
-
-    SELECT t.* INTO v_prev FROM cycles._ledger_tail(p_budget_id) AS t;
-    v_now := clock_timestamp();
-    INSERT INTO cycles.ledger_entries OVERRIDING SYSTEM VALUE
-    SELECT (n.row).entry_id, (n.row).tenant_id, (n.row).budget_id, (n.row).scope, (n.row).unit,
-           (n.row).operation, (n.row).allocated_delta, (n.row).spent_delta, (n.row).reserved_delta,
-           (n.row).debt_delta, (n.row).reservation_id, (n.row).event_id, (n.row).action_kind,
-           (n.row).action_name, (n.row).subject, (n.row).idempotency_key, (n.row).reason,
-           (n.row).request_id, (n.row).trace_id, (n.row).actor_type, (n.row).actor_key_id,
-           (n.row).created_at, (n.row).subject_workspace, (n.row).subject_app, (n.row).subject_workflow,
-           (n.row).subject_agent, (n.row).subject_toolset, (n.row).operation_lead,
-           (n.row).allocated_after, (n.row).spent_after, (n.row).reserved_after, (n.row).debt_after,
-           (n.row).prev_hash, cycles._ledger_entry_hash(n.row)
-    FROM (
-        SELECT ROW(
-            nextval('cycles.ledger_entries_entry_id_seq'), p_tenant_id, p_budget_id, p_scope, p_unit,
-            p_operation, p_allocated_delta, p_spent_delta, p_reserved_delta, p_debt_delta,
-            p_reservation_id, p_event_id, p_action ->> 'kind', p_action ->> 'name', p_subject,
-            p_idempotency_key, p_reason, p_request_id, p_trace_id,
-            coalesce(p_actor ->> 'type', 'admin'), p_actor ->> 'key_id',
-            CASE WHEN v_prev.o_created_at >= v_now THEN v_prev.o_created_at + interval '1 microsecond'
-                 ELSE v_now END,
-            CASE WHEN p_subject IS NULL THEN substring(p_scope FROM '/workspace:([^/]+)')
-                 ELSE lower(p_subject ->> 'workspace') END,
-            CASE WHEN p_subject IS NULL THEN substring(p_scope FROM '/app:([^/]+)')
-                 ELSE lower(p_subject ->> 'app') END,
-            CASE WHEN p_subject IS NULL THEN substring(p_scope FROM '/workflow:([^/]+)')
-                 ELSE lower(p_subject ->> 'workflow') END,
-            CASE WHEN p_subject IS NULL THEN substring(p_scope FROM '/agent:([^/]+)')
-                 ELSE lower(p_subject ->> 'agent') END,
-            CASE WHEN p_subject IS NULL THEN substring(p_scope FROM '/toolset:([^/]+)')
-                 ELSE lower(p_subject ->> 'toolset') END,
-            v_lead,
-            coalesce(v_prev.o_allocated_after, 0) + p_allocated_delta,
-            coalesce(v_prev.o_spent_after, 0) + p_spent_delta,
-            coalesce(v_prev.o_reserved_after, 0) + p_reserved_delta,
-            coalesce(v_prev.o_debt_after, 0) + p_debt_delta,
-            v_prev.o_entry_hash,
-            NULL)::cycles.ledger_entries AS row
-    ) AS n;
+    PERFORM cycles._append_ledger_rows(ARRAY[cycles._ledger_row(
+        p_budget_id, p_tenant_id, p_scope, p_unit, p_operation, p_actor, p_allocated_delta, p_spent_delta,
+        p_reserved_delta, p_debt_delta, p_reservation_id, p_event_id, p_action, p_subject, p_idempotency_key,
+        p_reason, p_request_id, p_trace_id)]);
 END;
 $$;
 

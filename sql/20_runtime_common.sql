@@ -632,6 +632,7 @@ AS $$
 DECLARE
     v_before cycles.budgets;
     v_after  cycles.budgets;
+    v_rows   cycles.ledger_entries[];
     v_signal boolean := false;
 BEGIN
     -- Callers pass both arrays sorted by scope (cycles._lock_budgets, then
@@ -646,7 +647,7 @@ BEGIN
         IF p_operation IN ('COMMIT', 'EVENT')
            OR (v_after.allocated, v_after.spent, v_after.reserved, v_after.debt)
               IS DISTINCT FROM (v_before.allocated, v_before.spent, v_before.reserved, v_before.debt) THEN
-            PERFORM cycles._append_ledger(
+            v_rows := v_rows || cycles._ledger_row(
                 v_after.budget_id, v_after.tenant_id, v_after.scope, v_after.unit, p_operation, p_actor,
                 p_allocated_delta => v_after.allocated - v_before.allocated,
                 p_spent_delta => v_after.spent - v_before.spent,
@@ -671,6 +672,9 @@ BEGIN
             OR (v_after.allocated > 0
                 AND (v_after.spent + v_after.reserved + v_after.debt)::numeric >= 0.80 * v_after.allocated);
     END LOOP;
+    IF v_rows IS NOT NULL THEN
+        PERFORM cycles._append_ledger_rows(v_rows);
+    END IF;
     IF NOT v_signal THEN
         RETURN;
     END IF;
