@@ -8,8 +8,8 @@ in a fresh data directory), then measures, in one run and on one machine:
 3. HTTP reserve and reserve+commit lifecycles with wrk at 1/10/50/200
    connections, for independent leaf budgets and for one shared tenant
    budget, each cell followed by a ledger check;
-4. list, balances and a ledger report with 1,000,000 reservations and
-   10,000 budgets in the database;
+4. list, balances and ledger reports with 1,000,000 reservations (and
+   their ledger rows) and 10,000 budgets in the database;
 5. the server's memory under the 200-connection load.
 
 Every figure is also given as a ratio to the baseline of the same run, and
@@ -333,32 +333,60 @@ def http_cell(stack: Stack, keys: dict[str, str], shape: str, mode: str, connect
 
 
 def populate_scale(stack: Stack) -> str:
+    """A tenant with SCALE_BUDGETS agent budgets and SCALE_RESERVATIONS
+    committed reservations spread over the last day, each with its COMMIT
+    ledger row (running balances as a real history has them; hashes are
+    placeholders, since a chain is written one row at a time)."""
     with stack.connect() as conn:
         conn.execute("SELECT cycles.create_tenant('scale', 'scale')")
         key = conn.execute("SELECT cycles.create_api_key(p_tenant_id => 'scale', p_name => 'bench') ->> 'key_secret'"
                            ).fetchone()
         assert key is not None
+        per_budget = SCALE_RESERVATIONS // SCALE_BUDGETS
         conn.execute("""
-            INSERT INTO cycles.budgets (tenant_id, scope, unit, allocated, remaining)
-            SELECT 'scale', 'tenant:scale/workspace:w' || (g %% 100) || '/agent:a' || g, 'USD_MICROCENTS', %s, %s
-            FROM generate_series(1, %s) AS g""", (HUGE, HUGE, SCALE_BUDGETS))
+            INSERT INTO cycles.budgets (tenant_id, scope, unit, allocated, spent, remaining)
+            SELECT 'scale', 'tenant:scale/workspace:w' || (g %% 100) || '/agent:a' || g, 'USD_MICROCENTS',
+                   %(huge)s, 100 * %(per)s, %(huge)s - 100 * %(per)s
+            FROM generate_series(1, %(budgets)s) AS g""",
+                     {"huge": HUGE, "per": per_budget, "budgets": SCALE_BUDGETS})
         conn.execute("""
-            INSERT INTO cycles.ledger_entries (tenant_id, budget_id, scope, unit, operation, allocated_delta, actor_type)
-            SELECT b.tenant_id, b.budget_id, b.scope, b.unit, 'CREATE', b.allocated, 'admin'
+            INSERT INTO cycles.ledger_entries (
+                tenant_id, budget_id, scope, unit, operation, allocated_delta, actor_type, created_at,
+                subject_workspace, subject_agent, operation_lead, allocated_after, spent_after, reserved_after,
+                debt_after, entry_hash)
+            SELECT b.tenant_id, b.budget_id, b.scope, b.unit, 'CREATE', b.allocated, 'admin',
+                   clock_timestamp() - interval '2 days', substring(b.scope FROM '/workspace:([^/]+)'),
+                   substring(b.scope FROM '/agent:([^/]+)'), true, b.allocated, 0, 0, 0,
+                   sha256(convert_to('create ' || b.budget_id, 'UTF8'))
             FROM cycles.budgets AS b WHERE b.tenant_id = 'scale'""")
+        # Reservation g belongs to agent budget k = 1 + (g - 1) %% SCALE_BUDGETS.
         conn.execute("""
             INSERT INTO cycles.reservations (
                 reservation_id, tenant_id, idempotency_key, subject, action, unit, estimate, scope_path,
                 affected_scopes, budgeted_scopes, overage_policy, status, created_at_ms, expires_at_ms,
                 grace_period_ms, ttl_ms, max_extensions, finalized_at_ms, committed)
             SELECT 'rsv_scale_' || g, 'scale', 'idem-' || g,
-                   jsonb_build_object('tenant', 'scale', 'workspace', 'w' || (g %% 100), 'agent', 'a' || (g %% 10000)),
+                   jsonb_build_object('tenant', 'scale', 'workspace', 'w' || (k %% 100), 'agent', 'a' || k),
                    '{"kind": "llm.completion", "name": "bench"}', 'USD_MICROCENTS', 100,
-                   'tenant:scale/workspace:w' || (g %% 100) || '/agent:a' || (g %% 10000),
-                   ARRAY['tenant:scale'], ARRAY[]::text[], 'ALLOW_IF_AVAILABLE', 'COMMITTED',
-                   cycles._now_ms() - 86400000 + g, cycles._now_ms() + 86400000, 5000, 60000, 10,
-                   cycles._now_ms() - 86400000 + g + 10, 100
-            FROM generate_series(1, %s) AS g""", (SCALE_RESERVATIONS,))
+                   'tenant:scale/workspace:w' || (k %% 100) || '/agent:a' || k,
+                   ARRAY['tenant:scale'], ARRAY['tenant:scale/workspace:w' || (k %% 100) || '/agent:a' || k],
+                   'ALLOW_IF_AVAILABLE', 'COMMITTED', cycles._now_ms() - 86400000 + g,
+                   cycles._now_ms() + 86400000, 5000, 60000, 10, cycles._now_ms() - 86400000 + g + 10, 100
+            FROM generate_series(1, %(n)s) AS g, LATERAL (SELECT 1 + (g - 1) %% %(budgets)s AS k) AS a""",
+                     {"n": SCALE_RESERVATIONS, "budgets": SCALE_BUDGETS})
+        conn.execute("""
+            INSERT INTO cycles.ledger_entries (
+                tenant_id, budget_id, scope, unit, operation, spent_delta, reservation_id, action_kind,
+                action_name, subject, actor_type, created_at, subject_workspace, subject_agent, operation_lead,
+                allocated_after, spent_after, reserved_after, debt_after, entry_hash)
+            SELECT 'scale', b.budget_id, b.scope, b.unit, 'COMMIT', 100, r.reservation_id, 'llm.completion',
+                   'bench', r.subject, 'api_key', to_timestamp(r.finalized_at_ms / 1000.0), r.subject ->> 'workspace',
+                   r.subject ->> 'agent', true, b.allocated,
+                   100 * row_number() OVER (PARTITION BY b.budget_id ORDER BY r.finalized_at_ms), 0, 0,
+                   sha256(convert_to(r.reservation_id, 'UTF8'))
+            FROM cycles.reservations AS r
+            JOIN cycles.budgets AS b ON b.scope = r.scope_path AND b.unit = r.unit
+            WHERE r.tenant_id = 'scale'""")
         conn.execute("VACUUM ANALYZE cycles.reservations")
         conn.execute("VACUUM ANALYZE cycles.budgets")
         conn.execute("VACUUM ANALYZE cycles.ledger_entries")
@@ -392,15 +420,25 @@ def scale_queries(stack: Stack, samples: int) -> dict[str, Any]:
                 if response.status_code != 200:
                     raise SystemExit(f"{path}: {response.status_code} {response.text}")
             results[name] = percentiles(timings)
-    report = ("SELECT scope, sum(spent_delta) AS spent, sum(reserved_delta) AS reserved FROM cycles.ledger_entries"
-              " WHERE tenant_id = 'scale' GROUP BY scope ORDER BY spent DESC LIMIT 20")
+    reports = {
+        "balance_as_of (one budget, an instant of the day)": (
+            "SELECT * FROM cycles_reporting.balance_as_of("
+            "'tenant:scale/workspace:w42/agent:a4242', 'USD_MICROCENTS', now() - interval '12 hours')", samples),
+        "spend report (one agent, per day)": (
+            "SELECT * FROM cycles_reporting.spend(now() - interval '3 days', now(), 'day', ARRAY['agent'],"
+            " 'scale', NULL, 'tenant:scale/workspace:w42/agent:a4242')", samples),
+        "spend report (whole tenant, per day and agent)": (
+            "SELECT count(*) FROM cycles_reporting.spend(now() - interval '3 days', now(), 'day', ARRAY['agent'],"
+            " 'scale')", max(5, samples // 20)),
+    }
     with stack.connect() as conn:
-        timings = []
-        for _ in range(max(5, samples // 10)):
-            started = time.perf_counter()
-            conn.execute(report).fetchall()
-            timings.append((time.perf_counter() - started) * 1000)
-    results["ledger report (spend by scope, top 20)"] = percentiles(timings)
+        for name, (sql, count) in reports.items():
+            timings = []
+            for _ in range(count):
+                started = time.perf_counter()
+                conn.execute(sql).fetchall()
+                timings.append((time.perf_counter() - started) * 1000)
+            results[name] = percentiles(timings)
     return results
 
 
