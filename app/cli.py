@@ -20,7 +20,7 @@ import click
 import psycopg
 import sqlalchemy.exc
 
-from app import cli_admin, cli_policies, migrate, server
+from app import cli_admin, cli_mcp, cli_policies, migrate, server
 from app.config import Settings
 from app.demos.cli import demo
 from app.pgcluster import PostgresNotInstalled, find_bindir
@@ -131,6 +131,7 @@ def version() -> None:
 # The operator commands: tenant, key, budget, audit, policy, event.
 cli_admin.register(cli)
 cli_policies.register(cli)
+cli_mcp.register(cli)
 cli.add_command(demo)
 
 
