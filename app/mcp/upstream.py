@@ -9,9 +9,10 @@ from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
+import httpx
 from mcp import ClientSession, StdioServerParameters, types
 from mcp.client.stdio import stdio_client
-from mcp.client.streamable_http import streamablehttp_client
+from mcp.client.streamable_http import streamable_http_client
 
 # The upstream is someone else's code: it gets the environment, minus the
 # secrets that give access to budgets and to this gateway.
@@ -54,7 +55,9 @@ async def connect_upstream(target: str, headers: Mapping[str, str] | None = None
     """An initialized session with the upstream, closed (and a subprocess
     stopped) on exit."""
     if is_url(target):
-        async with (streamablehttp_client(target, headers=dict(headers or {})) as (read, write, _),
+        # A response stream may stay open while a long tool runs: generous read timeout.
+        http = httpx.AsyncClient(headers=dict(headers or {}), timeout=httpx.Timeout(30.0, read=300.0))
+        async with (http, streamable_http_client(target, http_client=http) as (read, write, _),
                     ClientSession(read, write) as session):
             yield await _initialized(session, target)
         return
