@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import logging
 import uuid
 from collections import OrderedDict
@@ -85,6 +86,13 @@ def _with_meta(result: types.CallToolResult, info: dict[str, Any]) -> types.Call
     return result.model_copy(update={"meta": meta})
 
 
+def _key_reused(tool: str) -> types.CallToolResult:
+    return results.error(
+        f"The tool {tool} was not run: this idempotency key was already used for a different call. Use a new "
+        "key for a new call; repeat the original call exactly to get its result.",
+        {"tool": tool, "error": "IDEMPOTENCY_MISMATCH"})
+
+
 def _caps_refusal(tool: str, caps: dict[str, Any]) -> str | None:
     allow = caps.get("tool_allowlist")
     deny = caps.get("tool_denylist")
@@ -106,8 +114,9 @@ class Gateway:
         self.toolset_override = toolset
         self.upstream: Upstream | None = None
         self.tools: dict[str, types.Tool] = {}
-        self._locks: dict[str, asyncio.Lock] = {}
-        self._done: OrderedDict[str, types.CallToolResult] = OrderedDict()
+        # Per idempotency key: its lock and how many calls hold or wait for it.
+        self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
+        self._done: OrderedDict[str, tuple[str, types.CallToolResult]] = OrderedDict()
 
     # --- configuration ---------------------------------------------------------
 
@@ -140,22 +149,37 @@ class Gateway:
     async def call(self, name: str, arguments: dict[str, Any], client_key: str | None) -> types.CallToolResult:
         if client_key is None:
             return await self._call_once(name, arguments, f"mcpgw:{uuid.uuid4().hex}", 1)
-        lock = self._locks.setdefault(client_key, asyncio.Lock())
-        async with lock:
-            remembered = self._done.get(client_key)
-            if remembered is not None:
-                self._done.move_to_end(client_key)
-                return remembered
-            base = _base_key(client_key)
-            found = await self._attempt(name, base)
-            if isinstance(found, types.CallToolResult):
-                return found
-            result = await self._call_once(name, arguments, base, found)
-            if not result.isError:
-                self._done[client_key] = result
-                while len(self._done) > REMEMBERED_RESULTS:
-                    self._done.popitem(last=False)
-            return result
+        lock, users = self._locks.get(client_key, (asyncio.Lock(), 0))
+        self._locks[client_key] = (lock, users + 1)
+        try:
+            async with lock:
+                return await self._call_keyed(name, arguments, client_key)
+        finally:
+            lock, users = self._locks[client_key]
+            if users == 1:
+                del self._locks[client_key]
+            else:
+                self._locks[client_key] = (lock, users - 1)
+
+    async def _call_keyed(self, name: str, arguments: dict[str, Any], client_key: str) -> types.CallToolResult:
+        """One call under its key's lock: calls with the same key run one at a time."""
+        call_id = json.dumps([name, arguments], sort_keys=True, default=str)
+        remembered = self._done.get(client_key)
+        if remembered is not None:
+            self._done.move_to_end(client_key)
+            if remembered[0] != call_id:
+                return _key_reused(name)
+            return remembered[1]
+        base = _base_key(client_key)
+        found = await self._attempt(name, base)
+        if isinstance(found, types.CallToolResult):
+            return found
+        result = await self._call_once(name, arguments, base, found)
+        if not result.isError:
+            self._done[client_key] = (call_id, result)
+            while len(self._done) > REMEMBERED_RESULTS:
+                self._done.popitem(last=False)
+        return result
 
     async def _attempt(self, name: str, base: str) -> int | types.CallToolResult:
         """The first attempt number whose reservation does not exist yet: an
@@ -171,6 +195,8 @@ class Gateway:
             if not rows:
                 return attempt
             status, reservation_id = rows[0].get("status"), rows[0].get("reservation_id")
+            if (rows[0].get("action") or {}).get("name") != name:
+                return _key_reused(name)
             info = {"tool": name, "reservation_id": reservation_id, "status": status}
             if status == "COMMITTED":
                 return results.error(
@@ -201,10 +227,10 @@ class Gateway:
                                        tool=name)
             holds.append(Hold(unit, estimate, response.body["reservation_id"], key))
             caps.update(response.body.get("caps") or {})
-        refusal = _caps_refusal(name, caps)
-        if refusal is not None:
-            await self._release(holds, refusal)
-            return results.error(f"The tool {name} was not run: {refusal}.", {"tool": name, "caps": caps})
+            refusal = _caps_refusal(name, caps)
+            if refusal is not None:
+                await self._release(holds, refusal)
+                return results.error(f"The tool {name} was not run: {refusal}.", {"tool": name, "caps": caps})
         arguments = self._capped(name, arguments, caps)
         info: dict[str, Any] = {"reservations": [h.reservation_id for h in holds], "toolset": self.toolset_for(cost)}
         try:

@@ -20,7 +20,7 @@ from tests.server import ApiServer
 
 Conn = psycopg.Connection[Any]
 TOOLSET = "test-mail-server"  # the upstream's name "Test Mail Server" as a budget level
-UPSTREAM_TOOLS = {"echo", "send_email", "metered", "fails", "generate"}
+UPSTREAM_TOOLS = {"echo", "send_email", "metered", "fails", "crash", "generate"}
 COSTS = """\
 default = 100
 [tools]
@@ -133,6 +133,8 @@ def test_stdio_gateway_retries_with_one_key_run_and_charge_once(
         async with stdio_session(world.gateway_args(stdio_upstream()), world.env) as session:
             first = await call(session, "echo", {"text": "once"}, key="retry-1")
             again = await call(session, "echo", {"text": "once"}, key="retry-1")
+            reused = await call(session, "echo", {"text": "other"}, key="retry-1")
+            assert reused.isError and "already used for a different call" in text(reused)
             failed = await call(session, "fails", key="retry-2")
             failed_again = await call(session, "fails", key="retry-2")
             return first, again, failed, failed_again
@@ -143,11 +145,13 @@ def test_stdio_gateway_retries_with_one_key_run_and_charge_once(
     # A failed call released its hold, so its retry ran again (and was released again).
     assert world.ran() == ["echo", "fails", "fails"]
 
-    async def restarted_process() -> types.CallToolResult:
+    async def restarted_process() -> tuple[types.CallToolResult, types.CallToolResult]:
         async with stdio_session(world.gateway_args(stdio_upstream()), world.env) as session:
-            return await call(session, "echo", {"text": "once"}, key="retry-1")
+            return (await call(session, "echo", {"text": "once"}, key="retry-1"),
+                    await call(session, "metered", {"cost": 1}, key="retry-1"))
 
-    after_restart = anyio.run(restarted_process)
+    after_restart, other_tool = anyio.run(restarted_process)
+    assert other_tool.isError and "already used for a different call" in text(other_tool)
     assert after_restart.isError and "already ran and was charged" in text(after_restart)
     assert world.ran() == ["echo", "fails", "fails"]
     assert world.ledger("COMMIT") == [("echo", 100)]
@@ -205,3 +209,32 @@ def test_zero_budget_tool_is_never_executed(
     operations = admin_conn.execute(
         "SELECT DISTINCT operation FROM cycles.ledger_entries WHERE scope = %s", (world.scope,)).fetchall()
     assert operations == [("CREATE",)]
+
+
+def test_caps_deny_a_tool_and_lower_max_tokens_and_a_dead_upstream_releases(
+        cycles_server: ApiServer, tenant: Tenant, admin_conn: Conn, tmp_path: Path) -> None:
+    world = World(cycles_server, tenant, admin_conn, tmp_path, allocated=100_000)
+    create_budget(admin_conn, world.toolset_scope, 10, unit="CREDITS")
+    admin_conn.execute(
+        "SELECT cycles.create_policy(p_tenant_id => %s, p_name => %s, p_scope_pattern => %s, p_caps => %s)",
+        (tenant.tenant_id, unique("caps-"), f"{world.scope}/*",
+         json.dumps({"tool_denylist": ["send_email"], "max_tokens": 64})))
+
+    async def run() -> list[types.CallToolResult]:
+        async with stdio_session(world.gateway_args(stdio_upstream()), world.env) as session:
+            return [await call(session, "send_email", {"to": "x@example.com"}),
+                    await call(session, "generate", {"max_tokens": 1000}),
+                    await call(session, "generate", {}),
+                    await call(session, "crash"),
+                    await call(session, "echo", {"text": "after the crash"})]
+
+    email, capped, defaulted, crashed, after = anyio.run(run)
+    assert email.isError and "caps forbid the tool send_email" in text(email)
+    assert not capped.isError and (capped.structuredContent or {})["arguments"] == {"max_tokens": 64}
+    assert not defaulted.isError and (defaulted.structuredContent or {})["arguments"] == {"max_tokens": 64}
+    assert crashed.isError and "failed upstream" in text(crashed) and "released" in text(crashed)
+    assert after.isError and "failed upstream" in text(after)
+    assert world.ran() == ["generate", "generate", "crash"]
+    assert world.ledger("COMMIT") == [("generate", 100), ("generate", 100)]
+    assert [name for name, _ in world.ledger("RELEASE")] == ["send_email", "crash", "echo"]
+    assert budget(admin_conn, world.scope)["reserved"] == 0

@@ -27,6 +27,8 @@ TOOLS = [
                inputSchema={"type": "object", "properties": {"cost": {"type": "integer"}}}),
     types.Tool(name="fails", description="Always reports an error.",
                inputSchema={"type": "object", "properties": {}}),
+    types.Tool(name="crash", description="Kills this server mid-call.",
+               inputSchema={"type": "object", "properties": {}}),
     types.Tool(name="generate", description="Takes max_tokens.",
                inputSchema={"type": "object", "properties": {"max_tokens": {"type": "integer"}}}),
 ]
@@ -50,6 +52,8 @@ def build() -> Server[Any, Any]:
     async def call_tool(name: str, arguments: dict[str, Any]) -> types.CallToolResult:
         _log(name, arguments)
         text = types.TextContent(type="text", text=f"{name} ran with {json.dumps(arguments, sort_keys=True)}")
+        if name == "crash":
+            os._exit(3)
         if name == "fails":
             return types.CallToolResult(content=[types.TextContent(type="text", text="boom")], isError=True)
         meta = {"io.cycles/actual": arguments["cost"]} if name == "metered" else None
