@@ -18,6 +18,8 @@ from typing import Any
 import anyio
 import click
 
+from app.mcp.errors import UpstreamError
+
 DEFAULT_MCP_PORT = 7879
 
 _transport = click.option("--transport", type=click.Choice(["stdio", "http"]), default="stdio",
@@ -45,7 +47,9 @@ def _run(main: Callable[[], Awaitable[None]]) -> None:
     except KeyboardInterrupt:
         pass
     except Exception as exc:
-        raise click.ClickException(_first_line(exc)) from exc
+        while isinstance(exc, ExceptionGroup) and len(exc.exceptions) == 1:
+            exc = exc.exceptions[0]
+        raise click.ClickException(str(exc) if isinstance(exc, UpstreamError) else _first_line(exc)) from exc
 
 
 def _settings() -> Any:
@@ -153,8 +157,11 @@ def gateway_command(upstream: str, costs_path: Path | None, toolset: str | None,
 
     @contextlib.asynccontextmanager
     async def connected() -> AsyncIterator[None]:
-        async with client, connect_upstream(upstream, headers) as session:
-            gateway.upstream = session
+        async with client, contextlib.AsyncExitStack() as stack:
+            try:
+                gateway.upstream = await stack.enter_async_context(connect_upstream(upstream, headers))
+            except Exception as exc:
+                raise UpstreamError(f"cannot connect to the upstream {upstream!r}: {_first_line(exc)}") from exc
             yield
 
     if transport == "stdio":

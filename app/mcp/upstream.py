@@ -14,13 +14,11 @@ from mcp import ClientSession, StdioServerParameters, types
 from mcp.client.stdio import stdio_client
 from mcp.client.streamable_http import streamable_http_client
 
+from app.mcp.errors import UpstreamError
+
 # The upstream is someone else's code: it gets the environment, minus the
 # secrets that give access to budgets and to this gateway.
 WITHHELD_VARIABLES = ("CYCLES_API_KEY", "CYCLES_ADMIN_API_KEY", "CYCLES_MCP_TOKEN")
-
-
-class UpstreamError(RuntimeError):
-    """The upstream could not be started or reached."""
 
 
 @dataclass
