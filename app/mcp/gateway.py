@@ -147,6 +147,12 @@ class Gateway:
     # --- one call ----------------------------------------------------------------
 
     async def call(self, name: str, arguments: dict[str, Any], client_key: str | None) -> types.CallToolResult:
+        if name not in self.tools:
+            await self.list_tools()  # the upstream may have added it since
+            if name not in self.tools:
+                # Nothing to run, so nothing is reserved.
+                return results.error(f"Unknown tool {name!r}: the upstream has {', '.join(sorted(self.tools))}.",
+                                     {"tool": name, "error": "UNKNOWN_TOOL"})
         if client_key is None:
             return await self._call_once(name, arguments, f"mcpgw:{uuid.uuid4().hex}", 1)
         lock, users = self._locks.get(client_key, (asyncio.Lock(), 0))

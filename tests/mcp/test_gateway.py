@@ -137,13 +137,23 @@ def test_stdio_gateway_retries_with_one_key_run_and_charge_once(
             assert reused.isError and "already used for a different call" in text(reused)
             failed = await call(session, "fails", key="retry-2")
             failed_again = await call(session, "fails", key="retry-2")
-            return first, again, failed, failed_again
+            concurrent: list[types.CallToolResult] = []
 
-    first, again, failed, failed_again = anyio.run(first_process)
+            async def one() -> None:
+                concurrent.append(await call(session, "echo", {"text": "together"}, key="retry-3"))
+
+            async with anyio.create_task_group() as group:
+                group.start_soon(one)
+                group.start_soon(one)
+            return first, again, failed, failed_again, concurrent
+
+    first, again, failed, failed_again, concurrent = anyio.run(first_process)
+    # Two simultaneous calls with one key: one ran, the other waited and got its result.
+    assert not concurrent[0].isError and concurrent[0].model_dump() == concurrent[1].model_dump()
     assert not first.isError and again.model_dump() == first.model_dump()
     assert failed.isError and failed_again.isError
     # A failed call released its hold, so its retry ran again (and was released again).
-    assert world.ran() == ["echo", "fails", "fails"]
+    assert world.ran() == ["echo", "fails", "fails", "echo"]
 
     async def restarted_process() -> tuple[types.CallToolResult, types.CallToolResult]:
         async with stdio_session(world.gateway_args(stdio_upstream()), world.env) as session:
@@ -153,10 +163,10 @@ def test_stdio_gateway_retries_with_one_key_run_and_charge_once(
     after_restart, other_tool = anyio.run(restarted_process)
     assert other_tool.isError and "already used for a different call" in text(other_tool)
     assert after_restart.isError and "already ran and was charged" in text(after_restart)
-    assert world.ran() == ["echo", "fails", "fails"]
-    assert world.ledger("COMMIT") == [("echo", 100)]
+    assert world.ran() == ["echo", "fails", "fails", "echo"]
+    assert world.ledger("COMMIT") == [("echo", 100), ("echo", 100)]
     assert [name for name, _ in world.ledger("RELEASE")] == ["fails", "fails"]
-    assert budget(admin_conn, world.scope)["spent"] == 100
+    assert budget(admin_conn, world.scope)["spent"] == 200
 
 
 @pytest.fixture
@@ -183,12 +193,14 @@ def test_http_gateway_over_http_upstream(
             async with http_session(base, token="gw-token") as session:
                 outcomes.append(await call(session, "echo", {"text": "a"}, key="http-1"))  # a retry
                 outcomes.append(await call(session, "echo", {"text": "c"}))  # 50 left: over budget
+                outcomes.append(await call(session, "no_such_tool", {}))
             return outcomes
 
-        first, second, retry, over = anyio.run(run)
+        first, second, retry, over, unknown = anyio.run(run)
     assert not first.isError and not second.isError
     assert retry.model_dump() == first.model_dump()
     assert over.isError and (over.structuredContent or {})["details"]["remaining"] == 50
+    assert unknown.isError and "Unknown tool 'no_such_tool'" in text(unknown)
     assert world.ran() == ["echo", "echo"]
     assert world.ledger("COMMIT") == [("echo", 100), ("echo", 100)]
     assert budget(admin_conn, world.scope)["remaining"] == 50
