@@ -18,7 +18,7 @@ from mcp.server.transport_security import TransportSecuritySettings
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Mount, Route
+from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 MCP_PATH: Final = "/mcp"
@@ -88,7 +88,8 @@ def http_app(
             yield
 
     app: ASGIApp = Starlette(
-        routes=[Route("/health", health_route, methods=["GET"]), Mount(MCP_PATH, app=_Endpoint(manager))],
+        # An ASGI-app endpoint: /mcp itself, every method, no redirect to /mcp/.
+        routes=[Route("/health", health_route, methods=["GET"]), Route(MCP_PATH, endpoint=_Endpoint(manager))],
         lifespan=lifespan)
     if token:
         app = BearerToken(app, token)

@@ -301,6 +301,13 @@ def test_bearer_token_guards_mcp_but_not_health(cycles_server: ApiServer, admin_
         refused_post = httpx.post(f"{base}/mcp", json={"jsonrpc": "2.0", "id": 1, "method": "ping"},
                                   headers={"Authorization": "Bearer wrong"})
         assert refused_post.status_code == 401
+        initialize = {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+            "protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}}
+        headers = {"Authorization": "Bearer s3cret-token", "Accept": "application/json, text/event-stream"}
+        # /mcp itself answers (no redirect to /mcp/), and only for a local Host (DNS rebinding).
+        assert httpx.post(f"{base}/mcp", json=initialize, headers=headers).status_code == 200
+        rebound = httpx.post(f"{base}/mcp", json=initialize, headers={**headers, "Host": "evil.example"})
+        assert rebound.status_code == 421
 
         async def run() -> list[str]:
             async with http_session(base, token="s3cret-token") as session:
