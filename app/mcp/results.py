@@ -32,8 +32,11 @@ def denial_advice(code: str, details: dict[str, Any]) -> str:
     if code == "BUDGET_EXCEEDED":
         left = "" if remaining is None else f" has {_amount(remaining, unit)} left"
         asked = "" if details.get("requested") is None else f", {_amount(details['requested'], unit)} requested"
-        cheaper = "" if remaining is None else f" (estimate at most {max(int(remaining), 0)})"
-        return (f"Scope {scope} is exhausted: it{left}{asked}. Do not perform the action. Choose a cheaper "
+        if remaining is not None and int(remaining) <= 0:
+            return (f"Scope {scope} is exhausted: it{left}{asked}. Do not perform the action: nothing more can "
+                    f"be spent there. Finish with what you have, or ask an operator to fund {scope}.")
+        cheaper = "" if remaining is None else f" (estimate at most {remaining})"
+        return (f"Scope {scope} cannot cover this: it{left}{asked}. Do not perform the action. Choose a cheaper "
                 f"action{cheaper}, finish with what you have, or ask an operator to fund {scope}.")
     if code in ("BUDGET_FROZEN", "BUDGET_CLOSED"):
         state = "frozen" if code == "BUDGET_FROZEN" else "closed"
