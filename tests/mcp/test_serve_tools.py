@@ -314,3 +314,16 @@ def test_bearer_token_guards_mcp_but_not_health(cycles_server: ApiServer, admin_
                 return [tool.name for tool in (await session.list_tools()).tools]
 
         assert set(anyio.run(run)) == TOOL_NAMES
+
+
+def test_reserve_and_decide_pass_caps_on(serve_http: str, tenant: Tenant, admin_conn: Conn) -> None:
+    workspace = funded_workspace(admin_conn, tenant, 10_000)
+    admin_conn.execute(
+        "SELECT cycles.create_policy(p_tenant_id => %s, p_name => %s, p_scope_pattern => %s, p_caps => %s)",
+        (tenant.tenant_id, f"caps-{workspace}", scope(tenant, workspace), json.dumps({"max_tokens": 256})))
+    result = call(serve_http, "reserve", {"action": ACTION, "estimate": 10, "subject": {"workspace": workspace}})
+    held = ok(result)
+    assert held["decision"] == "ALLOW_WITH_CAPS" and held["caps"]["max_tokens"] == 256
+    assert 'Respect these caps: {"max_tokens":256}' in text(result)
+    decided = call(serve_http, "decide", {"action": ACTION, "estimate": 10, "subject": {"workspace": workspace}})
+    assert ok(decided)["decision"] == "ALLOW_WITH_CAPS" and "max_tokens" in text(decided)
