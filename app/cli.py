@@ -20,7 +20,7 @@ import click
 import psycopg
 import sqlalchemy.exc
 
-from app import cli_admin, cli_policies, cli_report, migrate, server
+from app import cli_admin, cli_mcp, cli_policies, cli_report, migrate, server
 from app.config import Settings
 from app.demos.cli import demo
 from app.pgcluster import PostgresNotInstalled, find_bindir
@@ -132,6 +132,7 @@ def version() -> None:
 cli_admin.register(cli)
 cli_policies.register(cli)
 cli_report.register(cli)
+cli_mcp.register(cli)
 cli.add_command(demo)
 
 
