@@ -279,7 +279,11 @@ CREATE TABLE cycles.ledger_entries (
         octet_length(entry_hash) = 32 AND (prev_hash IS NULL OR octet_length(prev_hash) = 32))
 );
 
-CREATE INDEX ledger_entries_tenant_time_idx ON cycles.ledger_entries (tenant_id, created_at);
+-- Reports by tenant and time (cycles_reporting). operation_lead sits between
+-- them so that reports counting each operation once read only lead rows, a
+-- third of the ledger when budgets sit at three levels; reports by budget
+-- read both values (operation_lead IN (true, false)), still as two ranges.
+CREATE INDEX ledger_entries_tenant_lead_time_idx ON cycles.ledger_entries (tenant_id, operation_lead, created_at);
 CREATE INDEX ledger_entries_reservation_idx ON cycles.ledger_entries (reservation_id)
     WHERE reservation_id IS NOT NULL;
 

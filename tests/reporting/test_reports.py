@@ -6,7 +6,7 @@ import hashlib
 import random
 from collections import defaultdict
 from datetime import UTC, datetime, timedelta
-from decimal import Decimal
+from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 
 import psycopg
@@ -125,9 +125,9 @@ def test_top_spenders_match_the_raw_ledger(workload_db: psycopg.Connection, ledg
         ranked = sorted(((k, v) for k, v in sums.items() if k[0] == unit), key=lambda kv: (-kv[1][0], kv[0][1], kv[0][2]))
         for rank, ((_, tenant, key), (charged, charges)) in enumerate(ranked[:3], start=1):
             expected.append((unit, rank, tenant, key, charged, charges,
-                             round(charged / totals[unit], 6) if totals[unit] else None))
-    found = [(r["unit"], r["rank"], r["tenant_id"], r["key"], int(r["charged"]), r["charges"],
-              float(r["share"]) if r["share"] is not None else None)
+                             (Decimal(charged) / totals[unit]).quantize(Decimal("0.000001"), ROUND_HALF_UP)
+                             if totals[unit] else None))
+    found = [(r["unit"], r["rank"], r["tenant_id"], r["key"], int(r["charged"]), r["charges"], r["share"])
              for r in rows(workload_db, "SELECT * FROM cycles_reporting.top_spenders(%s, %s, %s, 3)",
                            start, end, dimension)]
     assert found == expected
@@ -140,7 +140,8 @@ def test_utilisation_is_every_budget_now(workload_db: psycopg.Connection, ledger
     for budget in ledger.budgets:
         row = found[(budget["scope"], budget["unit"])]
         used = budget["spent"] + budget["reserved"] + budget["debt"]
-        assert row["utilisation"] == (round(Decimal(used) / budget["allocated"], 6) if budget["allocated"] else None)
+        assert row["utilisation"] == ((Decimal(used) / budget["allocated"]).quantize(Decimal("0.000001"), ROUND_HALF_UP)
+                                      if budget["allocated"] else None)
         assert (row["allocated"], row["spent"], row["reserved"], row["debt"], row["remaining"]) == (
             budget["allocated"], budget["spent"], budget["reserved"], budget["debt"], budget["remaining"])
         assert row["has_debt"] == (budget["debt"] > 0) and row["is_over_limit"] == budget["is_over_limit"]

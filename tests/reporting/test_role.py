@@ -86,7 +86,8 @@ def test_report_functions_only_read(db: psycopg.Connection) -> None:
                                         "statement_funding", "top_spenders", "verify_ledger_chain"]
     for name, volatility, definer, config in functions:
         assert volatility == "s", name  # STABLE: PostgreSQL refuses any write inside it
-        assert definer and config == ["search_path=pg_catalog, cycles, pg_temp"], name
+        assert definer and config == ["search_path=pg_catalog, cycles, pg_temp", "jit=off",
+                                      "random_page_cost=1.1"], name
     public = db.execute("""
         SELECT count(*) FROM pg_catalog.pg_proc AS p
         WHERE p.pronamespace = 'cycles_reporting'::regnamespace
