@@ -2,8 +2,9 @@
 
 Hypothesis draws a budget hierarchy (1 to 6 levels, random allocations and
 overdraft limits) and a program per worker (2 to 8 workers) of reserves,
-commits (under, at and over the estimate), releases, extensions, direct
-events, admin funding (CREDIT and DEBIT) and same-key retries; settlements
+commits (under, at and over the estimate), releases (by the tenant and by
+the admin on its behalf), extensions, direct events, admin funding (CREDIT
+and DEBIT) and same-key retries; settlements
 pick any reservation created so far, by any worker, so workers race on the
 same reservations. The workers run at once, each on its own connection.
 Then every reservation made with a 1 s TTL and no grace is raced to its
@@ -61,6 +62,7 @@ operations = st.one_of(
     reserves, reserves, reserves,
     st.tuples(st.just("commit"), refs, ratios),
     st.tuples(st.just("release"), refs),
+    st.tuples(st.just("admin_release"), refs),
     st.tuples(st.just("extend"), refs),
     st.tuples(st.just("event"), subject_depths, amounts),
     st.tuples(st.just("fund"), st.integers(1, 6), st.sampled_from(["CREDIT", "DEBIT"]), amounts),
@@ -105,7 +107,7 @@ class Run:
             return self.reservations[ref % len(self.reservations)]
 
     def call(self, client: httpx.Client, call: Call) -> Call:
-        headers = self.admin_headers if call.kind == "fund" else self.tenant_headers
+        headers = self.admin_headers if call.admin else self.tenant_headers
         send(client, call, headers)
         self.log.add(call)
         if call.kind == "reserve" and call.ok:
@@ -122,11 +124,15 @@ class Run:
             body = reserve_body(hierarchy, depth, amount, self.policy,
                                 **({"ttl_ms": SHORT_TTL_MS, "grace_ms": 0} if short else {}))
             return Call("reserve", "/v1/reservations", body, scopes=hierarchy.charged_scopes(depth))
-        if kind in ("commit", "release", "extend"):
+        if kind in ("commit", "release", "extend", "admin_release"):
             target = self.reservation(op[1])
             if target is None:
                 return None
             reservation_id, estimate = target[0], target[1]
+            if kind == "admin_release":
+                # The admin releasing on the tenant's behalf races the tenant's own settlements.
+                return Call("release", f"/v1/reservations/{reservation_id}/release", release_body(),
+                            reservation_id=reservation_id, admin=True)
             body = (commit_body(int(estimate * op[2])) if kind == "commit"
                     else release_body() if kind == "release" else extend_body())
             return Call(kind, f"/v1/reservations/{reservation_id}/{kind}", body, reservation_id=reservation_id)
@@ -138,7 +144,7 @@ class Run:
             _, level, operation, amount = op
             params = {"scope": hierarchy.scope(min(level, hierarchy.depth)), "unit": "USD_MICROCENTS",
                       "tenant_id": hierarchy.tenant.tenant_id}
-            return Call("fund", "/v1/admin/budgets/fund", fund_body(operation, amount), params=params)
+            return Call("fund", "/v1/admin/budgets/fund", fund_body(operation, amount), params=params, admin=True)
         raise AssertionError(f"unknown operation {op}")
 
     def worker(self, program: list[tuple[Any, ...]], start: threading.Barrier) -> None:
@@ -149,7 +155,8 @@ class Run:
                 if op[0] == "retry":
                     if previous is not None:
                         self.call(client, Call(previous.kind, previous.path, previous.body, previous.params,
-                                               reservation_id=previous.reservation_id, scopes=previous.scopes))
+                                               reservation_id=previous.reservation_id, scopes=previous.scopes,
+                                               admin=previous.admin))
                     continue
                 call = self.to_call(op)
                 if call is not None:
