@@ -1,7 +1,8 @@
 """Property-based concurrency against the real server.
 
 Hypothesis draws a budget hierarchy (1 to 6 levels, random allocations and
-overdraft limits) and a program per worker (2 to 8 workers) of reserves,
+overdraft limits) and a program per worker (2 to 8 workers; 16 in the long
+profile) of reserves,
 commits (under, at and over the estimate), releases (by the tenant and by
 the admin on its behalf), extensions, direct events, admin funding (CREDIT
 and DEBIT) and same-key retries; settlements
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -29,8 +31,9 @@ from hypothesis import event, given
 from hypothesis import strategies as st
 
 from tests.api.provision import Conn
-from tests.reliability.conftest import PROPERTY_TIMEOUT_S
+from tests.reliability.conftest import PROFILE, PROPERTY_TIMEOUT_S
 from tests.reliability.invariants import all_violations, log_violations, sweep
+from tests.reliability.processes import report
 from tests.reliability.workload import (
     POLICIES,
     Call,
@@ -48,6 +51,10 @@ from tests.reliability.workload import (
 from tests.server import ApiServer
 
 SHORT_TTL_MS = 1_000
+# Concurrent workers per run: up to 8 in CI, 16 in the long profile.
+MAX_WORKERS = 16 if PROFILE == "long" else 8
+# Figures of the last test's runs, reported when it ends.
+TOTALS: Counter[str] = Counter()
 # What a run may answer: successes and the protocol's refusals. Anything else
 # (400 on a well-formed request, 5xx, no answer) is a failure.
 PROTOCOL_STATUSES = {200, 201, 409, 410}
@@ -81,7 +88,7 @@ def scenarios(draw: st.DrawFn, policy: str) -> dict[str, Any]:
     allocations = draw(st.lists(allocation, min_size=depth, max_size=depth))
     overdrafts = (draw(st.lists(st.sampled_from([0, 1, 20_000, 100_000]), min_size=depth, max_size=depth))
                   if policy == "ALLOW_WITH_OVERDRAFT" else [0] * depth)
-    workers = draw(st.integers(2, 8))
+    workers = draw(st.integers(2, MAX_WORKERS))
     programs = draw(st.lists(st.lists(operations, min_size=2, max_size=10), min_size=workers, max_size=workers))
     return {"allocations": allocations, "overdrafts": overdrafts, "programs": programs}
 
@@ -199,6 +206,10 @@ def run_scenario(server: ApiServer, conn: Conn, policy: str, scenario: dict[str,
     assert unexpected == [], f"statuses {statuses}: {unexpected}"
     for kind in ("reserve", "commit", "release", "extend", "event", "fund"):
         event(f"{kind} acknowledged", "none" if not run.log.ok(kind) else "some")
+        TOTALS[f"{kind}_acknowledged"] += len(run.log.ok(kind))
+    TOTALS["runs"] += 1
+    TOTALS["workers"] += len(programs)
+    TOTALS["requests"] += len(run.log.calls)
     tenant_id = hierarchy.tenant.tenant_id
     violations = all_violations(conn, tenant_id, policy) + log_violations(conn, tenant_id, run.log, initial)
     assert violations == [], "\n".join(violations)
@@ -212,4 +223,6 @@ def test_random_interleavings_keep_every_invariant(
     def check(scenario: dict[str, Any]) -> None:
         run_scenario(reliability_server, reliability_conn, policy, scenario)
 
+    TOTALS.clear()
     check()
+    report(f"properties_{policy}", dict(TOTALS))
