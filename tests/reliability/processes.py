@@ -61,6 +61,11 @@ def crash_postgres(cluster: Cluster) -> None:
         if time.monotonic() > deadline:
             raise RuntimeError(f"postgres processes survived SIGKILL: {victims}")
         time.sleep(0.05)
+    # A killed postmaster nobody has reaped yet is a zombie, which pg_ctl
+    # and the next postmaster take for a live one. After a real crash the
+    # process is simply gone: so are its lock files here.
+    (cluster.data_dir / "postmaster.pid").unlink(missing_ok=True)
+    (cluster.socket_dir / f".s.PGSQL.{cluster.port}.lock").unlink(missing_ok=True)
 
 
 @contextmanager

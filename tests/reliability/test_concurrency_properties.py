@@ -1,9 +1,11 @@
 """Property-based concurrency against the real server.
 
 Hypothesis draws a budget hierarchy (1 to 6 levels, random allocations and
-overdraft limits) and a program per worker (2 to 8 workers) of reserves,
-commits (under, at and over the estimate), releases, extensions, direct
-events, admin funding (CREDIT and DEBIT) and same-key retries; settlements
+overdraft limits) and a program per worker (2 to 8 workers; 16 in the long
+profile) of reserves,
+commits (under, at and over the estimate), releases (by the tenant and by
+the admin on its behalf), extensions, direct events, admin funding (CREDIT
+and DEBIT) and same-key retries; settlements
 pick any reservation created so far, by any worker, so workers race on the
 same reservations. The workers run at once, each on its own connection.
 Then every reservation made with a 1 s TTL and no grace is raced to its
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -28,8 +31,9 @@ from hypothesis import event, given
 from hypothesis import strategies as st
 
 from tests.api.provision import Conn
-from tests.reliability.conftest import PROPERTY_TIMEOUT_S
+from tests.reliability.conftest import PROFILE, PROPERTY_TIMEOUT_S
 from tests.reliability.invariants import all_violations, log_violations, sweep
+from tests.reliability.processes import report
 from tests.reliability.workload import (
     POLICIES,
     Call,
@@ -47,6 +51,10 @@ from tests.reliability.workload import (
 from tests.server import ApiServer
 
 SHORT_TTL_MS = 1_000
+# Concurrent workers per run: up to 8 in CI, 16 in the long profile.
+MAX_WORKERS = 16 if PROFILE == "long" else 8
+# Figures of the last test's runs, reported when it ends.
+TOTALS: Counter[str] = Counter()
 # What a run may answer: successes and the protocol's refusals. Anything else
 # (400 on a well-formed request, 5xx, no answer) is a failure.
 PROTOCOL_STATUSES = {200, 201, 409, 410}
@@ -61,6 +69,7 @@ operations = st.one_of(
     reserves, reserves, reserves,
     st.tuples(st.just("commit"), refs, ratios),
     st.tuples(st.just("release"), refs),
+    st.tuples(st.just("admin_release"), refs),
     st.tuples(st.just("extend"), refs),
     st.tuples(st.just("event"), subject_depths, amounts),
     st.tuples(st.just("fund"), st.integers(1, 6), st.sampled_from(["CREDIT", "DEBIT"]), amounts),
@@ -79,7 +88,7 @@ def scenarios(draw: st.DrawFn, policy: str) -> dict[str, Any]:
     allocations = draw(st.lists(allocation, min_size=depth, max_size=depth))
     overdrafts = (draw(st.lists(st.sampled_from([0, 1, 20_000, 100_000]), min_size=depth, max_size=depth))
                   if policy == "ALLOW_WITH_OVERDRAFT" else [0] * depth)
-    workers = draw(st.integers(2, 8))
+    workers = draw(st.integers(2, MAX_WORKERS))
     programs = draw(st.lists(st.lists(operations, min_size=2, max_size=10), min_size=workers, max_size=workers))
     return {"allocations": allocations, "overdrafts": overdrafts, "programs": programs}
 
@@ -105,7 +114,7 @@ class Run:
             return self.reservations[ref % len(self.reservations)]
 
     def call(self, client: httpx.Client, call: Call) -> Call:
-        headers = self.admin_headers if call.kind == "fund" else self.tenant_headers
+        headers = self.admin_headers if call.admin else self.tenant_headers
         send(client, call, headers)
         self.log.add(call)
         if call.kind == "reserve" and call.ok:
@@ -122,11 +131,15 @@ class Run:
             body = reserve_body(hierarchy, depth, amount, self.policy,
                                 **({"ttl_ms": SHORT_TTL_MS, "grace_ms": 0} if short else {}))
             return Call("reserve", "/v1/reservations", body, scopes=hierarchy.charged_scopes(depth))
-        if kind in ("commit", "release", "extend"):
+        if kind in ("commit", "release", "extend", "admin_release"):
             target = self.reservation(op[1])
             if target is None:
                 return None
             reservation_id, estimate = target[0], target[1]
+            if kind == "admin_release":
+                # The admin releasing on the tenant's behalf races the tenant's own settlements.
+                return Call("release", f"/v1/reservations/{reservation_id}/release", release_body(),
+                            reservation_id=reservation_id, admin=True)
             body = (commit_body(int(estimate * op[2])) if kind == "commit"
                     else release_body() if kind == "release" else extend_body())
             return Call(kind, f"/v1/reservations/{reservation_id}/{kind}", body, reservation_id=reservation_id)
@@ -138,7 +151,7 @@ class Run:
             _, level, operation, amount = op
             params = {"scope": hierarchy.scope(min(level, hierarchy.depth)), "unit": "USD_MICROCENTS",
                       "tenant_id": hierarchy.tenant.tenant_id}
-            return Call("fund", "/v1/admin/budgets/fund", fund_body(operation, amount), params=params)
+            return Call("fund", "/v1/admin/budgets/fund", fund_body(operation, amount), params=params, admin=True)
         raise AssertionError(f"unknown operation {op}")
 
     def worker(self, program: list[tuple[Any, ...]], start: threading.Barrier) -> None:
@@ -149,7 +162,8 @@ class Run:
                 if op[0] == "retry":
                     if previous is not None:
                         self.call(client, Call(previous.kind, previous.path, previous.body, previous.params,
-                                               reservation_id=previous.reservation_id, scopes=previous.scopes))
+                                               reservation_id=previous.reservation_id, scopes=previous.scopes,
+                                               admin=previous.admin))
                     continue
                 call = self.to_call(op)
                 if call is not None:
@@ -192,6 +206,10 @@ def run_scenario(server: ApiServer, conn: Conn, policy: str, scenario: dict[str,
     assert unexpected == [], f"statuses {statuses}: {unexpected}"
     for kind in ("reserve", "commit", "release", "extend", "event", "fund"):
         event(f"{kind} acknowledged", "none" if not run.log.ok(kind) else "some")
+        TOTALS[f"{kind}_acknowledged"] += len(run.log.ok(kind))
+    TOTALS["runs"] += 1
+    TOTALS["workers"] += len(programs)
+    TOTALS["requests"] += len(run.log.calls)
     tenant_id = hierarchy.tenant.tenant_id
     violations = all_violations(conn, tenant_id, policy) + log_violations(conn, tenant_id, run.log, initial)
     assert violations == [], "\n".join(violations)
@@ -205,4 +223,6 @@ def test_random_interleavings_keep_every_invariant(
     def check(scenario: dict[str, Any]) -> None:
         run_scenario(reliability_server, reliability_conn, policy, scenario)
 
+    TOTALS.clear()
     check()
+    report(f"properties_{policy}", dict(TOTALS))

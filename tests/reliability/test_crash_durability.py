@@ -77,7 +77,7 @@ class Load:
             thread.join(timeout=60)
 
     def _send(self, client: httpx.Client, call: Call) -> Call:
-        headers = {"X-Admin-API-Key": self.server.admin_key} if call.kind == "fund" else self.hierarchy.tenant.headers()
+        headers = {"X-Admin-API-Key": self.server.admin_key} if call.admin else self.hierarchy.tenant.headers()
         try:
             response = client.post(call.path, json=call.body, params=call.params, headers=headers)
         except httpx.ConnectError:
@@ -124,7 +124,7 @@ class Load:
                     level = rng.randint(1, 3)
                     self._send(client, Call("fund", "/v1/admin/budgets/fund", fund_body("CREDIT", rng.randint(1, 99)),
                                             params={"scope": hierarchy.scope(level), "unit": USD,
-                                                    "tenant_id": hierarchy.tenant.tenant_id}))
+                                                    "tenant_id": hierarchy.tenant.tenant_id}, admin=True))
 
 
 def _retry_uncertain(server: ServerProcess, load: Load) -> list[str]:
@@ -135,7 +135,7 @@ def _retry_uncertain(server: ServerProcess, load: Load) -> list[str]:
     with httpx.Client(base_url=server.base_url, timeout=30) as client:
         for call in uncertain:
             retry = Call(call.kind, call.path, call.body, call.params, reservation_id=call.reservation_id,
-                         scopes=call.scopes)
+                         scopes=call.scopes, admin=call.admin)
             load._send(client, retry)
             if not retry.ok:
                 failures.append(f"retry of an unanswered {call.kind} got {retry.status}: {retry.answer}")

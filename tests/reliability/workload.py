@@ -100,6 +100,8 @@ class Call:
     answer: Any = None
     reservation_id: str | None = None
     scopes: list[str] = field(default_factory=list)
+    # Sent with the admin key (funding; a release on the tenant's behalf).
+    admin: bool = False
 
     @property
     def ok(self) -> bool:
