@@ -13,8 +13,9 @@ from litestar import Request, Response, get
 from litestar.enums import MediaType
 
 from app.api.request_parsing import database
+from app.db import Database
 from app.errors import error_response
-from app.migrate import current_revision, head_revision
+from app.migrate import head_revision
 
 READY_TIMEOUT_S: Final = 5
 
@@ -31,18 +32,25 @@ def _head() -> str:
     return head_revision()
 
 
-def _schema_revisions(database_url: str) -> tuple[str | None, str]:
-    """(current revision of the database, head revision of the code)."""
-    with psycopg.connect(database_url, connect_timeout=READY_TIMEOUT_S, autocommit=True) as conn:
-        return current_revision(conn), _head()
+async def _schema_revision(db: Database) -> str | None:
+    """The database's migration revision, read through the request pool: ready
+    means that requests would be served now, not that a fresh connection
+    could be opened (after an outage the pool reconnects on its own schedule)."""
+    async with db.pool.connection(timeout=READY_TIMEOUT_S) as conn:
+        cursor = await conn.execute("SELECT pg_catalog.to_regclass('public.alembic_version') IS NOT NULL")
+        exists = await cursor.fetchone()
+        if exists is None or not exists[0]:
+            return None
+        cursor = await conn.execute("SELECT version_num FROM public.alembic_version")
+        row = await cursor.fetchone()
+    return None if row is None else str(row[0])
 
 
 @get("/ready")
 async def ready(request: Request[Any, Any, Any]) -> Response[bytes]:
-    url = database(request).database_url
+    head = _head()
     try:
-        current, head = await asyncio.wait_for(
-            asyncio.to_thread(_schema_revisions, url), timeout=READY_TIMEOUT_S + 1)
+        current = await asyncio.wait_for(_schema_revision(database(request)), timeout=READY_TIMEOUT_S + 1)
     except (psycopg.Error, TimeoutError, OSError) as exc:
         return error_response(
             request, 503, "INTERNAL_ERROR", f"the database does not answer: {type(exc).__name__}")
