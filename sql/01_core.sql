@@ -306,8 +306,10 @@ END;
 $$;
 
 -- cycles._append_ledger_rows: the one place that appends to the ledger.
--- p_rows (from cycles._ledger_row) are the rows of one operation, one per
--- budget. Callers have already applied the same deltas to the budget rows,
+-- p_rows (from cycles._ledger_row) are appended in their order: the rows of
+-- one operation (one per budget), or of several (the expiry sweeper's batch,
+-- where a budget may come back: its head is then the row before it in the
+-- batch). Callers have already applied the same deltas to the budget rows,
 -- which they hold locked FOR UPDATE (or inserted, for CREATE) in this
 -- transaction: every writer of a budget's rows is serialised by that lock,
 -- so the previous row read here is the chain's last and stays so until
@@ -340,17 +342,30 @@ DECLARE
     v_row   cycles.ledger_entries;
     v_prev  record;
     v_out   cycles.ledger_entries[];
+    v_seen  bigint[] := '{}';
     v_group text;
     v_last  text := current_setting('cycles.ledger_operation', true);
     v_now   timestamptz;
 BEGIN
     FOREACH v_row IN ARRAY p_rows LOOP
-        SELECT l.created_at, l.allocated_after, l.spent_after, l.reserved_after, l.debt_after, l.entry_hash
-        INTO v_prev
-        FROM cycles.ledger_entries AS l
-        WHERE l.budget_id = v_row.budget_id
-        ORDER BY l.created_at DESC
-        LIMIT 1;
+        IF v_row.budget_id = ANY (v_seen) THEN
+            FOR i IN REVERSE cardinality(v_out) .. 1 LOOP
+                IF v_out[i].budget_id = v_row.budget_id THEN
+                    SELECT v_out[i].created_at, v_out[i].allocated_after, v_out[i].spent_after,
+                           v_out[i].reserved_after, v_out[i].debt_after, v_out[i].entry_hash
+                    INTO v_prev;
+                    EXIT;
+                END IF;
+            END LOOP;
+        ELSE
+            SELECT l.created_at, l.allocated_after, l.spent_after, l.reserved_after, l.debt_after, l.entry_hash
+            INTO v_prev
+            FROM cycles.ledger_entries AS l
+            WHERE l.budget_id = v_row.budget_id
+            ORDER BY l.created_at DESC
+            LIMIT 1;
+            v_seen := v_seen || v_row.budget_id;
+        END IF;
         v_group := v_row.operation || ':' || coalesce(v_row.reservation_id, v_row.event_id);
         v_row.operation_lead := v_group IS NULL OR v_group IS DISTINCT FROM v_last;
         v_last := coalesce(v_group, v_last);

@@ -70,19 +70,20 @@ BEGIN
         ) AS held
         WHERE b.scope = held.scope AND b.unit = held.unit AND held.amount <> 0;
 
-        PERFORM cycles._append_ledger(
-            b.budget_id, b.tenant_id, b.scope, b.unit, 'EXPIRE', v_actor,
-            p_reserved_delta => -r.estimate,
-            p_reservation_id => r.reservation_id,
-            p_action => r.action,
-            p_subject => r.subject,
-            p_idempotency_key => r.idempotency_key,
-            p_reason => 'expired')
-        FROM cycles.reservations AS r
-        CROSS JOIN LATERAL unnest(r.budgeted_scopes) AS s(scope)
-        JOIN cycles.budgets AS b ON b.scope = s.scope AND b.unit = r.unit
-        WHERE r.reservation_id = ANY (v_ids) AND r.estimate <> 0
-        ORDER BY r.reservation_id, b.scope COLLATE "C";
+        PERFORM cycles._append_ledger_rows(ARRAY(
+            SELECT cycles._ledger_row(
+                b.budget_id, b.tenant_id, b.scope, b.unit, 'EXPIRE', v_actor,
+                p_reserved_delta => -r.estimate,
+                p_reservation_id => r.reservation_id,
+                p_action => r.action,
+                p_subject => r.subject,
+                p_idempotency_key => r.idempotency_key,
+                p_reason => 'expired')
+            FROM cycles.reservations AS r
+            CROSS JOIN LATERAL unnest(r.budgeted_scopes) AS s(scope)
+            JOIN cycles.budgets AS b ON b.scope = s.scope AND b.unit = r.unit
+            WHERE r.reservation_id = ANY (v_ids) AND r.estimate <> 0
+            ORDER BY r.reservation_id, b.scope COLLATE "C"));
 
         UPDATE cycles.reservations AS r SET status = 'EXPIRED'
         WHERE r.reservation_id = ANY (v_ids);

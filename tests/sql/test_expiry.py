@@ -116,3 +116,31 @@ def test_sweep_deletes_stale_idempotency_records(db: psycopg.Connection) -> None
 def test_invalid_batch_size(db: psycopg.Connection) -> None:
     with raises("INVALID_REQUEST"):
         sweep(db, 0)
+
+
+def test_one_sweep_of_many_reservations_on_the_same_budgets_extends_each_chain_in_order(
+        db: psycopg.Connection) -> None:
+    # A batch writes several EXPIRE rows for the same budget in one call of
+    # the ledger writer: each must chain to the row before it in the batch.
+    fx = standard_fixture(db)
+    ids = [call(db, "reserve", fx.ka, reserve_request(10 + n, ttl_ms=1000, grace_period_ms=0))["reservation_id"]
+           for n in range(5)]
+    for rid in ids:
+        age_reservation(db, rid, 2500)
+    assert sweep(db) == 5
+    assert db.execute("SELECT count(*) FROM cycles.verify_ledger_chain()").fetchone() == (0,)
+    rows = db.execute("""
+        SELECT reservation_id, reserved_delta, reserved_after, operation_lead FROM cycles.ledger_entries
+        WHERE operation = 'EXPIRE' AND scope = %s ORDER BY created_at""", (W1,)).fetchall()
+    # The batch goes in reservation id order; the running balance follows it.
+    amounts = {rid: 10 + n for n, rid in enumerate(ids)}
+    expected, after = [], sum(amounts.values())
+    for rid in sorted(ids):
+        after -= amounts[rid]
+        expected.append((rid, -amounts[rid], after, False))
+    assert rows == expected
+    leads = db.execute("SELECT reservation_id FROM cycles.ledger_entries WHERE operation = 'EXPIRE'"
+                       " AND operation_lead ORDER BY reservation_id").fetchall()
+    assert leads == [(rid,) for rid in sorted(ids)]
+    assert budget(db, W1)["reserved"] == 0
+    assert_ledger_consistent(db)
