@@ -386,7 +386,8 @@ def populate_scale(stack: Stack) -> str:
                    sha256(convert_to(r.reservation_id, 'UTF8'))
             FROM cycles.reservations AS r
             JOIN cycles.budgets AS b ON b.scope = r.scope_path AND b.unit = r.unit
-            WHERE r.tenant_id = 'scale'""")
+            WHERE r.tenant_id = 'scale'
+            ORDER BY r.finalized_at_ms""")  # in time order, as a live ledger is written
         conn.execute("VACUUM ANALYZE cycles.reservations")
         conn.execute("VACUUM ANALYZE cycles.budgets")
         conn.execute("VACUUM ANALYZE cycles.ledger_entries")
