@@ -1,0 +1,465 @@
+"""The dashboard's routes: login/logout, Overview, Budgets, Reservations.
+
+Every page needs a session (otherwise: a redirect to the login page, and
+nothing is read or done). Every POST needs the session's CSRF token (403
+otherwise, nothing done). Dangerous actions (freeze, unfreeze,
+force-release) first answer with a confirmation page; only its form, which
+carries confirmed=yes, performs the action. After an action the browser is
+redirected (303) back to the page it came from, with the outcome in the
+query string (never anything secret).
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import secrets
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Final
+from urllib.parse import urlencode
+
+import msgspec
+from litestar import Request, Response, Router, get, post
+from litestar.contrib.jinja import JinjaTemplateEngine
+from litestar.datastructures import Cookie, ResponseHeader
+from litestar.response import Redirect, Template
+from litestar.static_files import create_static_files_router
+from litestar.template.config import TemplateConfig
+
+from app.api import reservations as runtime_reservations
+from app.api.admin import budgets as admin_budgets
+from app.api.admin.auth import admin_context, context_text
+from app.api.admin.calls import RECORD_FAILURE_SQL
+from app.api.request_parsing import database
+from app.dashboard.calls import DashboardError, admin_call, as_dashboard_error, runtime_call
+from app.dashboard.sessions import (
+    COOKIE_NAME,
+    COOKIE_PATH,
+    LOGIN_COOKIE_NAME,
+    SESSION_TTL_SECONDS,
+    Session,
+    cookie_token,
+    load_session,
+    new_token,
+    seal,
+    token_hash,
+    tokens_equal,
+)
+
+logger = logging.getLogger("cycles.dashboard")
+
+HERE: Final = Path(__file__).resolve().parent
+PAGE_SIZE: Final = 50
+MAX_FIELD_LENGTH: Final = 1024
+
+OPEN_SQL: Final = (
+    "SELECT cycles.dashboard_open_session(p_session_hash => %(hash)s, p_sealed_key => %(sealed)s,"
+    " p_csrf_token => %(csrf)s, p_ttl_seconds => %(ttl)s, p_ctx => %(ctx)s::jsonb)::text")
+CLOSE_SQL: Final = (
+    "SELECT cycles.dashboard_close_session(p_session_hash => %(hash)s, p_ctx => %(ctx)s::jsonb)::text")
+OVERVIEW_SQL: Final = "SELECT cycles.dashboard_overview(p_ctx => %(ctx)s::jsonb)::text"
+TENANTS_SQL: Final = (
+    "SELECT cycles.list_tenants(p_status => NULL, p_parent_tenant_id => NULL, p_search => NULL,"
+    " p_limit => 100, p_cursor => NULL, p_ctx => %(ctx)s::jsonb)::text")
+
+FUND_OPERATIONS: Final = ("CREDIT", "DEBIT", "RESET", "RESET_SPENT", "REPAY_DEBT")
+BUDGET_STATUSES: Final = ("ACTIVE", "FROZEN", "CLOSED")
+RESERVATION_STATUSES: Final = ("ACTIVE", "COMMITTED", "RELEASED", "EXPIRED")
+
+# No script at all, no inline style, nothing from another origin; forms post
+# only here; no framing.
+CONTENT_SECURITY_POLICY: Final = (
+    "default-src 'none'; script-src 'none'; style-src 'self'; img-src 'self'; form-action 'self';"
+    " frame-ancestors 'none'; base-uri 'none'")
+SECURITY_HEADERS: Final = [
+    ResponseHeader(name="Content-Security-Policy", value=CONTENT_SECURITY_POLICY),
+    ResponseHeader(name="X-Content-Type-Options", value="nosniff"),
+    ResponseHeader(name="X-Frame-Options", value="DENY"),
+    ResponseHeader(name="Referrer-Policy", value="no-referrer"),
+    ResponseHeader(name="Cache-Control", value="no-store"),
+]
+
+
+
+def _ms_time(value: object) -> str:
+    """Epoch milliseconds as a UTC date-time (reservation times are epoch ms)."""
+    if not isinstance(value, int) or isinstance(value, bool):
+        return ""
+    return datetime.fromtimestamp(value / 1000, tz=UTC).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _add_filters(engine: JinjaTemplateEngine) -> None:
+    engine.engine.filters["ms_time"] = _ms_time
+
+
+TEMPLATE_CONFIG: Final = TemplateConfig(
+    directory=HERE / "templates", engine=JinjaTemplateEngine, engine_callback=_add_filters)
+
+
+# Requests ------------------------------------------------------------------
+
+def _login_redirect() -> Redirect:
+    return Redirect(path="/dashboard/login", status_code=303)
+
+
+def _page(name: str, request: Request[Any, Any, Any], session: Session | None, **context: Any) -> Template:
+    return Template(template_name=name, context={
+        "session": session, "path": request.url.path, "notice": request.query_params.get("notice"),
+        "error": request.query_params.get("error"), **context})
+
+
+def _refusal(request: Request[Any, Any, Any], status: int, message: str) -> Template:
+    response = _page("refused.html", request, None, message=message)
+    response.status_code = status
+    return response
+
+
+def _text(form: Mapping[str, Any], name: str) -> str | None:
+    value = form.get(name)
+    if not isinstance(value, str):
+        return None
+    value = value.strip()
+    if not value or len(value) > MAX_FIELD_LENGTH or "\x00" in value:
+        return None
+    return value
+
+
+def _query(request: Request[Any, Any, Any], name: str, allowed: tuple[str, ...] | None = None) -> str | None:
+    value: str | None = request.query_params.get(name)
+    if not value or len(value) > MAX_FIELD_LENGTH or "\x00" in value:
+        return None
+    if allowed is not None and value not in allowed:
+        return None
+    return value
+
+
+def _integer(form: Mapping[str, Any], name: str) -> int | None:
+    raw = _text(form, name)
+    if raw is None or not raw.lstrip("-").isdigit():
+        return None
+    value = int(raw)
+    return value if -(2**63) <= value < 2**63 else None
+
+
+async def _checked_form(request: Request[Any, Any, Any]) -> tuple[Session | None, dict[str, Any], Response[Any] | None]:
+    """The session and form of a POST, or the response refusing it: no
+    session -> login page; a missing or wrong CSRF token -> 403."""
+    session = await load_session(request)
+    if session is None:
+        return None, {}, _login_redirect()
+    form = dict(await request.form())
+    if not tokens_equal(_text(form, "csrf_token"), session.csrf_token):
+        return None, {}, _refusal(request, 403, "The form's CSRF token is missing or wrong; nothing was done.")
+    return session, form, None
+
+
+def _back(path: str, query: Mapping[str, str | None], **outcome: str) -> Redirect:
+    kept = {name: value for name, value in query.items() if value}
+    kept.update(outcome)
+    return Redirect(path=f"{path}?{urlencode(kept)}" if kept else path, status_code=303)
+
+
+def _confirm(
+    request: Request[Any, Any, Any], session: Session, action: str, question: str, form: Mapping[str, Any],
+) -> Template:
+    hidden = {name: value for name, value in form.items()
+              if isinstance(value, str) and name not in {"csrf_token", "confirmed"}}
+    return _page("confirm.html", request, session, action=action, question=question, hidden=hidden)
+
+
+# Login and logout -----------------------------------------------------------
+
+@get("/login")
+async def login_page(request: Request[Any, Any, Any]) -> Response[Any]:
+    if await load_session(request) is not None:
+        return Redirect(path="/dashboard", status_code=303)
+    # Login CSRF: the form's token must equal a SameSite=Strict cookie set
+    # here, which a cross-site form post does not carry.
+    login_token = new_token()
+    response = _page("login.html", request, None, login_token=login_token)
+    response.cookies.append(_cookie(request, LOGIN_COOKIE_NAME, login_token, max_age=1800))
+    return response
+
+
+def _cookie(request: Request[Any, Any, Any], name: str, value: str, *, max_age: int) -> Cookie:
+    return Cookie(key=name, value=value, path=COOKIE_PATH, httponly=True, samesite="strict",
+                  secure=request.url.scheme == "https", max_age=max_age)
+
+
+@post("/login", status_code=303)
+async def login(request: Request[Any, Any, Any]) -> Response[Any]:
+    form = dict(await request.form())
+    if not tokens_equal(_text(form, "login_token"), request.cookies.get(LOGIN_COOKIE_NAME)):
+        return _refusal(request, 403, "The login form expired or did not come from this site; reload it.")
+    key = _text(form, "api_key")
+    if key is None:
+        return _login_failed(request, "Enter the admin key or a tenant API key.")
+    expected: str | None = request.app.state.admin_api_key
+    is_admin = expected is not None and hmac.compare_digest(key.encode(), expected.encode())
+    token, csrf = new_token(), secrets.token_urlsafe(32)
+    if is_admin:
+        context = admin_context(request, None)
+        sealed = None
+    else:
+        # A tenant key is authenticated by SQL, as for an admin call with
+        # X-Cycles-API-Key (its secret travels in p_ctx and is stripped there).
+        context = admin_context(request, None)
+        context.update({"actor_type": "api_key", "api_key": key})
+        sealed = seal(token, key)
+    try:
+        await database(request).fetch_json(OPEN_SQL, {
+            "hash": token_hash(token), "sealed": sealed, "csrf": csrf, "ttl": SESSION_TTL_SECONDS,
+            "ctx": context_text(context)})
+    except Exception as exc:
+        failure = as_dashboard_error(exc)
+        await _audit_login_failure(request, failure)
+        if failure.error in {"INSUFFICIENT_PERMISSIONS"}:
+            return _login_failed(request, "This key lacks admin:read, which the dashboard needs.")
+        if failure.status >= 500:
+            return _login_failed(request, "The server could not open a session; try again.", status=503)
+        return _login_failed(request, "Unknown, revoked or expired key, or its tenant is not active.")
+    response = Redirect(path="/dashboard", status_code=303)
+    response.cookies.append(_cookie(request, COOKIE_NAME, token, max_age=SESSION_TTL_SECONDS))
+    response.cookies.append(_cookie(request, LOGIN_COOKIE_NAME, "", max_age=0))
+    return response
+
+
+async def _audit_login_failure(request: Request[Any, Any, Any], failure: DashboardError) -> None:
+    context = admin_context(request, None)
+    try:
+        await database(request).fetch_json(RECORD_FAILURE_SQL, {
+            "ctx": context_text(context), "operation": "dashboardLogin", "status": failure.status,
+            "error": failure.error, "message": failure.message, "resource_type": "dashboard_session",
+            "resource_id": None, "tenant_id": None})
+    except Exception:  # the answer to the user matters more than the audit row
+        logger.exception("could not audit a failed dashboard login")
+
+
+def _login_failed(request: Request[Any, Any, Any], message: str, status: int = 401) -> Template:
+    login_token = new_token()
+    response = _page("login.html", request, None, login_token=login_token, login_error=message)
+    response.status_code = status
+    response.cookies.append(_cookie(request, LOGIN_COOKIE_NAME, login_token, max_age=1800))
+    return response
+
+
+@post("/logout", status_code=303)
+async def logout(request: Request[Any, Any, Any]) -> Response[Any]:
+    session, _, refusal = await _checked_form(request)
+    if refusal is not None or session is None:
+        return refusal or _login_redirect()
+    token = cookie_token(request)
+    context = admin_context(request, None)
+    await database(request).fetch_json(CLOSE_SQL, {"hash": token_hash(token or ""), "ctx": context_text(context)})
+    response = _login_redirect()
+    response.cookies.append(_cookie(request, COOKIE_NAME, "", max_age=0))
+    return response
+
+
+# Overview ---------------------------------------------------------------------
+
+@get("/")
+async def overview(request: Request[Any, Any, Any]) -> Response[Any]:
+    session = await load_session(request)
+    if session is None:
+        return _login_redirect()
+    error = None
+    figures: Any = None
+    tenants: list[Any] = []
+    try:
+        figures = await admin_call(request, session, "dashboardOverview", None, OVERVIEW_SQL, {})
+        if session.is_admin:
+            tenants = (await admin_call(request, session, "listTenants", "tenant", TENANTS_SQL, {}))["tenants"]
+    except DashboardError as exc:
+        error = exc.message
+    return _page("overview.html", request, session, figures=figures, tenants=tenants, load_error=error)
+
+
+# Budgets ----------------------------------------------------------------------
+
+@get("/budgets")
+async def budgets_page(request: Request[Any, Any, Any]) -> Response[Any]:
+    session = await load_session(request)
+    if session is None:
+        return _login_redirect()
+    filters = {
+        "tenant_id": _query(request, "tenant_id") if session.is_admin else None,
+        "scope_prefix": _query(request, "scope_prefix"),
+        "status": _query(request, "status", BUDGET_STATUSES),
+        "attention": _query(request, "attention", ("over_limit", "has_debt")),
+    }
+    cursor = _query(request, "cursor")
+    page: Any = {"ledgers": []}
+    error = None
+    try:
+        page = await admin_call(request, session, "listBudgets", "budget", admin_budgets.LIST_SQL, {
+            "tenant_id": filters["tenant_id"], "scope_prefix": filters["scope_prefix"], "unit": None,
+            "status": filters["status"], "limit": PAGE_SIZE, "cursor": cursor,
+            "over_limit": True if filters["attention"] == "over_limit" else None,
+            "has_debt": True if filters["attention"] == "has_debt" else None,
+            "utilization_min": None, "utilization_max": None, "search": None,
+        }, on_behalf_of=True, tenant_id=filters["tenant_id"])
+    except DashboardError as exc:
+        error = exc.message
+    rows = [_budget_row(budget) for budget in page.get("ledgers", [])]
+    next_query = urlencode({**{k: v for k, v in filters.items() if v}, "cursor": page.get("next_cursor", "")})
+    return _page("budgets.html", request, session, rows=rows, filters=filters, load_error=error,
+                 next_query=next_query if page.get("has_more") else None, first_page=cursor is not None,
+                 operations=FUND_OPERATIONS, statuses=BUDGET_STATUSES)
+
+
+def _amount(budget: Mapping[str, Any], name: str) -> int:
+    value = budget.get(name) or {}
+    amount = value.get("amount", 0)
+    return amount if isinstance(amount, int) else 0
+
+
+def _budget_row(budget: Mapping[str, Any]) -> dict[str, Any]:
+    """A budget with the figures its bars need: used = spent + reserved out of
+    allocated; debt out of the overdraft limit."""
+    allocated, spent, reserved = _amount(budget, "allocated"), _amount(budget, "spent"), _amount(budget, "reserved")
+    debt, overdraft = _amount(budget, "debt"), _amount(budget, "overdraft_limit")
+    used = spent + reserved
+    return {
+        **budget, "allocated_amount": allocated, "spent_amount": spent, "reserved_amount": reserved,
+        "remaining_amount": _amount(budget, "remaining"), "debt_amount": debt, "overdraft_amount": overdraft,
+        "used_amount": used, "bar_max": max(allocated, used, 1),
+        "utilisation": round(100 * used / allocated, 1) if allocated > 0 else (100.0 if used else 0.0),
+        "debt_max": max(overdraft, debt, 1), "idempotency_key": "dash_" + secrets.token_hex(12),
+    }
+
+
+def _budget_target(form: Mapping[str, Any]) -> tuple[str | None, str | None, str | None]:
+    scope, unit = _text(form, "scope"), _text(form, "unit")
+    return scope, unit if unit in admin_budgets.UNITS else None, _text(form, "tenant_id")
+
+
+def _budgets_back(form: Mapping[str, Any], **outcome: str) -> Redirect:
+    return _back("/dashboard/budgets", {
+        "tenant_id": _text(form, "back_tenant_id"), "scope_prefix": _text(form, "back_scope_prefix"),
+        "status": _text(form, "back_status"), "attention": _text(form, "back_attention")}, **outcome)
+
+
+@post("/budgets/fund", status_code=303)
+async def fund_budget(request: Request[Any, Any, Any]) -> Response[Any]:
+    session, form, refusal = await _checked_form(request)
+    if refusal is not None or session is None:
+        return refusal or _login_redirect()
+    scope, unit, tenant_id = _budget_target(form)
+    operation = _text(form, "operation")
+    amount, spent = _integer(form, "amount"), _integer(form, "spent")
+    key = _text(form, "idempotency_key")
+    if scope is None or unit is None or operation not in FUND_OPERATIONS or amount is None or key is None:
+        return _budgets_back(form, error="Funding needs a budget, an operation and a whole amount.")
+    try:
+        result = await admin_call(request, session, "fundBudget", "budget", admin_budgets.FUND_SQL, {
+            "scope": scope, "unit": unit, "operation": operation, "amount": amount, "key": key,
+            "spent": spent, "reason": _text(form, "reason"),
+            "tenant_id": tenant_id if session.is_admin else None,
+        }, on_behalf_of=True, tenant_id=tenant_id if session.is_admin else None, resource_id=f"{scope} {unit}")
+    except DashboardError as exc:
+        return _budgets_back(form, error=f"{operation} on {scope} ({unit}) refused: {exc.error}: {exc.message}")
+    new_allocated = (result.get("new_allocated") or result.get("allocated") or {}).get("amount")
+    detail = f" (allocated now {new_allocated})" if isinstance(new_allocated, int) else ""
+    return _budgets_back(form, notice=f"{operation} {amount} {unit} on {scope}: done{detail}.")
+
+
+async def _transition(request: Request[Any, Any, Any], operation: str, sql: str, verb: str) -> Response[Any]:
+    session, form, refusal = await _checked_form(request)
+    if refusal is not None or session is None:
+        return refusal or _login_redirect()
+    scope, unit, _ = _budget_target(form)
+    if scope is None or unit is None:
+        return _budgets_back(form, error=f"{verb.capitalize()} needs a budget.")
+    if form.get("confirmed") != "yes":
+        return _confirm(request, session, request.url.path, f"{verb.capitalize()} the budget {scope} ({unit})?", form)
+    try:
+        await admin_call(request, session, operation, "budget", sql, {
+            "scope": scope, "unit": unit, "reason": _text(form, "reason")}, resource_id=f"{scope} {unit}")
+    except DashboardError as exc:
+        return _budgets_back(form, error=f"{verb.capitalize()} {scope} ({unit}) refused: {exc.error}: {exc.message}")
+    return _budgets_back(form, notice=f"{scope} ({unit}): {verb} done.")
+
+
+@post("/budgets/freeze", status_code=303)
+async def freeze_budget(request: Request[Any, Any, Any]) -> Response[Any]:
+    return await _transition(request, "freezeBudget", admin_budgets.FREEZE_SQL, "freeze")
+
+
+@post("/budgets/unfreeze", status_code=303)
+async def unfreeze_budget(request: Request[Any, Any, Any]) -> Response[Any]:
+    return await _transition(request, "unfreezeBudget", admin_budgets.UNFREEZE_SQL, "unfreeze")
+
+
+# Reservations -------------------------------------------------------------------
+
+@get("/reservations")
+async def reservations_page(request: Request[Any, Any, Any]) -> Response[Any]:
+    session = await load_session(request)
+    if session is None:
+        return _login_redirect()
+    tenant = _query(request, "tenant") if session.is_admin else session.tenant_id
+    status = _query(request, "status", RESERVATION_STATUSES)
+    cursor = _query(request, "cursor")
+    page: Any = {"reservations": []}
+    error = None
+    tenants: list[Any] = []
+    try:
+        if session.is_admin:
+            tenants = (await admin_call(request, session, "listTenants", "tenant", TENANTS_SQL, {}))["tenants"]
+            if tenant is None and tenants:
+                tenant = tenants[0]["tenant_id"]
+        if tenant is not None:
+            query = {name: value for name, value in
+                     {"tenant": tenant, "status": status, "cursor": cursor, "limit": PAGE_SIZE}.items()
+                     if value is not None}
+            page = await runtime_call(request, session, "listReservations", runtime_reservations.LIST_SQL, {
+                "query": _json(query)})
+    except DashboardError as exc:
+        error = exc.message
+    filters = {"tenant": tenant if session.is_admin else None, "status": status}
+    next_query = urlencode({**{k: v for k, v in filters.items() if v}, "cursor": page.get("next_cursor", "")})
+    return _page("reservations.html", request, session, rows=page.get("reservations", []), filters=filters,
+                 tenants=tenants, statuses=RESERVATION_STATUSES, load_error=error,
+                 next_query=next_query if page.get("has_more") else None, first_page=cursor is not None)
+
+
+def _json(value: Any) -> str:
+    return msgspec.json.encode(value).decode()
+
+
+@post("/reservations/release", status_code=303)
+async def force_release(request: Request[Any, Any, Any]) -> Response[Any]:
+    session, form, refusal = await _checked_form(request)
+    if refusal is not None or session is None:
+        return refusal or _login_redirect()
+    reservation_id = _text(form, "reservation_id")
+    back = {"tenant": _text(form, "back_tenant"), "status": _text(form, "back_status")}
+    if reservation_id is None or len(reservation_id) > 128:
+        return _back("/dashboard/reservations", back, error="Force-release needs a reservation id.")
+    if form.get("confirmed") != "yes":
+        return _confirm(request, session, request.url.path,
+                        f"Force-release the reservation {reservation_id}? Its hold goes back to the budgets.", form)
+    body = {"idempotency_key": _text(form, "idempotency_key") or "dash_" + secrets.token_hex(12),
+            "reason": "force-released from the dashboard"}
+    try:
+        await runtime_call(request, session, "releaseReservation", runtime_reservations.RELEASE_SQL, {
+            "id": reservation_id, "request": _json(body)})
+    except DashboardError as exc:
+        return _back("/dashboard/reservations", back,
+                     error=f"Force-release of {reservation_id} refused: {exc.error}: {exc.message}")
+    return _back("/dashboard/reservations", back, notice=f"Reservation {reservation_id} released.")
+
+
+ROUTER: Final = Router(
+    path="/dashboard",
+    route_handlers=[
+        login_page, login, logout, overview, budgets_page, fund_budget, freeze_budget, unfreeze_budget,
+        reservations_page, force_release,
+        create_static_files_router(path="/static", directories=[HERE / "static"], name="dashboard_static"),
+    ],
+    response_headers=SECURITY_HEADERS,
+    include_in_schema=False,
+)
