@@ -36,7 +36,7 @@ from app.api.admin import events as admin_events
 from app.api.admin import policies as admin_policies
 from app.api.admin import tenants as admin_tenants
 from app.config import Settings
-from app.dashboard import pages as dashboard
+from app.dashboard import routes as dashboard
 from app.db import Database, Timeouts
 from app.errors import EXCEPTION_HANDLERS
 from app.sweeper import run_sweeper

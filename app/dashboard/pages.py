@@ -1,12 +1,8 @@
-"""The dashboard's routes: login/logout, Overview, Budgets, Reservations.
+"""The dashboard's pages: login/logout, Overview, Budgets, Reservations.
 
-Every page needs a session (otherwise: a redirect to the login page, and
-nothing is read or done). Every POST needs the session's CSRF token (403
-otherwise, nothing done). Dangerous actions (freeze, unfreeze,
-force-release) first answer with a confirmation page; only its form, which
-carries confirmed=yes, performs the action. After an action the browser is
-redirected (303) back to the page it came from, with the outcome in the
-query string (never anything secret).
+The rules every page follows (session, CSRF, confirmation, redirects) are in
+app.dashboard.web; the calls go through app.dashboard.calls, that is through
+the same cycles.* functions and audit as the REST admin API.
 """
 
 from __future__ import annotations
@@ -15,18 +11,11 @@ import hmac
 import logging
 import secrets
 from collections.abc import Mapping
-from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any, Final
 from urllib.parse import urlencode
 
-import msgspec
-from litestar import Request, Response, Router, get, post
-from litestar.contrib.jinja import JinjaTemplateEngine
-from litestar.datastructures import Cookie, ResponseHeader
+from litestar import Request, Response, get, post
 from litestar.response import Redirect, Template
-from litestar.static_files import create_static_files_router
-from litestar.template.config import TemplateConfig
 
 from app.api import reservations as runtime_reservations
 from app.api.admin import budgets as admin_budgets
@@ -36,10 +25,8 @@ from app.api.request_parsing import database
 from app.dashboard.calls import DashboardError, admin_call, as_dashboard_error, runtime_call
 from app.dashboard.sessions import (
     COOKIE_NAME,
-    COOKIE_PATH,
     LOGIN_COOKIE_NAME,
     SESSION_TTL_SECONDS,
-    Session,
     cookie_token,
     load_session,
     new_token,
@@ -47,13 +34,24 @@ from app.dashboard.sessions import (
     token_hash,
     tokens_equal,
 )
+from app.dashboard.web import (
+    checked_form,
+    confirmation,
+    form_fields,
+    form_integer,
+    form_text,
+    json_text,
+    login_redirect,
+    query_text,
+    redirect_back,
+    refusal_page,
+    render,
+    session_cookie,
+)
 
 logger = logging.getLogger("cycles.dashboard")
 
-HERE: Final = Path(__file__).resolve().parent
 PAGE_SIZE: Final = 50
-MAX_FIELD_LENGTH: Final = 1024
-
 OPEN_SQL: Final = (
     "SELECT cycles.dashboard_open_session(p_session_hash => %(hash)s, p_sealed_key => %(sealed)s,"
     " p_csrf_token => %(csrf)s, p_ttl_seconds => %(ttl)s, p_ctx => %(ctx)s::jsonb)::text")
@@ -68,106 +66,6 @@ FUND_OPERATIONS: Final = ("CREDIT", "DEBIT", "RESET", "RESET_SPENT", "REPAY_DEBT
 BUDGET_STATUSES: Final = ("ACTIVE", "FROZEN", "CLOSED")
 RESERVATION_STATUSES: Final = ("ACTIVE", "COMMITTED", "RELEASED", "EXPIRED")
 
-# No script at all, no inline style, nothing from another origin; forms post
-# only here; no framing.
-CONTENT_SECURITY_POLICY: Final = (
-    "default-src 'none'; script-src 'none'; style-src 'self'; img-src 'self'; form-action 'self';"
-    " frame-ancestors 'none'; base-uri 'none'")
-SECURITY_HEADERS: Final = [
-    ResponseHeader(name="Content-Security-Policy", value=CONTENT_SECURITY_POLICY),
-    ResponseHeader(name="X-Content-Type-Options", value="nosniff"),
-    ResponseHeader(name="X-Frame-Options", value="DENY"),
-    ResponseHeader(name="Referrer-Policy", value="no-referrer"),
-    ResponseHeader(name="Cache-Control", value="no-store"),
-]
-
-
-
-def _ms_time(value: object) -> str:
-    """Epoch milliseconds as a UTC date-time (reservation times are epoch ms)."""
-    if not isinstance(value, int) or isinstance(value, bool):
-        return ""
-    return datetime.fromtimestamp(value / 1000, tz=UTC).strftime("%Y-%m-%d %H:%M:%S")
-
-
-def _add_filters(engine: JinjaTemplateEngine) -> None:
-    engine.engine.filters["ms_time"] = _ms_time
-
-
-TEMPLATE_CONFIG: Final = TemplateConfig(
-    directory=HERE / "templates", engine=JinjaTemplateEngine, engine_callback=_add_filters)
-
-
-# Requests ------------------------------------------------------------------
-
-def _login_redirect() -> Redirect:
-    return Redirect(path="/dashboard/login", status_code=303)
-
-
-def _page(name: str, request: Request[Any, Any, Any], session: Session | None, **context: Any) -> Template:
-    return Template(template_name=name, context={
-        "session": session, "path": request.url.path, "notice": request.query_params.get("notice"),
-        "error": request.query_params.get("error"), **context})
-
-
-def _refusal(request: Request[Any, Any, Any], status: int, message: str) -> Template:
-    response = _page("refused.html", request, None, message=message)
-    response.status_code = status
-    return response
-
-
-def _text(form: Mapping[str, Any], name: str) -> str | None:
-    value = form.get(name)
-    if not isinstance(value, str):
-        return None
-    value = value.strip()
-    if not value or len(value) > MAX_FIELD_LENGTH or "\x00" in value:
-        return None
-    return value
-
-
-def _query(request: Request[Any, Any, Any], name: str, allowed: tuple[str, ...] | None = None) -> str | None:
-    value: str | None = request.query_params.get(name)
-    if not value or len(value) > MAX_FIELD_LENGTH or "\x00" in value:
-        return None
-    if allowed is not None and value not in allowed:
-        return None
-    return value
-
-
-def _integer(form: Mapping[str, Any], name: str) -> int | None:
-    raw = _text(form, name)
-    if raw is None or not raw.lstrip("-").isdigit():
-        return None
-    value = int(raw)
-    return value if -(2**63) <= value < 2**63 else None
-
-
-async def _checked_form(request: Request[Any, Any, Any]) -> tuple[Session | None, dict[str, Any], Response[Any] | None]:
-    """The session and form of a POST, or the response refusing it: no
-    session -> login page; a missing or wrong CSRF token -> 403."""
-    session = await load_session(request)
-    if session is None:
-        return None, {}, _login_redirect()
-    form = dict(await request.form())
-    if not tokens_equal(_text(form, "csrf_token"), session.csrf_token):
-        return None, {}, _refusal(request, 403, "The form's CSRF token is missing or wrong; nothing was done.")
-    return session, form, None
-
-
-def _back(path: str, query: Mapping[str, str | None], **outcome: str) -> Redirect:
-    kept = {name: value for name, value in query.items() if value}
-    kept.update(outcome)
-    return Redirect(path=f"{path}?{urlencode(kept)}" if kept else path, status_code=303)
-
-
-def _confirm(
-    request: Request[Any, Any, Any], session: Session, action: str, question: str, form: Mapping[str, Any],
-) -> Template:
-    hidden = {name: value for name, value in form.items()
-              if isinstance(value, str) and name not in {"csrf_token", "confirmed"}}
-    return _page("confirm.html", request, session, action=action, question=question, hidden=hidden)
-
 
 # Login and logout -----------------------------------------------------------
 
@@ -178,22 +76,19 @@ async def login_page(request: Request[Any, Any, Any]) -> Response[Any]:
     # Login CSRF: the form's token must equal a SameSite=Strict cookie set
     # here, which a cross-site form post does not carry.
     login_token = new_token()
-    response = _page("login.html", request, None, login_token=login_token)
-    response.cookies.append(_cookie(request, LOGIN_COOKIE_NAME, login_token, max_age=1800))
+    response = render("login.html", request, None, login_token=login_token)
+    response.cookies.append(session_cookie(request, LOGIN_COOKIE_NAME, login_token, max_age=1800))
     return response
 
 
-def _cookie(request: Request[Any, Any, Any], name: str, value: str, *, max_age: int) -> Cookie:
-    return Cookie(key=name, value=value, path=COOKIE_PATH, httponly=True, samesite="strict",
-                  secure=request.url.scheme == "https", max_age=max_age)
 
 
 @post("/login", status_code=303)
 async def login(request: Request[Any, Any, Any]) -> Response[Any]:
-    form = dict(await request.form())
-    if not tokens_equal(_text(form, "login_token"), request.cookies.get(LOGIN_COOKIE_NAME)):
-        return _refusal(request, 403, "The login form expired or did not come from this site; reload it.")
-    key = _text(form, "api_key")
+    form = form_fields(await request.form())
+    if not tokens_equal(form_text(form, "login_token"), request.cookies.get(LOGIN_COOKIE_NAME)):
+        return refusal_page(request, 403, "The login form expired or did not come from this site; reload it.")
+    key = form_text(form, "api_key")
     if key is None:
         return _login_failed(request, "Enter the admin key or a tenant API key.")
     expected: str | None = request.app.state.admin_api_key
@@ -221,8 +116,8 @@ async def login(request: Request[Any, Any, Any]) -> Response[Any]:
             return _login_failed(request, "The server could not open a session; try again.", status=503)
         return _login_failed(request, "Unknown, revoked or expired key, or its tenant is not active.")
     response = Redirect(path="/dashboard", status_code=303)
-    response.cookies.append(_cookie(request, COOKIE_NAME, token, max_age=SESSION_TTL_SECONDS))
-    response.cookies.append(_cookie(request, LOGIN_COOKIE_NAME, "", max_age=0))
+    response.cookies.append(session_cookie(request, COOKIE_NAME, token, max_age=SESSION_TTL_SECONDS))
+    response.cookies.append(session_cookie(request, LOGIN_COOKIE_NAME, "", max_age=0))
     return response
 
 
@@ -239,22 +134,22 @@ async def _audit_login_failure(request: Request[Any, Any, Any], failure: Dashboa
 
 def _login_failed(request: Request[Any, Any, Any], message: str, status: int = 401) -> Template:
     login_token = new_token()
-    response = _page("login.html", request, None, login_token=login_token, login_error=message)
+    response = render("login.html", request, None, login_token=login_token, login_error=message)
     response.status_code = status
-    response.cookies.append(_cookie(request, LOGIN_COOKIE_NAME, login_token, max_age=1800))
+    response.cookies.append(session_cookie(request, LOGIN_COOKIE_NAME, login_token, max_age=1800))
     return response
 
 
 @post("/logout", status_code=303)
 async def logout(request: Request[Any, Any, Any]) -> Response[Any]:
-    session, _, refusal = await _checked_form(request)
+    session, _, refusal = await checked_form(request)
     if refusal is not None or session is None:
-        return refusal or _login_redirect()
+        return refusal or login_redirect()
     token = cookie_token(request)
     context = admin_context(request, None)
     await database(request).fetch_json(CLOSE_SQL, {"hash": token_hash(token or ""), "ctx": context_text(context)})
-    response = _login_redirect()
-    response.cookies.append(_cookie(request, COOKIE_NAME, "", max_age=0))
+    response = login_redirect()
+    response.cookies.append(session_cookie(request, COOKIE_NAME, "", max_age=0))
     return response
 
 
@@ -264,7 +159,7 @@ async def logout(request: Request[Any, Any, Any]) -> Response[Any]:
 async def overview(request: Request[Any, Any, Any]) -> Response[Any]:
     session = await load_session(request)
     if session is None:
-        return _login_redirect()
+        return login_redirect()
     error = None
     figures: Any = None
     tenants: list[Any] = []
@@ -274,7 +169,7 @@ async def overview(request: Request[Any, Any, Any]) -> Response[Any]:
             tenants = (await admin_call(request, session, "listTenants", "tenant", TENANTS_SQL, {}))["tenants"]
     except DashboardError as exc:
         error = exc.message
-    return _page("overview.html", request, session, figures=figures, tenants=tenants, load_error=error)
+    return render("overview.html", request, session, figures=figures, tenants=tenants, load_error=error)
 
 
 # Budgets ----------------------------------------------------------------------
@@ -283,14 +178,14 @@ async def overview(request: Request[Any, Any, Any]) -> Response[Any]:
 async def budgets_page(request: Request[Any, Any, Any]) -> Response[Any]:
     session = await load_session(request)
     if session is None:
-        return _login_redirect()
+        return login_redirect()
     filters = {
-        "tenant_id": _query(request, "tenant_id") if session.is_admin else None,
-        "scope_prefix": _query(request, "scope_prefix"),
-        "status": _query(request, "status", BUDGET_STATUSES),
-        "attention": _query(request, "attention", ("over_limit", "has_debt")),
+        "tenant_id": query_text(request, "tenant_id") if session.is_admin else None,
+        "scope_prefix": query_text(request, "scope_prefix"),
+        "status": query_text(request, "status", BUDGET_STATUSES),
+        "attention": query_text(request, "attention", ("over_limit", "has_debt")),
     }
-    cursor = _query(request, "cursor")
+    cursor = query_text(request, "cursor")
     page: Any = {"ledgers": []}
     error = None
     try:
@@ -305,7 +200,7 @@ async def budgets_page(request: Request[Any, Any, Any]) -> Response[Any]:
         error = exc.message
     rows = [_budget_row(budget) for budget in page.get("ledgers", [])]
     next_query = urlencode({**{k: v for k, v in filters.items() if v}, "cursor": page.get("next_cursor", "")})
-    return _page("budgets.html", request, session, rows=rows, filters=filters, load_error=error,
+    return render("budgets.html", request, session, rows=rows, filters=filters, load_error=error,
                  next_query=next_query if page.get("has_more") else None, first_page=cursor is not None,
                  operations=FUND_OPERATIONS, statuses=BUDGET_STATUSES)
 
@@ -332,31 +227,31 @@ def _budget_row(budget: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _budget_target(form: Mapping[str, Any]) -> tuple[str | None, str | None, str | None]:
-    scope, unit = _text(form, "scope"), _text(form, "unit")
-    return scope, unit if unit in admin_budgets.UNITS else None, _text(form, "tenant_id")
+    scope, unit = form_text(form, "scope"), form_text(form, "unit")
+    return scope, unit if unit in admin_budgets.UNITS else None, form_text(form, "tenant_id")
 
 
 def _budgets_back(form: Mapping[str, Any], **outcome: str) -> Redirect:
-    return _back("/dashboard/budgets", {
-        "tenant_id": _text(form, "back_tenant_id"), "scope_prefix": _text(form, "back_scope_prefix"),
-        "status": _text(form, "back_status"), "attention": _text(form, "back_attention")}, **outcome)
+    return redirect_back("/dashboard/budgets", {
+        "tenant_id": form_text(form, "back_tenant_id"), "scope_prefix": form_text(form, "back_scope_prefix"),
+        "status": form_text(form, "back_status"), "attention": form_text(form, "back_attention")}, **outcome)
 
 
 @post("/budgets/fund", status_code=303)
 async def fund_budget(request: Request[Any, Any, Any]) -> Response[Any]:
-    session, form, refusal = await _checked_form(request)
+    session, form, refusal = await checked_form(request)
     if refusal is not None or session is None:
-        return refusal or _login_redirect()
+        return refusal or login_redirect()
     scope, unit, tenant_id = _budget_target(form)
-    operation = _text(form, "operation")
-    amount, spent = _integer(form, "amount"), _integer(form, "spent")
-    key = _text(form, "idempotency_key")
+    operation = form_text(form, "operation")
+    amount, spent = form_integer(form, "amount"), form_integer(form, "spent")
+    key = form_text(form, "idempotency_key")
     if scope is None or unit is None or operation not in FUND_OPERATIONS or amount is None or key is None:
         return _budgets_back(form, error="Funding needs a budget, an operation and a whole amount.")
     try:
         result = await admin_call(request, session, "fundBudget", "budget", admin_budgets.FUND_SQL, {
             "scope": scope, "unit": unit, "operation": operation, "amount": amount, "key": key,
-            "spent": spent, "reason": _text(form, "reason"),
+            "spent": spent, "reason": form_text(form, "reason"),
             "tenant_id": tenant_id if session.is_admin else None,
         }, on_behalf_of=True, tenant_id=tenant_id if session.is_admin else None, resource_id=f"{scope} {unit}")
     except DashboardError as exc:
@@ -367,17 +262,17 @@ async def fund_budget(request: Request[Any, Any, Any]) -> Response[Any]:
 
 
 async def _transition(request: Request[Any, Any, Any], operation: str, sql: str, verb: str) -> Response[Any]:
-    session, form, refusal = await _checked_form(request)
+    session, form, refusal = await checked_form(request)
     if refusal is not None or session is None:
-        return refusal or _login_redirect()
+        return refusal or login_redirect()
     scope, unit, _ = _budget_target(form)
     if scope is None or unit is None:
         return _budgets_back(form, error=f"{verb.capitalize()} needs a budget.")
     if form.get("confirmed") != "yes":
-        return _confirm(request, session, request.url.path, f"{verb.capitalize()} the budget {scope} ({unit})?", form)
+        return confirmation(request, session, request.url.path, f"{verb.capitalize()} the budget {scope} ({unit})?", form)
     try:
         await admin_call(request, session, operation, "budget", sql, {
-            "scope": scope, "unit": unit, "reason": _text(form, "reason")}, resource_id=f"{scope} {unit}")
+            "scope": scope, "unit": unit, "reason": form_text(form, "reason")}, resource_id=f"{scope} {unit}")
     except DashboardError as exc:
         return _budgets_back(form, error=f"{verb.capitalize()} {scope} ({unit}) refused: {exc.error}: {exc.message}")
     return _budgets_back(form, notice=f"{scope} ({unit}): {verb} done.")
@@ -399,10 +294,10 @@ async def unfreeze_budget(request: Request[Any, Any, Any]) -> Response[Any]:
 async def reservations_page(request: Request[Any, Any, Any]) -> Response[Any]:
     session = await load_session(request)
     if session is None:
-        return _login_redirect()
-    tenant = _query(request, "tenant") if session.is_admin else session.tenant_id
-    status = _query(request, "status", RESERVATION_STATUSES)
-    cursor = _query(request, "cursor")
+        return login_redirect()
+    tenant = query_text(request, "tenant") if session.is_admin else session.tenant_id
+    status = query_text(request, "status", RESERVATION_STATUSES)
+    cursor = query_text(request, "cursor")
     page: Any = {"reservations": []}
     error = None
     tenants: list[Any] = []
@@ -416,50 +311,42 @@ async def reservations_page(request: Request[Any, Any, Any]) -> Response[Any]:
                      {"tenant": tenant, "status": status, "cursor": cursor, "limit": PAGE_SIZE}.items()
                      if value is not None}
             page = await runtime_call(request, session, "listReservations", runtime_reservations.LIST_SQL, {
-                "query": _json(query)})
+                "query": json_text(query)})
     except DashboardError as exc:
         error = exc.message
     filters = {"tenant": tenant if session.is_admin else None, "status": status}
     next_query = urlencode({**{k: v for k, v in filters.items() if v}, "cursor": page.get("next_cursor", "")})
-    return _page("reservations.html", request, session, rows=page.get("reservations", []), filters=filters,
+    return render("reservations.html", request, session, rows=page.get("reservations", []), filters=filters,
                  tenants=tenants, statuses=RESERVATION_STATUSES, load_error=error,
                  next_query=next_query if page.get("has_more") else None, first_page=cursor is not None)
 
 
-def _json(value: Any) -> str:
-    return msgspec.json.encode(value).decode()
 
 
 @post("/reservations/release", status_code=303)
 async def force_release(request: Request[Any, Any, Any]) -> Response[Any]:
-    session, form, refusal = await _checked_form(request)
+    session, form, refusal = await checked_form(request)
     if refusal is not None or session is None:
-        return refusal or _login_redirect()
-    reservation_id = _text(form, "reservation_id")
-    back = {"tenant": _text(form, "back_tenant"), "status": _text(form, "back_status")}
+        return refusal or login_redirect()
+    reservation_id = form_text(form, "reservation_id")
+    back = {"tenant": form_text(form, "back_tenant"), "status": form_text(form, "back_status")}
     if reservation_id is None or len(reservation_id) > 128:
-        return _back("/dashboard/reservations", back, error="Force-release needs a reservation id.")
+        return redirect_back("/dashboard/reservations", back, error="Force-release needs a reservation id.")
     if form.get("confirmed") != "yes":
-        return _confirm(request, session, request.url.path,
+        return confirmation(request, session, request.url.path,
                         f"Force-release the reservation {reservation_id}? Its hold goes back to the budgets.", form)
-    body = {"idempotency_key": _text(form, "idempotency_key") or "dash_" + secrets.token_hex(12),
+    body = {"idempotency_key": form_text(form, "idempotency_key") or "dash_" + secrets.token_hex(12),
             "reason": "force-released from the dashboard"}
     try:
         await runtime_call(request, session, "releaseReservation", runtime_reservations.RELEASE_SQL, {
-            "id": reservation_id, "request": _json(body)})
+            "id": reservation_id, "request": json_text(body)})
     except DashboardError as exc:
-        return _back("/dashboard/reservations", back,
+        return redirect_back("/dashboard/reservations", back,
                      error=f"Force-release of {reservation_id} refused: {exc.error}: {exc.message}")
-    return _back("/dashboard/reservations", back, notice=f"Reservation {reservation_id} released.")
+    return redirect_back("/dashboard/reservations", back, notice=f"Reservation {reservation_id} released.")
 
 
-ROUTER: Final = Router(
-    path="/dashboard",
-    route_handlers=[
-        login_page, login, logout, overview, budgets_page, fund_budget, freeze_budget, unfreeze_budget,
-        reservations_page, force_release,
-        create_static_files_router(path="/static", directories=[HERE / "static"], name="dashboard_static"),
-    ],
-    response_headers=SECURITY_HEADERS,
-    include_in_schema=False,
-)
+ROUTES: Final = [
+    login_page, login, logout, overview, budgets_page, fund_budget, freeze_budget, unfreeze_budget,
+    reservations_page, force_release,
+]
