@@ -15,9 +15,11 @@ from tests.server import ApiServer
 
 Conn = psycopg.Connection[Any]
 
-PAGES = ["/dashboard/", "/dashboard/budgets", "/dashboard/reservations"]
+PAGES = ["/dashboard/", "/dashboard/budgets", "/dashboard/reservations", "/dashboard/api-keys",
+         "/dashboard/audit", "/dashboard/audit/export.csv"]
 ACTIONS = ["/dashboard/budgets/fund", "/dashboard/budgets/freeze", "/dashboard/budgets/unfreeze",
-           "/dashboard/reservations/release", "/dashboard/logout"]
+           "/dashboard/reservations/release", "/dashboard/api-keys/create", "/dashboard/api-keys/revoke",
+           "/dashboard/logout"]
 
 
 @pytest.fixture
@@ -44,6 +46,9 @@ def test_without_a_session_every_page_and_action_redirects_to_login_and_does_not
 ) -> None:
     tenant = funded_tenant(db_conn)
     reservation_id = _reserve(api, tenant.api_key, reserve_body(tenant))
+    key_row = db_conn.execute("SELECT key_id FROM cycles.api_keys WHERE tenant_id = %s", (tenant.tenant_id,)).fetchone()
+    assert key_row is not None
+    key_id = str(key_row[0])
     for path in PAGES:
         answer = client.get(path)
         assert answer.status_code == 303 and answer.headers["location"] == "/dashboard/login", path
@@ -52,6 +57,8 @@ def test_without_a_session_every_page_and_action_redirects_to_login_and_does_not
                                     "amount": "5", "idempotency_key": "k-nosession", "tenant_id": tenant.tenant_id},
         "/dashboard/budgets/freeze": {"scope": tenant.scope, "unit": "USD_MICROCENTS", "confirmed": "yes"},
         "/dashboard/reservations/release": {"reservation_id": reservation_id, "confirmed": "yes"},
+        "/dashboard/api-keys/create": {"tenant_id": tenant.tenant_id, "name": "no-session"},
+        "/dashboard/api-keys/revoke": {"key_id": key_id, "confirmed": "yes"},
     }
     for path in ACTIONS:
         answer = client.post(path, data={**forms.get(path, {}), "csrf_token": "x" * 43})
@@ -67,6 +74,10 @@ def test_without_a_session_every_page_and_action_redirects_to_login_and_does_not
     status = db_conn.execute(
         "SELECT status FROM cycles.reservations WHERE reservation_id = %s", (reservation_id,)).fetchone()
     assert status == ("ACTIVE",)
+    keys = db_conn.execute(
+        "SELECT count(*), count(*) FILTER (WHERE status = 'ACTIVE') FROM cycles.api_keys WHERE tenant_id = %s",
+        (tenant.tenant_id,)).fetchone()
+    assert keys == (1, 1)
 
 
 def test_actions_need_the_sessions_csrf_token(
@@ -135,7 +146,7 @@ def test_session_cookie_is_httponly_samesite_strict_and_pages_carry_a_strict_csp
     session_cookie = next(c for c in cookies if c.startswith("cycles_dashboard="))
     attributes = {part.strip().lower() for part in session_cookie.split(";")}
     assert "httponly" in attributes and "samesite=strict" in attributes and "path=/dashboard" in attributes
-    for path in PAGES:
+    for path in PAGES[:-1]:
         page = client.get(path)
         assert page.status_code == 200, path
         policy = page.headers["content-security-policy"]
