@@ -197,3 +197,23 @@ def test_tenant_login_in_the_browser_and_no_key_in_any_response(
         for secret in (dashboard_server.admin_key, reader):
             assert secret not in url and secret not in text, url
     assert all(secret not in page.url for secret in (dashboard_server.admin_key, reader))
+
+
+def test_pages_fit_a_phone_screen(
+    page: Page, dashboard_server: ApiServer, db_conn: Conn, artifacts: Path,
+) -> None:
+    tenant = funded_tenant(db_conn)
+    page.set_viewport_size({"width": 390, "height": 844})
+    browser_login(page, dashboard_server.admin_key)
+    for path, name in ((f"/dashboard/budgets?tenant_id={tenant.tenant_id}", "phone-budgets"),
+                       ("/dashboard/", "phone-overview")):
+        page.goto(path)
+        width = page.evaluate("document.documentElement.scrollWidth")
+        assert width <= 390, f"{path} scrolls sideways on a phone ({width}px)"
+        screenshot(page, artifacts, name)
+    # Keyboard: the freeze button is reachable with Tab and works with Enter.
+    page.goto(f"/dashboard/budgets?tenant_id={tenant.tenant_id}")
+    freeze = _row(page, tenant.scope).locator('[data-testid="freeze"]')
+    freeze.focus()
+    page.keyboard.press("Enter")
+    assert tenant.scope in page.locator('[data-testid="question"]').inner_text()
