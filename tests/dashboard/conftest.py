@@ -57,7 +57,9 @@ def api(dashboard_server: ApiServer) -> Iterator[httpx.Client]:
         yield client
 
 
-@pytest.fixture(scope="session")
+# Package scope: Playwright's sync API keeps an event loop running in this
+# thread while it is open, which asyncio-based tests elsewhere cannot share.
+@pytest.fixture(scope="package")
 def browser() -> Iterator[Browser]:
     _install_chromium()
     with sync_playwright() as playwright:
