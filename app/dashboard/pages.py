@@ -81,8 +81,6 @@ async def login_page(request: Request[Any, Any, Any]) -> Response[Any]:
     return response
 
 
-
-
 @post("/login", status_code=303)
 async def login(request: Request[Any, Any, Any]) -> Response[Any]:
     form = form_fields(await request.form())
@@ -110,7 +108,7 @@ async def login(request: Request[Any, Any, Any]) -> Response[Any]:
     except Exception as exc:
         failure = as_dashboard_error(exc)
         await _audit_login_failure(request, failure)
-        if failure.error in {"INSUFFICIENT_PERMISSIONS"}:
+        if failure.error == "INSUFFICIENT_PERMISSIONS":
             return _login_failed(request, "This key lacks admin:read, which the dashboard needs.")
         if failure.status >= 500:
             return _login_failed(request, "The server could not open a session; try again.", status=503)

@@ -19,8 +19,8 @@ from urllib.parse import urlencode
 
 import msgspec
 from litestar import Request, Response
-from litestar.plugins.jinja import JinjaTemplateEngine
 from litestar.datastructures import Cookie, ResponseHeader
+from litestar.plugins.jinja import JinjaTemplateEngine
 from litestar.response import Redirect, Template
 from litestar.template.config import TemplateConfig
 
