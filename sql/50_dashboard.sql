@@ -135,7 +135,9 @@ $$;
 -- within its scope_filter. Counts of tenants, budgets (by status), active
 -- reservations; today's charged amount (UTC day, per unit, counted once per
 -- operation from the ledger's lead rows); the budgets over their limit or in
--- debt (worst first, at most 20). Audited as dashboardOverview.
+-- debt (worst first, at most 20); reservation.denied and reservation.expired
+-- events of the last hour; webhook subscriptions failing (consecutive
+-- failures) or disabled. Audited as dashboardOverview.
 -- Reads only. Errors: UNAUTHORIZED, KEY_REVOKED, TENANT_SUSPENDED,
 -- TENANT_CLOSED, INSUFFICIENT_PERMISSIONS.
 CREATE FUNCTION cycles.dashboard_overview(p_ctx jsonb DEFAULT '{}') RETURNS jsonb
@@ -181,6 +183,17 @@ BEGIN
                               AND cycles._scope_filter_allows(v_filter, b.scope)
                             ORDER BY b.debt DESC, b.scope COLLATE "C"
                             LIMIT 20) AS w),
+        'last_hour', (SELECT jsonb_build_object(
+                          'denials', count(*) FILTER (WHERE e.event_type = 'reservation.denied'),
+                          'expiries', count(*) FILTER (WHERE e.event_type = 'reservation.expired'))
+                      FROM cycles.events AS e
+                      WHERE e.event_type IN ('reservation.denied', 'reservation.expired')
+                        AND e.created_at >= clock_timestamp() - interval '1 hour'
+                        AND (v_tenant IS NULL OR e.tenant_id = v_tenant)
+                        AND cycles._scope_filter_allows(v_filter, coalesce(e.scope, 'tenant:' || e.tenant_id))),
+        'failing_webhooks', (SELECT count(*) FROM cycles.webhook_subscriptions AS w
+                             WHERE (w.consecutive_failures > 0 OR w.status = 'DISABLED')
+                               AND (v_tenant IS NULL OR w.tenant_id = v_tenant)),
         'as_of', cycles._iso8601(clock_timestamp()))
     INTO v_result;
     PERFORM cycles._audit(v_ctx, 'dashboardOverview', NULL, NULL, 200, v_tenant);

@@ -54,6 +54,13 @@ def two_tenants(db: Conn) -> tuple[str, str]:
     beta = _tenant(db, "beta")
     db.execute("SELECT cycles.create_budget('tenant:beta', %s, 5000)", (USD,))
     _charge(db, beta, "beta", 50, 50, "b1")
+    # One denial for beta (a decision over its budget), one expiry for acme.
+    decision = db.execute("SELECT cycles.decide(p_api_key => %s, p_request => %s::jsonb) ->> 'decision'", (beta, json.dumps({
+        "idempotency_key": "d1", "subject": {"tenant": "beta"}, "action": {"kind": "llm", "name": "m"},
+        "estimate": {"unit": USD, "amount": 10**9}}))).fetchone()
+    assert decision == ("DENY",)
+    db.execute("INSERT INTO cycles.events (event_id, tenant_id, event_type, category, source, scope)"
+               " VALUES ('evt_x1', 'acme', 'reservation.expired', 'reservation', 'expiry-sweeper', 'tenant:acme')")
     return acme, beta
 
 
@@ -65,6 +72,8 @@ def test_overview_for_the_admin_counts_every_tenant_and_each_charge_once(db: Con
     # 300 + 500 + 50: a commit on a two-budget path is counted once.
     assert figures["charged_today"] == [{"unit": USD, "amount": 850}]
     assert [(b["scope"], b["debt"]["amount"]) for b in figures["attention"]] == [("tenant:acme/workspace:w", 400)]
+    assert figures["last_hour"] == {"denials": 1, "expiries": 1}
+    assert figures["failing_webhooks"] == 0
     audited = db.execute("SELECT actor_type FROM cycles.audit_logs WHERE operation = 'dashboardOverview'").fetchall()
     assert audited == [("admin",)]
 
@@ -76,6 +85,7 @@ def test_overview_for_a_tenant_key_is_confined_to_its_tenant(db: Conn, two_tenan
     assert figures["budgets"]["total"] == 1
     assert figures["charged_today"] == [{"unit": USD, "amount": 50}]
     assert figures["attention"] == []
+    assert figures["last_hour"] == {"denials": 1, "expiries": 0}
 
 
 def test_overview_needs_admin_read_of_a_tenant_key(db: Conn, two_tenants: Any) -> None:
