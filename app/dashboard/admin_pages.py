@@ -1,5 +1,5 @@
 """Admin-key pages: API keys (list, create showing the secret once, revoke)
-and the audit log (filters, CSV export).
+and the audit log (filters, CSV and JSON export).
 
 A tenant-key session sees these pages but every call is refused by SQL
 (INSUFFICIENT_PERMISSIONS, audited), exactly as the REST endpoints refuse
@@ -161,35 +161,63 @@ async def audit_page(request: Request[Any, Any, Any]) -> Response[Any]:
                   next_query=next_query if page.get("has_more") else None, first_page=cursor is not None)
 
 
+async def _export_rows(request: Request[Any, Any, Any], session: Session) -> list[dict[str, Any]]:
+    """The filtered log, page by page, up to EXPORT_MAX_ROWS entries."""
+    filters = _audit_filters(request)
+    rows: list[dict[str, Any]] = []
+    cursor: str | None = None
+    while len(rows) < EXPORT_MAX_ROWS:
+        page = await admin_call(request, session, "listAuditLogs", None, admin_audit.LIST_SQL, {
+            "filter": _sql_filter(filters), "limit": EXPORT_PAGE, "cursor": cursor})
+        rows.extend(page.get("logs", []))
+        cursor = page.get("next_cursor")
+        if not page.get("has_more") or not cursor:
+            break
+    return rows[:EXPORT_MAX_ROWS]
+
+
+def _download(content: bytes, media_type: str, extension: str) -> Response[bytes]:
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    return Response(content=content, media_type=media_type, headers={
+        "Content-Disposition": f'attachment; filename="cycles-audit-{stamp}.{extension}"'})
+
+
+def _export_refused(exc: DashboardError) -> Redirect:
+    return Redirect(path=f"/dashboard/audit?{urlencode({'error': f'Export refused: {exc.message}'})}",
+                    status_code=303)
+
+
 @get("/audit/export.csv")
-async def audit_export(request: Request[Any, Any, Any]) -> Response[Any]:
+async def audit_export_csv(request: Request[Any, Any, Any]) -> Response[Any]:
     session = await load_session(request)
     if session is None:
         return login_redirect()
-    filters = _audit_filters(request)
+    try:
+        rows = await _export_rows(request, session)
+    except DashboardError as exc:
+        return _export_refused(exc)
     out = io.StringIO()
     writer = csv.writer(out)
     writer.writerow(CSV_COLUMNS)
-    cursor: str | None = None
-    written = 0
+    for row in rows:
+        actor = (row.get("metadata") or {}).get("actor_type", "")
+        writer.writerow([_csv_cell(actor if column == "actor_type" else row.get(column, ""))
+                         for column in CSV_COLUMNS])
+    return _download(out.getvalue().encode(), "text/csv; charset=utf-8", "csv")
+
+
+@get("/audit/export.json")
+async def audit_export_json(request: Request[Any, Any, Any]) -> Response[Any]:
+    """The entries exactly as GET /v1/admin/audit/logs returns them, as one
+    JSON document {"logs": [...]}."""
+    session = await load_session(request)
+    if session is None:
+        return login_redirect()
     try:
-        while written < EXPORT_MAX_ROWS:
-            page = await admin_call(request, session, "listAuditLogs", None, admin_audit.LIST_SQL, {
-                "filter": _sql_filter(filters), "limit": EXPORT_PAGE, "cursor": cursor})
-            for row in page.get("logs", []):
-                actor = (row.get("metadata") or {}).get("actor_type", "")
-                writer.writerow([_csv_cell(actor if column == "actor_type" else row.get(column, ""))
-                                 for column in CSV_COLUMNS])
-                written += 1
-            cursor = page.get("next_cursor")
-            if not page.get("has_more") or not cursor:
-                break
+        rows = await _export_rows(request, session)
     except DashboardError as exc:
-        return Redirect(path=f"/dashboard/audit?{urlencode({'error': f'Export refused: {exc.message}'})}",
-                        status_code=303)
-    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-    return Response(content=out.getvalue().encode(), media_type="text/csv; charset=utf-8", headers={
-        "Content-Disposition": f'attachment; filename="cycles-audit-{stamp}.csv"'})
+        return _export_refused(exc)
+    return _download(json_text({"logs": rows}).encode(), "application/json", "json")
 
 
 def _csv_cell(value: Any) -> str:
@@ -198,4 +226,4 @@ def _csv_cell(value: Any) -> str:
     return "'" + text if text[:1] in ("=", "+", "-", "@", "\t", "\r") else text
 
 
-ROUTES: Final = [api_keys_page, create_api_key, revoke_api_key, audit_page, audit_export]
+ROUTES: Final = [api_keys_page, create_api_key, revoke_api_key, audit_page, audit_export_csv, audit_export_json]

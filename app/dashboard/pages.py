@@ -68,6 +68,9 @@ TENANTS_SQL: Final = (
 FUND_OPERATIONS: Final = ("CREDIT", "DEBIT", "RESET", "RESET_SPENT", "REPAY_DEBT")
 BUDGET_STATUSES: Final = ("ACTIVE", "FROZEN", "CLOSED")
 RESERVATION_STATUSES: Final = ("ACTIVE", "COMMITTED", "RELEASED", "EXPIRED")
+# Reservation list filters passed through to cycles.list_reservations: subject
+# levels below the tenant, and the creation time window (ISO-8601).
+RESERVATION_FILTERS: Final = ("workspace", "app", "workflow", "agent", "toolset", "from", "to")
 # Chart buckets and how many of each are drawn.
 CHART_BUCKETS: Final = {"hour": 48, "day": 30, "month": 12}
 CHART_WIDTH: Final = 720
@@ -343,7 +346,8 @@ async def reservations_page(request: Request[Any, Any, Any]) -> Response[Any]:
     if session is None:
         return login_redirect()
     tenant = query_text(request, "tenant") if session.is_admin else session.tenant_id
-    status = query_text(request, "status", RESERVATION_STATUSES)
+    narrowing = {name: query_text(request, name) for name in RESERVATION_FILTERS}
+    narrowing["status"] = query_text(request, "status", RESERVATION_STATUSES)
     cursor = query_text(request, "cursor")
     page: Any = {"reservations": []}
     error = None
@@ -355,19 +359,17 @@ async def reservations_page(request: Request[Any, Any, Any]) -> Response[Any]:
                 tenant = tenants[0]["tenant_id"]
         if tenant is not None:
             query = {name: value for name, value in
-                     {"tenant": tenant, "status": status, "cursor": cursor, "limit": PAGE_SIZE}.items()
+                     {**narrowing, "tenant": tenant, "cursor": cursor, "limit": PAGE_SIZE}.items()
                      if value is not None}
             page = await runtime_call(request, session, "listReservations", runtime_reservations.LIST_SQL, {
                 "query": json_text(query)})
     except DashboardError as exc:
         error = exc.message
-    filters = {"tenant": tenant if session.is_admin else None, "status": status}
+    filters = {"tenant": tenant if session.is_admin else None, **narrowing}
     next_query = urlencode({**{k: v for k, v in filters.items() if v}, "cursor": page.get("next_cursor", "")})
     return render("reservations.html", request, session, rows=page.get("reservations", []), filters=filters,
-                 tenants=tenants, statuses=RESERVATION_STATUSES, load_error=error,
-                 next_query=next_query if page.get("has_more") else None, first_page=cursor is not None)
-
-
+                  tenants=tenants, statuses=RESERVATION_STATUSES, load_error=error,
+                  next_query=next_query if page.get("has_more") else None, first_page=cursor is not None)
 
 
 @post("/reservations/release", status_code=303)

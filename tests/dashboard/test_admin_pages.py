@@ -113,6 +113,13 @@ def test_csv_export_pages_through_the_log_and_defuses_formulas(
     rows = list(csv.DictReader(io.StringIO(answer.text)))
     assert len(rows) == 130
     assert "'=HYPERLINK(\"x\")" in {row["resource_id"] for row in rows}
+    as_json = client.get(
+        "/dashboard/audit/export.json", params={"tenant_id": tenant.tenant_id, "operation": "createBudget"})
+    assert as_json.status_code == 200 and as_json.headers["content-type"].startswith("application/json")
+    logs = as_json.json()["logs"]
+    assert len(logs) == 130 and len({log["log_id"] for log in logs}) == 130
+    assert {log["log_id"] for log in logs} == {row["log_id"] for row in rows}
+    assert "=HYPERLINK(\"x\")" in {log["resource_id"] for log in logs}  # JSON is data, left as it is
 
 
 def test_admin_pages_refuse_tenant_sessions(dashboard_server: ApiServer, db_conn: Conn) -> None:

@@ -91,3 +91,28 @@ def test_sql_refusals_are_shown_not_500(db_conn: Conn, admin: tuple[httpx.Client
     assert missing.status_code == 200 and "refused" in missing.text
     odd = client.get("/dashboard/reservations?tenant=%00bad&status=NOPE&cursor=zzz")
     assert odd.status_code == 200
+
+
+_RESERVATIONS = re.compile(r'data-testid="reservation-row" data-id="([^"]+)"')
+
+
+def test_reservation_filters_by_subject_and_time(
+    db_conn: Conn, admin: tuple[httpx.Client, str], api: httpx.Client,
+) -> None:
+    client, _ = admin
+    tenant = funded_tenant(db_conn)
+    create_budget(db_conn, f"{tenant.scope}/workspace:w2", 100_000)
+    ids = {}
+    for workspace in ("w1", "w2"):
+        body = {"idempotency_key": f"k-{workspace}", "subject": tenant.subject(workspace=workspace),
+                "action": {"kind": "llm", "name": "m"}, "estimate": {"unit": USD, "amount": 10}}
+        answer = api.post("/v1/reservations", json=body, headers=tenant.headers())
+        assert answer.status_code == 200, answer.text
+        ids[workspace] = answer.json()["reservation_id"]
+    base = f"/dashboard/reservations?tenant={tenant.tenant_id}"
+    assert set(_RESERVATIONS.findall(client.get(base).text)) == set(ids.values())
+    assert _RESERVATIONS.findall(client.get(f"{base}&workspace=w2").text) == [ids["w2"]]
+    assert _RESERVATIONS.findall(client.get(f"{base}&from=2000-01-01T00:00Z&to=2000-01-02T00:00Z").text) == []
+    assert len(_RESERVATIONS.findall(client.get(f"{base}&from=2000-01-01T00:00Z").text)) == 2
+    refused = client.get(f"{base}&from=yesterday")
+    assert refused.status_code == 200 and "ISO-8601" in refused.text
