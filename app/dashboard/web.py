@@ -43,7 +43,6 @@ SECURITY_HEADERS: Final = [
 ]
 
 
-
 def ms_time(value: object) -> str:
     """Epoch milliseconds as a UTC date-time (reservation times are epoch ms)."""
     if not isinstance(value, int) or isinstance(value, bool):
