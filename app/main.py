@@ -36,6 +36,7 @@ from app.api.admin import events as admin_events
 from app.api.admin import policies as admin_policies
 from app.api.admin import tenants as admin_tenants
 from app.config import Settings
+from app.dashboard import routes as dashboard
 from app.db import Database, Timeouts
 from app.errors import EXCEPTION_HANDLERS
 from app.sweeper import run_sweeper
@@ -90,8 +91,9 @@ def create_app(settings: Settings | None = None) -> Litestar:
             *webhooks_admin.ROUTES, *webhooks_tenant.ROUTES,
             *health.ROUTES, *events_read.ROUTES, *admin_policies.ROUTES, *admin_events.ROUTES,
             *admin_tenants.ROUTES, *admin_api_keys.ROUTES, *admin_budgets.ROUTES, *admin_bulk.ROUTES,
-            *admin_audit.ROUTES,
+            *admin_audit.ROUTES, dashboard.ROUTER,
         ],
+        template_config=dashboard.TEMPLATE_CONFIG,
         lifespan=[lifespan],
         state=State({
             "db": database, "admin_api_key": settings.admin_api_key,

@@ -65,6 +65,13 @@ _REPLAY_OK = {"window_from": "now() - interval '1 hour'", "max_events": "100", "
 
 # constraint name -> a statement, run against the baseline of the `baseline`
 # fixture, that violates that constraint and no other.
+_SESSION_INSERT = (
+    "INSERT INTO cycles.dashboard_sessions (session_hash, principal_kind, tenant_id, key_id, sealed_key,"
+    " csrf_token, expires_at) VALUES ({hash}, {kind}, NULL, {key}, NULL, {csrf}, {expires})")
+_SESSION_OK = {
+    "hash": "decode(repeat('ab', 32), 'hex')", "kind": "'admin'", "key": "NULL", "csrf": "repeat('c', 32)",
+    "expires": "now() + interval '1 hour'"}
+
 VIOLATIONS: dict[str, str] = {
     "tenants_tenant_id_format": "INSERT INTO cycles.tenants (tenant_id, name) VALUES ('Not Valid', 'x')",
     "tenants_name_length": _TENANT.format("name = ''"),
@@ -173,6 +180,13 @@ VIOLATIONS: dict[str, str] = {
         **{**_REPLAY_OK, "window_from": "now() + interval '1 hour'"}),
     "webhook_replays_max_events_range": _REPLAY_INSERT.format(**{**_REPLAY_OK, "max_events": "1001"}),
     "webhook_replays_queued_range": _REPLAY_INSERT.format(**{**_REPLAY_OK, "queued": "101"}),
+
+    "dashboard_sessions_hash_length": _SESSION_INSERT.format(**{**_SESSION_OK, "hash": "'\\x00'::bytea"}),
+    "dashboard_sessions_kind_valid": _SESSION_INSERT.format(**{**_SESSION_OK, "kind": "'root'"}),
+    "dashboard_sessions_principal_consistent": _SESSION_INSERT.format(**{**_SESSION_OK, "key": "'key_1'"}),
+    "dashboard_sessions_csrf_length": _SESSION_INSERT.format(**{**_SESSION_OK, "csrf": "'short'"}),
+    "dashboard_sessions_expiry_after_creation": _SESSION_INSERT.format(
+        **{**_SESSION_OK, "expires": "now() - interval '1 hour'"}),
 }
 
 

@@ -1,0 +1,1 @@
+"""The operator dashboard served at /dashboard (server-rendered HTML, no build step)."""
