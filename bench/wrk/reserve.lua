@@ -5,7 +5,9 @@
 -- In lifecycle mode a successful reserve is followed by the commit of that
 -- reservation, sent by the same wrk thread (Lua state is per thread); a
 -- reservation whose commit is overtaken by another response stays ACTIVE,
--- which the ledger check after each cell accounts for.
+-- which the ledger check after each cell accounts for. Reservations live an
+-- hour: the reserve-only cells leave tens of thousands of them ACTIVE, and
+-- with a short TTL their expiry would run under the cells that follow.
 
 local threads = {}
 
@@ -36,7 +38,7 @@ request = function()
         return wrk.format("POST", "/v1/reservations/" .. id .. "/commit", headers, body)
     end
     local body = string.format(
-        '{"idempotency_key":"%s-r%d","subject":{"tenant":"%s","agent":"a%d"},' ..
+        '{"idempotency_key":"%s-r%d","ttl_ms":3600000,"subject":{"tenant":"%s","agent":"a%d"},' ..
         '"action":{"kind":"llm.completion","name":"bench"},"estimate":{"unit":"USD_MICROCENTS","amount":1}}',
         thread_tag, counter, tenant, math.random(1, agents))
     return wrk.format("POST", "/v1/reservations", headers, body)
