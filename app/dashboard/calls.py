@@ -17,7 +17,7 @@ from typing import Any
 import msgspec
 from litestar import Request
 
-from app.api.admin.calls import AdminCall, _failure_of, on_behalf_failures
+from app.api.admin.calls import AdminCall, failure_of, on_behalf_failures
 from app.api.request_parsing import Caller, context_json, database
 from app.dashboard.sessions import Session
 
@@ -35,7 +35,7 @@ class DashboardError(Exception):
 
 
 def as_dashboard_error(exc: Exception) -> DashboardError:
-    status, error, message = _failure_of(exc)
+    status, error, message = failure_of(exc)
     if status >= 500:
         logger.exception("dashboard call failed", exc_info=exc)
     return DashboardError(status, error, message)

@@ -48,7 +48,7 @@ class _Detail(msgspec.Struct):
 _detail_decoder: Final = msgspec.json.Decoder(_Detail)
 
 
-def _failure_of(exc: BaseException) -> tuple[int, str, str]:
+def failure_of(exc: BaseException) -> tuple[int, str, str]:
     """(HTTP status, error code, message) the error handlers will answer with."""
     if isinstance(exc, ApiError):
         return exc.status, exc.error, exc.message
@@ -134,7 +134,7 @@ class AdminCall:
     ) -> None:
         if exc is None or not isinstance(exc, Exception):
             return
-        status, error, message = _failure_of(exc)
+        status, error, message = failure_of(exc)
         context = admin_context(self.request, self.principal, on_behalf_of=self.on_behalf_of)
         if self.principal is None:
             # Failed before a credential was accepted.
