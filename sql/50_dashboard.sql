@@ -4,8 +4,8 @@
 -- token in an HttpOnly cookie, and this table holds the SHA-256 of that token,
 -- so a copy of the table cannot be replayed as a cookie. A tenant-key login
 -- also needs the key's secret on every call (the admin functions
--- authenticate it themselves); the server stores it sealed with a keystream
--- derived from the cookie token, so neither the table nor the cookie alone
+-- authenticate it themselves); the server stores it encrypted (AES-GCM) with
+-- a key derived from the cookie token, so neither the table nor the cookie alone
 -- reveals it. An admin-key login stores no secret: the server holds the admin
 -- key. Sessions live in the database so that every server worker sees them.
 

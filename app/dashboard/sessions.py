@@ -2,11 +2,10 @@
 
 The browser holds only a random token (HttpOnly, SameSite=Strict cookie).
 The database holds SHA-256(token) and, for a tenant-key login, the key's
-secret XOR-ed with a SHAKE-256 keystream of the token: the table alone
-cannot be replayed as a cookie nor reveal the secret, and the cookie alone
-is useless without the table. Each token seals exactly one secret once, so
-the keystream is never reused. An admin login stores no secret at all: the
-server already holds the admin key.
+secret encrypted with AES-256-GCM under a key derived from the token: the
+table alone cannot be replayed as a cookie nor reveal the secret, and the
+cookie alone is useless without the table. An admin login stores no secret
+at all: the server already holds the admin key.
 """
 
 from __future__ import annotations
@@ -18,6 +17,8 @@ import secrets
 from typing import Any, Final, Literal, NamedTuple
 
 import msgspec
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from litestar import Request
 
 from app.api.admin.auth import AdminPrincipal
@@ -29,6 +30,7 @@ COOKIE_PATH: Final = "/dashboard"
 SESSION_TTL_SECONDS: Final = 8 * 3600
 _TOKEN_BYTES: Final = 32
 _SEAL_DOMAIN: Final = b"cycles-dashboard-session-seal\x00"
+_NONCE_BYTES: Final = 12
 
 LOOKUP_SQL: Final = (
     "SELECT coalesce(cycles.dashboard_session(p_session_hash => %(hash)s), 'null'::jsonb)::text")
@@ -72,17 +74,24 @@ def token_hash(token: str) -> bytes:
     return hashlib.sha256(token.encode()).digest()
 
 
-def _keystream(token: str, length: int) -> bytes:
-    return hashlib.shake_256(_SEAL_DOMAIN + token.encode()).digest(length)
+def _cipher(token: str) -> AESGCM:
+    # The token is 256 random bits: a hash of it is a full-strength key.
+    return AESGCM(hashlib.sha256(_SEAL_DOMAIN + token.encode()).digest())
 
 
 def seal(token: str, secret: str) -> bytes:
-    data = secret.encode()
-    return bytes(a ^ b for a, b in zip(data, _keystream(token, len(data)), strict=True))
+    """nonce || ciphertext and tag."""
+    nonce = secrets.token_bytes(_NONCE_BYTES)
+    return nonce + _cipher(token).encrypt(nonce, secret.encode(), None)
 
 
 def unseal(token: str, sealed: bytes) -> str:
-    return bytes(a ^ b for a, b in zip(sealed, _keystream(token, len(sealed)), strict=True)).decode()
+    """The secret; ValueError when it was not sealed with this token."""
+    try:
+        plain = _cipher(token).decrypt(sealed[:_NONCE_BYTES], sealed[_NONCE_BYTES:], None)
+    except InvalidTag:
+        raise ValueError("not sealed with this token") from None
+    return plain.decode()
 
 
 def tokens_equal(left: str | None, right: str | None) -> bool:
