@@ -33,8 +33,8 @@ class Timeouts:
     """Bounds on how long a request may wait in the database (milliseconds;
     0 leaves the setting the connection already has)."""
 
-    lock_ms: int = 5000
-    statement_ms: int = 15000
+    lock_ms: int
+    statement_ms: int
 
 
 def _configurer(timeouts: Timeouts) -> Callable[[psycopg.AsyncConnection[Any]], Awaitable[None]]:
@@ -71,8 +71,8 @@ class Database:
     A request waits at most ``pool_timeout_s`` for a connection, which is
     also how soon it learns that the database is down (503)."""
 
-    def __init__(self, database_url: str, min_size: int, max_size: int,
-                 timeouts: Timeouts = Timeouts(), pool_timeout_s: float = 3.0) -> None:
+    def __init__(self, database_url: str, min_size: int, max_size: int, timeouts: Timeouts,
+                 pool_timeout_s: float) -> None:
         self.database_url = database_url
         self.pool_timeout_s = pool_timeout_s
         self.pool = create_pool(database_url, min_size, max_size, timeouts)

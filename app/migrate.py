@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import psycopg
 import sqlalchemy
@@ -74,12 +74,18 @@ def head_revision() -> str:
     return head
 
 
+# Whether the version table exists, then its revision (two statements: the
+# second cannot even be planned without the table).
+VERSION_TABLE_EXISTS_SQL: Final = "SELECT pg_catalog.to_regclass('public.alembic_version') IS NOT NULL"
+VERSION_SQL: Final = "SELECT version_num FROM public.alembic_version"
+
+
 def current_revision(conn: psycopg.Connection[Any]) -> str | None:
     """The revision recorded in public.alembic_version; None if the table is absent or empty."""
-    row = conn.execute("SELECT pg_catalog.to_regclass('public.alembic_version') IS NOT NULL").fetchone()
+    row = conn.execute(VERSION_TABLE_EXISTS_SQL).fetchone()
     if row is None or not row[0]:
         return None
-    version = conn.execute("SELECT version_num FROM public.alembic_version").fetchone()
+    version = conn.execute(VERSION_SQL).fetchone()
     return None if version is None else str(version[0])
 
 

@@ -15,7 +15,7 @@ from litestar.enums import MediaType
 from app.api.request_parsing import database
 from app.db import Database
 from app.errors import error_response
-from app.migrate import head_revision
+from app.migrate import VERSION_SQL, VERSION_TABLE_EXISTS_SQL, head_revision
 
 READY_TIMEOUT_S: Final = 5
 
@@ -37,11 +37,11 @@ async def _schema_revision(db: Database) -> str | None:
     means that requests would be served now, not that a fresh connection
     could be opened (after an outage the pool reconnects on its own schedule)."""
     async with db.pool.connection(timeout=READY_TIMEOUT_S) as conn:
-        cursor = await conn.execute("SELECT pg_catalog.to_regclass('public.alembic_version') IS NOT NULL")
+        cursor = await conn.execute(VERSION_TABLE_EXISTS_SQL)
         exists = await cursor.fetchone()
         if exists is None or not exists[0]:
             return None
-        cursor = await conn.execute("SELECT version_num FROM public.alembic_version")
+        cursor = await conn.execute(VERSION_SQL)
         row = await cursor.fetchone()
     return None if row is None else str(row[0])
 
