@@ -228,14 +228,24 @@ def ledger_mismatches(stack: Stack, tenant: str) -> int:
     return int(unreconciled[0]) + int(held[0])
 
 
+def process_tree(root_pid: int) -> list[int]:
+    """A process and all its living descendants, root first."""
+    pids, stack = [], [root_pid]
+    while stack:
+        pid = stack.pop()
+        try:
+            children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+        except OSError:
+            continue
+        pids.append(pid)
+        stack += [int(child) for child in children]
+    return pids
+
+
 def server_rss_kib(stack: Stack) -> int:
     """Resident memory of the server: granian's main process and its workers."""
     total = 0
-    pids = [stack.server_pid]
-    children = Path(f"/proc/{stack.server_pid}/task/{stack.server_pid}/children")
-    if children.exists():
-        pids += [int(p) for p in children.read_text().split()]
-    for pid in pids:
+    for pid in process_tree(stack.server_pid):
         try:
             status = Path(f"/proc/{pid}/status").read_text()
         except OSError:
@@ -255,22 +265,16 @@ def tree_cpu_seconds(root_pid: int) -> float:
     reaped, so the difference of two samples counts every process exactly
     once, including the PostgreSQL backends of pgbench, which exit with it."""
     total = 0
-    stack = [root_pid]
-    first = True
-    while stack:
-        pid = stack.pop()
+    for pid in process_tree(root_pid):
         try:
             fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-            children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
         except OSError:
             continue
         # fields[0] is the state (field 3): utime and stime are fields 14 and
-        # 15, cutime and cstime 16 and 17.
+        # 15, cutime and cstime 16 and 17 (counted for the root only).
         total += int(fields[11]) + int(fields[12])
-        if first:
+        if pid == root_pid:
             total += int(fields[13]) + int(fields[14])
-            first = False
-        stack += [int(child) for child in children]
     return total / CLOCK_TICKS
 
 
