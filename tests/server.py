@@ -59,7 +59,8 @@ def fresh_database(cluster: Cluster, name: str) -> str:
     return conninfo
 
 
-def _wait_until_healthy(process: subprocess.Popen[bytes], base_url: str, log_file: Path) -> None:
+def wait_until_healthy(process: subprocess.Popen[bytes], base_url: str, log_file: Path) -> None:
+    """Until the process answers /health with 200; it failing or a minute passing fails the test."""
     deadline = time.monotonic() + STARTUP_TIMEOUT_S
     while time.monotonic() < deadline:
         if process.poll() is not None:
@@ -93,7 +94,7 @@ def running_server(conninfo: str, **env: str) -> Iterator[ApiServer]:
              "--host", "127.0.0.1", "--port", base_url.rsplit(":", 1)[1], "--workers", "1"],
             cwd=ROOT, env=environment, stdout=log, stderr=subprocess.STDOUT)
     try:
-        _wait_until_healthy(process, base_url, log_file)
+        wait_until_healthy(process, base_url, log_file)
         yield ApiServer(base_url, admin_key, conninfo, log_file)
     finally:
         process.send_signal(signal.SIGTERM)

@@ -9,7 +9,6 @@ import signal
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
@@ -24,11 +23,10 @@ from mcp.client.streamable_http import streamable_http_client
 
 from app.pgcluster import Cluster
 from tests.api.provision import Tenant, create_budget, new_tenant, unique
-from tests.server import ROOT, ApiServer, free_port, fresh_database, running_server
+from tests.server import ROOT, ApiServer, free_port, fresh_database, running_server, wait_until_healthy
 
 CYCLES = str(ROOT / ".venv" / "bin" / "cycles")
 PYTHON = str(ROOT / ".venv" / "bin" / "python")
-STARTUP_TIMEOUT_S = 30
 
 
 @pytest.fixture(scope="session")
@@ -74,18 +72,7 @@ def http_process(args: list[str], env: dict[str, str]) -> Iterator[str]:
     process = subprocess.Popen([*args, "--port", str(port)], env=env, cwd=ROOT, stdout=log, stderr=log)
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + STARTUP_TIMEOUT_S
-        while True:
-            if process.poll() is not None:
-                raise RuntimeError(f"{args} exited {process.returncode}: {Path(log.name).read_text()}")
-            try:
-                if httpx.get(f"{base}/health", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"{args} did not come up: {Path(log.name).read_text()}")
-            time.sleep(0.1)
+        wait_until_healthy(process, base, Path(log.name))
         yield base
     finally:
         process.send_signal(signal.SIGINT)

@@ -15,12 +15,8 @@ from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
-import httpx
-
 from app.pgcluster import Cluster
-from tests.server import GRANIAN, ROOT, free_port
-
-STARTUP_TIMEOUT_S = 60
+from tests.server import GRANIAN, ROOT, free_port, wait_until_healthy
 
 
 def _children(pid: int) -> list[int]:
@@ -102,17 +98,7 @@ class ServerProcess:
                 [str(GRANIAN), "--interface", "asgi", "--factory", "app.main:create_app",
                  "--host", "127.0.0.1", "--port", str(self.port), "--workers", "1"],
                 cwd=ROOT, env=self.environment, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        deadline = time.monotonic() + STARTUP_TIMEOUT_S
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"the server exited with {self.process.returncode}:\n{self.log()}")
-            try:
-                if httpx.get(f"{self.base_url}/health", timeout=1).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            time.sleep(0.05)
-        raise RuntimeError(f"the server did not come up:\n{self.log()}")
+        wait_until_healthy(self.process, self.base_url, self.log_file)
 
     def kill(self) -> None:
         """SIGKILL the server's whole process group (granian and its worker)."""

@@ -20,17 +20,12 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.api.admin.helpers import ALL_PERMISSIONS
 from tests.api.provision import USD, Conn, Tenant, funded_tenant, new_api_key, unique
 from tests.reliability.openapi_document import _routes
 from tests.server import ApiServer
 
-ALL = [
-    "reservations:create", "reservations:commit", "reservations:release", "reservations:extend",
-    "reservations:list", "balances:read", "budgets:read", "budgets:write", "policies:read", "policies:write",
-    "webhooks:read", "webhooks:write", "events:read", "admin:read", "admin:write",
-    "admin:tenants:read", "admin:tenants:write", "admin:budgets:read", "admin:budgets:write",
-    "admin:policies:read", "admin:policies:write", "admin:apikeys:read", "admin:apikeys:write",
-    "admin:webhooks:read", "admin:webhooks:write", "admin:events:read", "admin:audit:read"]
+ALL = ALL_PERMISSIONS
 PUBLIC = {("GET", "/health"), ("GET", "/ready")}
 # A public address literal: checking it needs no DNS lookup.
 HOOK_URL = "https://93.184.216.34/hook"
