@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import io
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any, Final
 from urllib.parse import urlencode
@@ -187,8 +188,10 @@ def _export_refused(exc: DashboardError) -> Redirect:
                     status_code=303)
 
 
-@get("/audit/export.csv")
-async def audit_export_csv(request: Request[Any, Any, Any]) -> Response[Any]:
+async def _export(
+    request: Request[Any, Any, Any], render: Callable[[list[dict[str, Any]]], Response[Any]],
+) -> Response[Any]:
+    """The session's audit entries (as the filters select them), rendered."""
     session = await load_session(request)
     if session is None:
         return login_redirect()
@@ -196,6 +199,10 @@ async def audit_export_csv(request: Request[Any, Any, Any]) -> Response[Any]:
         rows = await _export_rows(request, session)
     except DashboardError as exc:
         return _export_refused(exc)
+    return render(rows)
+
+
+def _csv_download(rows: list[dict[str, Any]]) -> Response[Any]:
     out = io.StringIO()
     writer = csv.writer(out)
     writer.writerow(CSV_COLUMNS)
@@ -206,18 +213,17 @@ async def audit_export_csv(request: Request[Any, Any, Any]) -> Response[Any]:
     return _download(out.getvalue().encode(), "text/csv; charset=utf-8", "csv")
 
 
+@get("/audit/export.csv")
+async def audit_export_csv(request: Request[Any, Any, Any]) -> Response[Any]:
+    return await _export(request, _csv_download)
+
+
 @get("/audit/export.json")
 async def audit_export_json(request: Request[Any, Any, Any]) -> Response[Any]:
     """The entries exactly as GET /v1/admin/audit/logs returns them, as one
     JSON document {"logs": [...]}."""
-    session = await load_session(request)
-    if session is None:
-        return login_redirect()
-    try:
-        rows = await _export_rows(request, session)
-    except DashboardError as exc:
-        return _export_refused(exc)
-    return _download(json_text({"logs": rows}).encode(), "application/json", "json")
+    return await _export(
+        request, lambda rows: _download(json_text({"logs": rows}).encode(), "application/json", "json"))
 
 
 def _csv_cell(value: Any) -> str:
