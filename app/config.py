@@ -26,9 +26,11 @@ def _int_env(name: str, default: int) -> int:
         raise SystemExit(f"{name} must be an integer, got {raw!r}") from exc
 
 
-def _bool_env(name: str) -> bool:
+def _bool_env(name: str, default: bool = False) -> bool:
     raw = os.environ.get(name, "").strip().lower()
-    if raw in ("", "0", "false", "no", "off"):
+    if raw == "":
+        return default
+    if raw in ("0", "false", "no", "off"):
         return False
     if raw in ("1", "true", "yes", "on"):
         return True
@@ -63,6 +65,9 @@ class Settings:
     webhook_timeout_ms: int = 10000
     event_retention_days: int = 90
     delivery_retention_days: int = 14
+    # Concurrent reserves of one API key applied in one transaction
+    # (app.reserve_batcher).
+    reserve_batching: bool = True
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -93,4 +98,5 @@ class Settings:
             webhook_timeout_ms=_int_env("CYCLES_WEBHOOK_TIMEOUT_MS", 10000),
             event_retention_days=_int_env("CYCLES_EVENT_RETENTION_DAYS", 90),
             delivery_retention_days=_int_env("CYCLES_DELIVERY_RETENTION_DAYS", 14),
+            reserve_batching=_bool_env("CYCLES_RESERVE_BATCHING", True),
         )

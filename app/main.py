@@ -39,6 +39,7 @@ from app.config import Settings
 from app.dashboard import routes as dashboard
 from app.db import Database, Timeouts
 from app.errors import EXCEPTION_HANDLERS
+from app.reserve_batcher import ReserveBatcher
 from app.sweeper import run_sweeper
 from app.tracing import add_id_headers
 from app.webhooks.worker import run_worker, url_policy
@@ -65,6 +66,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
         settings.database_url, settings.pool_min_size, settings.pool_max_size,
         Timeouts(lock_ms=settings.lock_timeout_ms, statement_ms=settings.statement_timeout_ms),
         pool_timeout_s=settings.pool_timeout_ms / 1000)
+    reserve_batcher = ReserveBatcher(database, reservations.RESERVE_SQL) if settings.reserve_batching else None
 
     @contextlib.asynccontextmanager
     async def lifespan(_: Litestar) -> AsyncIterator[None]:
@@ -83,6 +85,8 @@ def create_app(settings: Settings | None = None) -> Litestar:
             sweeper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await sweeper
+            if reserve_batcher is not None:
+                await reserve_batcher.aclose()
             await database.close()
 
     return Litestar(
@@ -97,7 +101,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
         lifespan=[lifespan],
         state=State({
             "db": database, "admin_api_key": settings.admin_api_key,
-            "webhook_url_policy": url_policy(settings)}),
+            "webhook_url_policy": url_policy(settings), "reserve_batcher": reserve_batcher}),
         exception_handlers=EXCEPTION_HANDLERS,
         before_send=[add_id_headers],
         request_max_body_size=MAX_REQUEST_BODY_BYTES,

@@ -6,6 +6,7 @@ from typing import Any, Final
 
 import msgspec
 from litestar import Request, Response, get, post
+from litestar.enums import MediaType
 from litestar.params import FromPath
 
 from app.api.admin.calls import on_behalf_failures
@@ -23,6 +24,7 @@ from app.api.request_parsing import (
     text_param,
 )
 from app.api.sql_call import respond
+from app.reserve_batcher import ReserveBatcher
 from app.wire import CommitRequest, ReleaseRequest, ReservationCreateRequest, ReservationExtendRequest
 
 RESERVE_SQL: Final = (
@@ -82,8 +84,15 @@ async def create_reservation(request: Request[Any, Any, Any]) -> Response[bytes]
     caller = api_key_caller(request)
     parsed, body = decode_body(raw, _create_decoder)
     check_idempotency_header(request, parsed.idempotency_key)
-    return await respond(request, RESERVE_SQL, {
-        "key": caller.api_key, "request": body, "ctx": context_json(request, caller)})
+    ctx = context_json(request, caller)
+    # Live reserves of one key are applied in batches when several are in
+    # flight at once (app.reserve_batcher); a dry run changes nothing and
+    # holds no lock, so it goes alone.
+    batcher: ReserveBatcher | None = request.app.state.get("reserve_batcher")
+    if batcher is None or caller.api_key is None or parsed.dry_run is True:
+        return await respond(request, RESERVE_SQL, {"key": caller.api_key, "request": body, "ctx": ctx})
+    content = await batcher.reserve(caller.api_key, body, ctx)
+    return Response(content=content, status_code=200, media_type=MediaType.JSON)
 
 
 @post("/v1/reservations/{reservation_id:str}/commit")

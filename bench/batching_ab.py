@@ -1,0 +1,137 @@
+"""A/B of reserve batching: ``.venv/bin/python -m bench.batching_ab``.
+
+Starts the embedded stack once (as bench.run does), then two more
+``cycles serve`` processes on its database, one with CYCLES_RESERVE_BATCHING
+off and one with it on, and measures them in turns (the order alternating
+from round to round, so drift on a shared machine hits both alike): HTTP
+reserves on one shared tenant budget and on independent agent budgets at 50
+connections, and one connection for latency. Each cell reports requests per
+second, latency, the CPU time the database and the measured server spent per
+request, and the ledger check of bench.run. Prints a table per round and the
+median and range of each figure; --json writes the raw results.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from app.demos.sandbox import Target, throwaway_server
+from bench.run import HTTP_AGENTS, Stack, ledger_mismatches, provision, say, wrk
+
+ROOT = Path(__file__).resolve().parent.parent
+CELLS = tuple((shape, int(n)) for shape, n in (c.split("/") for c in os.environ.get(
+    "AB_CELLS", "shared/50,independent/50,shared/1").split(",")))
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def wait_until_healthy(process: subprocess.Popen[bytes], base_url: str, log: Path) -> None:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise SystemExit(f"the server exited:\n{log.read_text()}")
+        with contextlib.suppress(httpx.TransportError):
+            if httpx.get(f"{base_url}/health", timeout=1).status_code == 200:
+                return
+        time.sleep(0.1)
+    raise SystemExit(f"the server did not come up:\n{log.read_text()}")
+
+
+@contextlib.contextmanager
+def extra_server(stack: Stack, batching: bool, workers: int) -> Iterator[Stack]:
+    """`cycles serve` on the stack's database (no embedded cluster of its own)."""
+    port = free_port()
+    base_url = f"http://127.0.0.1:{port}"
+    env = {**os.environ, "CYCLES_DATABASE_URL": stack.conninfo, "CYCLES_PORT": str(port),
+           "CYCLES_HOST": "127.0.0.1", "CYCLES_WORKERS": str(workers), "CYCLES_LOG_LEVEL": "warning",
+           "CYCLES_ADMIN_API_KEY": stack.target.admin_key,
+           "CYCLES_RESERVE_BATCHING": "true" if batching else "false"}
+    log = stack.base_dir / f"server-{'on' if batching else 'off'}.log"
+    with log.open("wb") as out:
+        process = subprocess.Popen([str(ROOT / ".venv" / "bin" / "cycles"), "serve"], env=env, stdout=out,
+                                   stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    try:
+        wait_until_healthy(process, base_url, log)
+        yield Stack(Target(base_url, stack.target.admin_key, stack.target.data_dir, False, process.pid))
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def cell(stack: Stack, keys: dict[str, str], shape: str, connections: int, seconds: int) -> dict[str, Any]:
+    tenant = "http-ind" if shape == "independent" else "http-shared"
+    result = wrk(stack, keys[tenant], tenant, HTTP_AGENTS, "reserve", connections, seconds)
+    result["ledger_mismatches"] = ledger_mismatches(stack, tenant)
+    return {name: result[name] for name in (
+        "rps", "p50_us", "p99_us", "non_2xx", "socket_errors", "db_cpu_ms", "server_cpu_ms", "ledger_mismatches")}
+
+
+def summary(runs: list[dict[str, Any]], name: str) -> str:
+    values = [run[name] for run in runs]
+    scale = 1000 if name.endswith("_us") else 1
+    median = statistics.median(values) / scale
+    return f"{median:.2f} ({min(values) / scale:.2f}-{max(values) / scale:.2f})"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--seconds", type=int, default=8)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args()
+    results: dict[str, list[dict[str, Any]]] = {}
+    with throwaway_server(workers=1) as target:
+        stack = Stack(target)
+        keys = provision(stack)
+        with extra_server(stack, False, args.workers) as off, extra_server(stack, True, args.workers) as on:
+            variants = {"off": off, "on": on}
+            for round_number in range(args.rounds):
+                order = ["off", "on"] if round_number % 2 == 0 else ["on", "off"]
+                for shape, connections in CELLS:
+                    for variant in order:
+                        say(f"round {round_number + 1}: {shape} x{connections} batching {variant}")
+                        result = cell(variants[variant], keys, shape, connections, args.seconds)
+                        results.setdefault(f"{shape}/{connections}/{variant}", []).append(result)
+                        print(f"{round_number + 1} {shape:>11} x{connections:<3} {variant:>3} "
+                              f"{result['rps']:8.1f}/s p50 {result['p50_us'] / 1000:7.2f} ms "
+                              f"p99 {result['p99_us'] / 1000:7.2f} ms db {result['db_cpu_ms']:.3f} "
+                              f"server {result['server_cpu_ms']:.3f} ms/req non-2xx {result['non_2xx']} "
+                              f"mismatches {result['ledger_mismatches']}", flush=True)
+    print("\ncell | batching | req/s | p50 ms | p99 ms | db CPU ms/req | server CPU ms/req | non-2xx | mismatches")
+    print("---|---|---|---|---|---|---|---|---")
+    for name, runs in results.items():
+        shape, connections, variant = name.split("/")
+        print(f"{shape} x{connections} | {variant} | {summary(runs, 'rps')} | {summary(runs, 'p50_us')} | "
+              f"{summary(runs, 'p99_us')} | {summary(runs, 'db_cpu_ms')} | {summary(runs, 'server_cpu_ms')} | "
+              f"{sum(run['non_2xx'] for run in runs)} | {sum(run['ledger_mismatches'] for run in runs)}")
+    print("\nmedian (min-max) over rounds", file=sys.stderr)
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()
