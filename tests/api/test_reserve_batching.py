@@ -45,7 +45,9 @@ def server(pg_cluster: Cluster) -> Iterator[ApiServer]:
             $$""")
         conn.execute("CREATE TRIGGER record_xid AFTER INSERT ON cycles.reservations"
                      " FOR EACH ROW EXECUTE FUNCTION public.record_xid()")
-    with running_server(conninfo, CYCLES_RESERVE_BATCHING="true") as api:
+    # The tests hold a budget's lock while requests pile up behind it: on a
+    # busy machine that can take longer than the default lock timeout.
+    with running_server(conninfo, CYCLES_RESERVE_BATCHING="true", CYCLES_LOCK_TIMEOUT_MS="60000") as api:
         yield api
 
 
@@ -86,12 +88,11 @@ def post_held(server: ApiServer, watcher: Conn, scope: str,
 def post_all(server: ApiServer, calls: list[tuple[Tenant, dict[str, Any]]],
              around: Callable[[], Any] | None = None) -> list[httpx.Response]:
     """Sends every reserve at once, each from its own thread and connection."""
-    def post(call: tuple[Tenant, dict[str, Any]]) -> httpx.Response:
-        tenant, body = call
-        return httpx.post(f"{server.base_url}/v1/reservations", json=body, headers=tenant.headers(), timeout=60)
-
-    with ThreadPoolExecutor(max_workers=len(calls)) as pool:
-        futures = [pool.submit(post, call) for call in calls]
+    limits = httpx.Limits(max_connections=len(calls), max_keepalive_connections=0)
+    with httpx.Client(base_url=server.base_url, timeout=120, limits=limits) as client, \
+            ThreadPoolExecutor(max_workers=len(calls)) as pool:
+        futures = [pool.submit(client.post, "/v1/reservations", json=body, headers=tenant.headers())
+                   for tenant, body in calls]
         if around is not None:
             around()
         return [future.result() for future in futures]
