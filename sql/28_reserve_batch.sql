@@ -117,6 +117,11 @@ $$;
 -- decided in array order against the balances the items before them left.
 -- Every check an item fails is the helper cycles.reserve calls, raising the
 -- same error; a refused item writes nothing.
+-- Locks, in order: the idempotency lock of every valid item, in key byte
+-- order; then the budget rows of the items still undecided after their
+-- replay and tenant checks, FOR UPDATE in (scope byte order, unit). The
+-- request checks run before any lock, the replays and policy lookups before
+-- the budget locks: budget rows are held only for the decisions and writes.
 -- Errors: as cycles.reserve_batch.
 CREATE FUNCTION cycles._reserve_batch_together(p_api_key text, p_requests jsonb[], p_ctxs jsonb[])
 RETURNS TABLE (o_item integer, o_response jsonb, o_sqlstate text, o_message text, o_detail text)
@@ -164,6 +169,7 @@ DECLARE
     v_keep_ms     bigint[];
     v_ids         text[];
     v_changed     boolean := false;
+    v_at          integer;
 BEGIN
     -- Who calls: the first check of every item, so a failure is every item's.
     BEGIN
@@ -209,51 +215,56 @@ BEGIN
         END;
     END LOOP;
 
-    -- Locks, all before any check that depends on them.
-    PERFORM cycles._lock_reserve_batch(p_api_key, p_requests);
-
-    -- Replays, then the checks cycles.reserve makes before its budget locks.
-    FOR i IN 1 .. v_count LOOP
-        CONTINUE WHEN NOT v_live[i];
-        v_parsed := v_items[i];
+    -- The idempotency lock and replay, then the checks cycles.reserve makes
+    -- before its budget locks. Items in key byte order, so that the
+    -- idempotency locks are taken in the order cycles._lock_reserve_batch
+    -- takes them (the keys are distinct: outcomes do not depend on it).
+    FOR v_at IN SELECT g.i FROM generate_subscripts(p_requests, 1) AS g (i)
+             WHERE v_live[g.i] ORDER BY (v_items[g.i]).idempotency_key COLLATE "C" LOOP
+        v_parsed := v_items[v_at];
         BEGIN
-            v_responses[i] := cycles._idempotent_replay(
-                v_tenant.tenant_id, 'reserve', v_parsed.idempotency_key, v_hashes[i], false);
-            IF v_responses[i] IS NULL THEN
+            v_responses[v_at] := cycles._idempotent_replay(
+                v_tenant.tenant_id, 'reserve', v_parsed.idempotency_key, v_hashes[v_at], true);
+            IF v_responses[v_at] IS NULL THEN
                 PERFORM cycles._require_tenant_open(v_tenant, true);
                 v_match := cycles._match_policy(v_tenant.tenant_id, v_parsed.scope_path);
-                v_caps[i] := cycles._policy_caps(v_match);
-                v_ttls[i] := least(
-                    coalesce(v_ttl_reqs[i], (v_match.reservation_ttl_override ->> 'default_ttl_ms')::bigint,
+                v_caps[v_at] := cycles._policy_caps(v_match);
+                v_ttls[v_at] := least(
+                    coalesce(v_ttl_reqs[v_at], (v_match.reservation_ttl_override ->> 'default_ttl_ms')::bigint,
                              v_tenant.default_reservation_ttl_ms),
                     coalesce((v_match.reservation_ttl_override ->> 'max_ttl_ms')::bigint,
                              v_tenant.max_reservation_ttl_ms));
-                v_max_exts[i] := coalesce((v_match.reservation_ttl_override ->> 'max_extensions')::integer,
+                v_max_exts[v_at] := coalesce((v_match.reservation_ttl_override ->> 'max_extensions')::integer,
                                           v_tenant.max_reservation_extensions);
-                v_match_pols[i] := v_match.commit_overage_policy;
+                v_match_pols[v_at] := v_match.commit_overage_policy;
             ELSE
-                v_live[i] := false;
+                v_live[v_at] := false;
             END IF;
         EXCEPTION WHEN OTHERS THEN
             IF left(SQLSTATE, 2) <> 'CY' THEN
                 RAISE;
             END IF;
             GET STACKED DIAGNOSTICS v_message = MESSAGE_TEXT, v_detail = PG_EXCEPTION_DETAIL;
-            v_messages[i] := v_message;
-            v_details[i] := v_detail;
-            v_sqlstates[i] := SQLSTATE;
-            v_live[i] := false;
+            v_messages[v_at] := v_message;
+            v_details[v_at] := v_detail;
+            v_sqlstates[v_at] := SQLSTATE;
+            v_live[v_at] := false;
         END;
     END LOOP;
 
-    -- The budget rows, held since cycles._lock_reserve_batch; read again
-    -- here so each is the version this transaction holds.
-    SELECT array_agg(b ORDER BY b.scope COLLATE "C", b.unit COLLATE "C") INTO v_current
-    FROM cycles.budgets AS b
-    WHERE (b.scope, b.unit) IN (
-        SELECT s.scope, (v_items[i]).unit
-        FROM generate_subscripts(p_requests, 1) AS i, unnest((v_items[i]).affected_scopes) AS s (scope)
-        WHERE v_live[i]);
+    -- The budget rows the items charge, locked in the global order, all
+    -- before the first item is decided.
+    SELECT array_agg(l.b ORDER BY (l.b).scope COLLATE "C", (l.b).unit COLLATE "C") INTO v_current
+    FROM (
+        SELECT b
+        FROM cycles.budgets AS b
+        WHERE (b.scope, b.unit) IN (
+            SELECT s.scope, (v_items[i]).unit
+            FROM generate_subscripts(p_requests, 1) AS i, unnest((v_items[i]).affected_scopes) AS s (scope)
+            WHERE v_live[i])
+        ORDER BY b.scope COLLATE "C", b.unit COLLATE "C"
+        FOR UPDATE
+    ) AS l;
 
     -- Each item against the balances the items before it left, in memory.
     FOR i IN 1 .. v_count LOOP
@@ -458,7 +469,10 @@ $$;
 -- (cycles._reserve_batch_together); a batch with a dry run or a repeated key
 -- runs each item as a cycles.reserve call (cycles._reserve_batch_each).
 --
--- Locks: those of cycles._lock_reserve_batch, first.
+-- Locks, in order (either way): the idempotency lock of every item's key, in
+-- key byte order; then the budget rows of the items' derived scopes in their
+-- units, FOR UPDATE in (scope byte order, unit); all before the first item
+-- is decided (see the top of this file).
 --
 -- Returns one row per item, in order: o_item (1-based), then o_response
 -- (the reserve's response) or o_sqlstate, o_message, o_detail.
