@@ -11,8 +11,8 @@ from __future__ import annotations
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import httpx
@@ -66,35 +66,39 @@ def shared_tenant(conn: Conn, allocated: int) -> Tenant:
 
 def post_held(server: ApiServer, watcher: Conn, scope: str,
               calls: list[tuple[Tenant, dict[str, Any]]]) -> list[httpx.Response]:
-    """post_all with the budget row held locked until the first reserve
-    waits for it, and a moment more, so that the requests sent meanwhile
-    queue in the server behind that one; then they all go."""
-    with psycopg.connect(server.conninfo) as holder:
+    """Sends the first call while the budget row is held locked, and the
+    others once it waits for the lock: they queue in the server behind it.
+    A moment later the lock is let go and they are applied as a batch."""
+    limits = httpx.Limits(max_connections=len(calls), max_keepalive_connections=0)
+    with psycopg.connect(server.conninfo) as holder, \
+            httpx.Client(base_url=server.base_url, timeout=120, limits=limits) as client, \
+            ThreadPoolExecutor(max_workers=len(calls)) as pool:
         holder.execute("SELECT 1 FROM cycles.budgets WHERE scope = %s FOR UPDATE", (scope,))
 
-        def release() -> None:
-            deadline = time.monotonic() + 30
-            while watcher.execute(
-                    "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
-                    " AND query LIKE '%%cycles.reserve%%'").fetchone() == (0,):
-                assert time.monotonic() < deadline, "no reserve ever waited for the budget"
-                time.sleep(0.02)
-            time.sleep(0.5)
-            holder.rollback()
+        def post(call: tuple[Tenant, dict[str, Any]]) -> Future[httpx.Response]:
+            tenant, body = call
+            return pool.submit(client.post, "/v1/reservations", json=body, headers=tenant.headers())
 
-        return post_all(server, calls, around=release)
+        futures = [post(calls[0])]
+        deadline = time.monotonic() + 30
+        while watcher.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+                " AND wait_event_type = 'Lock' AND query LIKE '%%cycles.reserve%%'").fetchone() == (0,):
+            assert time.monotonic() < deadline, "the first reserve never waited for the budget"
+            time.sleep(0.02)
+        futures += [post(call) for call in calls[1:]]
+        time.sleep(0.5)
+        holder.rollback()
+        return [future.result() for future in futures]
 
 
-def post_all(server: ApiServer, calls: list[tuple[Tenant, dict[str, Any]]],
-             around: Callable[[], Any] | None = None) -> list[httpx.Response]:
+def post_all(server: ApiServer, calls: list[tuple[Tenant, dict[str, Any]]]) -> list[httpx.Response]:
     """Sends every reserve at once, each from its own thread and connection."""
     limits = httpx.Limits(max_connections=len(calls), max_keepalive_connections=0)
     with httpx.Client(base_url=server.base_url, timeout=120, limits=limits) as client, \
             ThreadPoolExecutor(max_workers=len(calls)) as pool:
         futures = [pool.submit(client.post, "/v1/reservations", json=body, headers=tenant.headers())
                    for tenant, body in calls]
-        if around is not None:
-            around()
         return [future.result() for future in futures]
 
 
