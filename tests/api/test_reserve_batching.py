@@ -45,6 +45,20 @@ def server(pg_cluster: Cluster) -> Iterator[ApiServer]:
             $$""")
         conn.execute("CREATE TRIGGER record_xid AFTER INSERT ON cycles.reservations"
                      " FOR EACH ROW EXECUTE FUNCTION public.record_xid()")
+        # A failure that only a batch meets (several reservations written by
+        # one statement, one of them marked), and that is not a refusal.
+        conn.execute("""
+            CREATE FUNCTION public.fail_batches() RETURNS trigger LANGUAGE plpgsql AS $$
+            BEGIN
+                IF (SELECT count(*) FROM inserted) > 1
+                   AND EXISTS (SELECT FROM inserted WHERE idempotency_key LIKE 'fails-in-batch-%') THEN
+                    RAISE EXCEPTION 'simulated deadlock' USING ERRCODE = '40P01';
+                END IF;
+                RETURN NULL;
+            END;
+            $$""")
+        conn.execute("CREATE TRIGGER fail_batches AFTER INSERT ON cycles.reservations"
+                     " REFERENCING NEW TABLE AS inserted FOR EACH STATEMENT EXECUTE FUNCTION public.fail_batches()")
     # The tests hold a budget's lock while requests pile up behind it: on a
     # busy machine that can take longer than the default lock timeout.
     with running_server(conninfo, CYCLES_RESERVE_BATCHING="true", CYCLES_LOCK_TIMEOUT_MS="60000") as api:
@@ -203,6 +217,23 @@ def test_refusals_in_a_batch_are_the_single_calls_errors(server: ApiServer, conn
     assert comparable(responses[2]) == comparable(alone)
     assert comparable(responses[3]) == comparable(alone_unit)
     assert budget(conn, tenant.scope)["reserved"] == 20
+
+
+def test_a_batch_that_fails_otherwise_is_made_again_one_by_one(server: ApiServer, conn: Conn) -> None:
+    tenant = shared_tenant(conn, 1_000_000)
+    bodies = [reserve_body(tenant, 2, subject=tenant.subject()) for _ in range(6)]
+    bodies[3]["idempotency_key"] = unique("fails-in-batch-")
+    responses = post_held(server, conn, tenant.scope, [(tenant, body) for body in bodies])
+    # The batch rolled back as a whole; each request was then made alone and
+    # got its own outcome.
+    assert [r.status_code for r in responses] == [200] * 6
+    assert "making its requests one by one" in server.log_file.read_text()
+    ids = [r.json()["reservation_id"] for r in responses]
+    assert transactions_of(conn, ids) == 6
+    assert budget(conn, tenant.scope)["reserved"] == 12
+    assert conn.execute("SELECT count(*) FROM cycles.reservations WHERE tenant_id = %s",
+                        (tenant.tenant_id,)).fetchone() == (6,)
+    assert ledger_problems(conn, tenant) == []
 
 
 def test_dry_runs_are_not_batched_and_change_nothing(server: ApiServer, conn: Conn) -> None:
