@@ -367,6 +367,14 @@ def test_a_batch_has_exactly_the_outcomes_of_single_calls_in_order(db: psycopg.C
     assert [_normal(r, "bat") for r in again[:2]] == [_normal(r, "bat") for r in batched[:2]]
     assert again[0]["response"]["reservation_id"] == batched[0]["response"]["reservation_id"]
     assert _history(db, "bat") == _history(db, "one")
+    # A stored key with a different request: IDEMPOTENCY_MISMATCH for that
+    # item alone.
+    changed = _sequence("bat")[:2]
+    changed[1]["estimate"]["amount"] += 1
+    rows = batch(db, batch_key, [*changed, reserve_request(1, subject={"tenant": "bat"})], ctxs[:3])
+    assert [r["sqlstate"] for r in rows] == [None, "CY907", None]
+    assert rows[1]["detail"] == {"error": "IDEMPOTENCY_MISMATCH", "details": {"idempotency_key": "k2"}}
+    assert_ledger_consistent(db)
 
 
 def test_a_suspended_tenant_refuses_every_item(db: psycopg.Connection) -> None:
