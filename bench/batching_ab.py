@@ -33,8 +33,10 @@ from app.demos.sandbox import Target, throwaway_server
 from bench.run import HTTP_AGENTS, Stack, ledger_mismatches, provision, say, wrk
 
 ROOT = Path(__file__).resolve().parent.parent
-CELLS = tuple((shape, int(n)) for shape, n in (c.split("/") for c in os.environ.get(
-    "AB_CELLS", "shared/50,independent/50,shared/1").split(",")))
+# shape/connections[/mode]; AB_CELLS=shared/200,independent/50/lifecycle picks others.
+CELLS = tuple((parts[0], int(parts[1]), parts[2] if len(parts) > 2 else "reserve")
+              for parts in (cell.split("/") for cell in os.environ.get(
+                  "AB_CELLS", "shared/50,independent/50,shared/1").split(",")))
 
 
 def free_port() -> int:
@@ -81,9 +83,10 @@ def extra_server(stack: Stack, batching: bool, workers: int) -> Iterator[Stack]:
             process.wait()
 
 
-def cell(stack: Stack, keys: dict[str, str], shape: str, connections: int, seconds: int) -> dict[str, Any]:
+def cell(stack: Stack, keys: dict[str, str], shape: str, connections: int, seconds: int,
+         mode: str = "reserve") -> dict[str, Any]:
     tenant = "http-ind" if shape == "independent" else "http-shared"
-    result = wrk(stack, keys[tenant], tenant, HTTP_AGENTS, "reserve", connections, seconds)
+    result = wrk(stack, keys[tenant], tenant, HTTP_AGENTS, mode, connections, seconds)
     result["ledger_mismatches"] = ledger_mismatches(stack, tenant)
     return {name: result[name] for name in (
         "rps", "p50_us", "p99_us", "non_2xx", "socket_errors", "db_cpu_ms", "server_cpu_ms", "ledger_mismatches")}
@@ -111,12 +114,12 @@ def main() -> None:
             variants = {"off": off, "on": on}
             for round_number in range(args.rounds):
                 order = ["off", "on"] if round_number % 2 == 0 else ["on", "off"]
-                for shape, connections in CELLS:
+                for shape, connections, mode in CELLS:
                     for variant in order:
-                        say(f"round {round_number + 1}: {shape} x{connections} batching {variant}")
-                        result = cell(variants[variant], keys, shape, connections, args.seconds)
-                        results.setdefault(f"{shape}/{connections}/{variant}", []).append(result)
-                        print(f"{round_number + 1} {shape:>11} x{connections:<3} {variant:>3} "
+                        say(f"round {round_number + 1}: {mode} {shape} x{connections} batching {variant}")
+                        result = cell(variants[variant], keys, shape, connections, args.seconds, mode)
+                        results.setdefault(f"{mode} {shape}/{connections}/{variant}", []).append(result)
+                        print(f"{round_number + 1} {mode} {shape:>11} x{connections:<3} {variant:>3} "
                               f"{result['rps']:8.1f}/s p50 {result['p50_us'] / 1000:7.2f} ms "
                               f"p99 {result['p99_us'] / 1000:7.2f} ms db {result['db_cpu_ms']:.3f} "
                               f"server {result['server_cpu_ms']:.3f} ms/req non-2xx {result['non_2xx']} "
