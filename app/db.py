@@ -122,7 +122,6 @@ class Database:
                  pool_timeout_s: float, transaction_pooler: bool = False) -> None:
         self.database_url = database_url
         self.pool_timeout_s = pool_timeout_s
-        self.transaction_pooler = transaction_pooler
         self.pool = create_pool(database_url, min_size, max_size, timeouts, transaction_pooler)
 
     async def open(self) -> None:
