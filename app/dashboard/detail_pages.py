@@ -74,7 +74,7 @@ async def patch_overdraft(request: Request[Any, Any, Any]) -> Response[Any]:
     limit = form_integer(form, "overdraft_limit")
     back = {"tenant_id": form_text(form, "back_tenant_id"), "scope_prefix": form_text(form, "back_scope_prefix"),
             "status": form_text(form, "back_status"), "attention": form_text(form, "back_attention"),
-            "view": form_text(form, "back_view")}
+            "view": form_text(form, "back_view"), "search": form_text(form, "back_search")}
     if scope is None or unit not in admin_budgets.UNITS or limit is None or limit < 0:
         return redirect_back("/dashboard/budgets", back,
                              error="The overdraft limit must be a whole number of at least 0.")

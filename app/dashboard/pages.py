@@ -199,6 +199,7 @@ async def budgets_page(request: Request[Any, Any, Any]) -> Response[Any]:
         "status": query_text(request, "status", BUDGET_STATUSES),
         "attention": query_text(request, "attention", ("over_limit", "has_debt")),
         "view": query_text(request, "view", ("tree",)),
+        "search": query_text(request, "search"),
     }
     cursor = query_text(request, "cursor")
     page: Any = {"ledgers": []}
@@ -209,7 +210,7 @@ async def budgets_page(request: Request[Any, Any, Any]) -> Response[Any]:
             "status": filters["status"], "limit": PAGE_SIZE, "cursor": cursor,
             "over_limit": True if filters["attention"] == "over_limit" else None,
             "has_debt": True if filters["attention"] == "has_debt" else None,
-            "utilization_min": None, "utilization_max": None, "search": None,
+            "utilization_min": None, "utilization_max": None, "search": filters["search"],
         }, on_behalf_of=True, tenant_id=filters["tenant_id"])
     except DashboardError as exc:
         error = exc.message
@@ -295,7 +296,7 @@ def _budgets_back(form: Mapping[str, Any], **outcome: str) -> Redirect:
     return redirect_back("/dashboard/budgets", {
         "tenant_id": form_text(form, "back_tenant_id"), "scope_prefix": form_text(form, "back_scope_prefix"),
         "status": form_text(form, "back_status"), "attention": form_text(form, "back_attention"),
-        "view": form_text(form, "back_view")}, **outcome)
+        "view": form_text(form, "back_view"), "search": form_text(form, "back_search")}, **outcome)
 
 
 @post("/budgets/fund", status_code=303)
