@@ -196,9 +196,10 @@ BEGIN
         'as_of', cycles._iso8601(clock_timestamp()))
     INTO v_result;
     v_spend := cycles._dashboard_spend(v_tenant, v_filter);
-    v_result := v_result || jsonb_build_object(
+    v_result := v_result || jsonb_strip_nulls(jsonb_build_object(
         'charged_today', v_spend -> 'today', 'charged_month', v_spend -> 'month',
-        'top_agents', v_spend -> 'top_agents', 'top_tenants', v_spend -> 'top_tenants');
+        'top_agents', v_spend -> 'top_agents', 'top_tenants', v_spend -> 'top_tenants',
+        'summarised_to', v_spend -> 'summarised_to'));
     PERFORM cycles._audit(v_ctx, 'dashboardOverview', NULL, NULL, 200, v_tenant);
     RETURN v_result;
 END;
@@ -330,21 +331,27 @@ CREATE TABLE cycles.dashboard_summary_state (
     CONSTRAINT dashboard_summary_state_pkey PRIMARY KEY (name)
 );
 
--- cycles._dashboard_summarise_spend: brings the summaries up to the last hour
--- that ended at least two minutes ago, and returns the time up to which they
--- are complete (the overview reads the ledger from there). The first call
--- starts at the current month. Locks: the state row FOR UPDATE SKIP LOCKED
--- (a concurrent call that holds it is summarising: this one returns the
--- previous point and reads a longer tail instead of waiting). Reads the
--- ledger per tenant by (tenant_id, operation_lead, created_at).
--- Errors: none.
-CREATE FUNCTION cycles._dashboard_summarise_spend() RETURNS timestamptz
+-- cycles._dashboard_summarise_spend: brings the summaries towards the last
+-- hour that ended at least two minutes ago, five minutes of ledger at a time,
+-- for at most
+-- about p_budget_ms of work (an overview must stay fast even when a month
+-- of ledger rows waits to be summarised, e.g. after an upgrade: each call
+-- then does its share), and returns the time up to which they are complete.
+-- Hours without ledger rows are skipped at once. The first call starts at
+-- the current month. Locks: the state row FOR UPDATE SKIP LOCKED (a
+-- concurrent call that holds it is summarising: this one returns the
+-- previous point instead of waiting). Reads the ledger per tenant by
+-- (tenant_id, operation_lead, created_at). Errors: none.
+CREATE FUNCTION cycles._dashboard_summarise_spend(p_budget_ms integer DEFAULT 300) RETURNS timestamptz
 LANGUAGE plpgsql
 SET jit = off
 AS $$
 DECLARE
-    v_target timestamptz := date_trunc('hour', clock_timestamp() - interval '2 minutes', 'UTC');
-    v_from   timestamptz;
+    v_started timestamptz := clock_timestamp();
+    v_target  timestamptz := date_trunc('hour', clock_timestamp() - interval '2 minutes', 'UTC');
+    v_from    timestamptz;
+    v_next    timestamptz;
+    v_first   timestamptz;
 BEGIN
     SELECT s.summarised_to INTO v_from FROM cycles.dashboard_summary_state AS s WHERE s.name = 'spend';
     IF v_from IS NULL THEN
@@ -360,49 +367,65 @@ BEGIN
         SELECT s.summarised_to INTO v_from FROM cycles.dashboard_summary_state AS s WHERE s.name = 'spend';
         RETURN coalesce(v_from, date_trunc('month', clock_timestamp(), 'UTC'));
     END IF;
-    IF v_from >= v_target THEN
-        RETURN v_from;
-    END IF;
-    -- One statement: both summaries are written from the same reading of the ledger.
-    WITH new_spend AS (
-        SELECT date_trunc('hour', l.created_at, 'UTC') AS hour_start, t.tenant_id, l.unit,
-               coalesce(l.subject_agent, '') AS agent, sum(l.spent_delta + l.debt_delta) AS charged,
-               count(*) AS charges
+    WHILE v_from < v_target LOOP
+        -- The next hour that has a ledger row to summarise, if any.
+        SELECT min(f.created_at) INTO v_first
         FROM cycles.tenants AS t
         CROSS JOIN LATERAL (
-            SELECT e.created_at, e.unit, e.subject_agent, e.spent_delta, e.debt_delta
-            FROM cycles.ledger_entries AS e
+            SELECT e.created_at FROM cycles.ledger_entries AS e
             WHERE e.tenant_id = t.tenant_id AND e.operation_lead
               AND e.created_at >= v_from AND e.created_at < v_target
-              AND e.operation IN ('COMMIT', 'EVENT')
-            OFFSET 0) AS l
-        GROUP BY 1, 2, 3, 4
-    ),
-    hours AS (
-        INSERT INTO cycles.dashboard_spend_hours AS h (hour_start, tenant_id, unit, charged, charges)
-        SELECT n.hour_start, n.tenant_id, n.unit, sum(n.charged), sum(n.charges)
+            ORDER BY e.created_at LIMIT 1) AS f;
+        IF v_first IS NULL THEN
+            v_from := v_target;
+            EXIT;
+        END IF;
+        v_from := greatest(v_from, date_trunc('hour', v_first, 'UTC'));
+        -- Five minutes at a time (within one hour): a busy hour is summarised
+        -- over several calls rather than in one long statement.
+        v_next := least(v_target, v_from + interval '5 minutes', date_trunc('hour', v_from, 'UTC') + interval '1 hour');
+        -- One statement: both summaries are written from the same reading of the ledger.
+        WITH new_spend AS (
+            SELECT t.tenant_id, l.unit, coalesce(l.subject_agent, '') AS agent,
+                   sum(l.spent_delta + l.debt_delta) AS charged, count(*) AS charges
+            FROM cycles.tenants AS t
+            CROSS JOIN LATERAL (
+                SELECT e.unit, e.subject_agent, e.spent_delta, e.debt_delta
+                FROM cycles.ledger_entries AS e
+                WHERE e.tenant_id = t.tenant_id AND e.operation_lead
+                  AND e.created_at >= v_from AND e.created_at < v_next
+                  AND e.operation IN ('COMMIT', 'EVENT')
+                OFFSET 0) AS l
+            GROUP BY 1, 2, 3
+        ),
+        hours AS (
+            INSERT INTO cycles.dashboard_spend_hours AS h (hour_start, tenant_id, unit, charged, charges)
+            SELECT date_trunc('hour', v_from, 'UTC'), n.tenant_id, n.unit, sum(n.charged), sum(n.charges)
+            FROM new_spend AS n
+            WHERE v_from >= date_trunc('day', v_target, 'UTC') - interval '1 day'
+            GROUP BY 2, 3
+            ON CONFLICT ON CONSTRAINT dashboard_spend_hours_pkey
+            DO UPDATE SET charged = h.charged + excluded.charged, charges = h.charges + excluded.charges
+            RETURNING 1
+        )
+        INSERT INTO cycles.dashboard_spend_months AS m (month_start, level, tenant_id, unit, agent, charged, charges)
+        SELECT date_trunc('month', v_from, 'UTC'), v.level, n.tenant_id, n.unit, v.agent, sum(n.charged),
+               sum(n.charges)
         FROM new_spend AS n
-        WHERE n.hour_start >= date_trunc('day', v_target, 'UTC') - interval '1 day'
-        GROUP BY 1, 2, 3
-        ON CONFLICT ON CONSTRAINT dashboard_spend_hours_pkey
-        DO UPDATE SET charged = h.charged + excluded.charged, charges = h.charges + excluded.charges
-        RETURNING 1
-    )
-    INSERT INTO cycles.dashboard_spend_months AS m (month_start, level, tenant_id, unit, agent, charged, charges)
-    SELECT date_trunc('month', n.hour_start, 'UTC'), v.level, n.tenant_id, n.unit, v.agent,
-           sum(n.charged), sum(n.charges)
-    FROM new_spend AS n
-    CROSS JOIN LATERAL (VALUES ('tenant', ''), ('agent', n.agent)) AS v(level, agent)
-    WHERE v.level = 'tenant' OR n.agent <> ''
-    GROUP BY 1, 2, 3, 4, 5
-    ON CONFLICT ON CONSTRAINT dashboard_spend_months_pkey
-    DO UPDATE SET charged = m.charged + excluded.charged, charges = m.charges + excluded.charges;
+        CROSS JOIN LATERAL (VALUES ('tenant', ''), ('agent', n.agent)) AS v(level, agent)
+        WHERE v.level = 'tenant' OR n.agent <> ''
+        GROUP BY 2, 3, 4, 5
+        ON CONFLICT ON CONSTRAINT dashboard_spend_months_pkey
+        DO UPDATE SET charged = m.charged + excluded.charged, charges = m.charges + excluded.charges;
+        v_from := v_next;
+        EXIT WHEN clock_timestamp() - v_started > make_interval(secs => p_budget_ms / 1000.0);
+    END LOOP;
     DELETE FROM cycles.dashboard_spend_hours AS h
     WHERE h.hour_start < date_trunc('day', v_target, 'UTC') - interval '1 day';
     DELETE FROM cycles.dashboard_spend_months AS m
     WHERE m.month_start < date_trunc('month', v_target, 'UTC') - interval '1 month';
-    UPDATE cycles.dashboard_summary_state AS s SET summarised_to = v_target WHERE s.name = 'spend';
-    RETURN v_target;
+    UPDATE cycles.dashboard_summary_state AS s SET summarised_to = v_from WHERE s.name = 'spend';
+    RETURN v_from;
 END;
 $$;
 
@@ -416,7 +439,10 @@ $$;
 -- (all of those are ranked) or is among the summaries' own 10 largest. For
 -- a key with a scope filter the summaries (which carry no scope) cannot be
 -- used: it gets today's figure only, from its tenant's ledger rows of the
--- day that the filter allows. Locks: see cycles._dashboard_summarise_spend.
+-- day that the filter allows. While the summaries lag more than an hour
+-- behind (a month of ledger rows to catch up on), only {summarised_to} is
+-- returned: the figures appear once a few overviews have caught up.
+-- Locks: see cycles._dashboard_summarise_spend.
 -- Errors: none.
 CREATE FUNCTION cycles._dashboard_spend(p_tenant text, p_filter jsonb) RETURNS jsonb
 LANGUAGE plpgsql
@@ -433,7 +459,13 @@ DECLARE
     v_result   jsonb;
 BEGIN
     IF NOT v_filtered THEN
-        v_from := greatest(cycles._dashboard_summarise_spend(), v_month);
+        v_from := cycles._dashboard_summarise_spend();
+        IF v_from < date_trunc('hour', clock_timestamp() - interval '2 minutes', 'UTC') - interval '1 hour' THEN
+            -- Still catching up: the ledger after the summaries is too much to
+            -- add up here; the figures appear once the summaries are current.
+            RETURN jsonb_build_object('summarised_to', cycles._iso8601(v_from));
+        END IF;
+        v_from := greatest(v_from, v_month);
     END IF;
     WITH tail AS (
         -- The ledger after the summaries (today's for a filtered key).
