@@ -43,6 +43,11 @@ def populate_extras(stack: Stack) -> dict[str, str]:
     expire), other tenants, policies, webhooks with deliveries, events with
     shared correlation ids, and a tenant key with every read permission."""
     with stack.connect() as conn:
+        # The scale stage's committed reservations expire a day after the
+        # load; a real one expires a TTL (60 s) after it was created, and was
+        # committed before that. (The finalisation windows rely on it.)
+        conn.execute("UPDATE cycles.reservations SET expires_at_ms = created_at_ms + 60000"
+                     " WHERE tenant_id = 'scale' AND status = 'COMMITTED'")
         conn.execute("""
             INSERT INTO cycles.reservations (
                 reservation_id, tenant_id, idempotency_key, subject, action, unit, estimate, scope_path,
@@ -124,6 +129,7 @@ def pages(extras: dict[str, str]) -> dict[str, str]:
         "reservations (ACTIVE)": "/dashboard/reservations?tenant=scale&status=ACTIVE",
         "reservations (expiring soon)": "/dashboard/reservations?tenant=scale&window=expiring_soon",
         "reservations (finalised today)": "/dashboard/reservations?tenant=scale&window=finalized_today",
+        "reservations (finalised in the last hour)": "/dashboard/reservations?tenant=scale&window=finalized_hour",
         "reservation detail": "/dashboard/reservations/detail?id=rsv_scale_424242",
         "tenants": "/dashboard/tenants",
         "tenant detail": "/dashboard/tenants/detail?tenant_id=scale",

@@ -77,6 +77,7 @@ RESERVATION_FILTERS: Final = ("workspace", "app", "workflow", "agent", "toolset"
 # reservations whose expiry falls in the next EXPIRING_SOON_MS, soonest first.
 RESERVATION_WINDOWS: Final = ("expiring_soon", "finalized_hour", "finalized_today")
 EXPIRING_SOON_MS: Final = 10 * 60 * 1000
+MAX_GRACE_MS: Final = 60_000  # reservations_grace_range
 # Chart buckets and how many of each are drawn.
 CHART_BUCKETS: Final = {"hour": 48, "day": 30, "month": 12}
 CHART_WIDTH: Final = 720
@@ -404,10 +405,14 @@ def _window_query(window: str | None, at_ms: str | None) -> dict[str, str]:
         return {"status": "ACTIVE", "expires_from": _iso(now),
                 "expires_to": _iso(now + timedelta(milliseconds=EXPIRING_SOON_MS)),
                 "sort_by": "expires_at_ms", "sort_dir": "asc"}
-    if window == "finalized_hour":
-        return {"finalized_from": _iso(now - timedelta(hours=1))}
-    if window == "finalized_today":
-        return {"finalized_from": _iso(now.replace(hour=0, minute=0, second=0, microsecond=0))}
+    if window in ("finalized_hour", "finalized_today"):
+        start = now - timedelta(hours=1) if window == "finalized_hour" else now.replace(
+            hour=0, minute=0, second=0, microsecond=0)
+        # Commit and release are accepted only until expiry + grace (at most
+        # a minute): a reservation finalised since `start` expires after
+        # start - 1 min. Saying so lets the list read the (tenant, expiry)
+        # index instead of every reservation of the tenant.
+        return {"finalized_from": _iso(start), "expires_from": _iso(start - timedelta(milliseconds=MAX_GRACE_MS))}
     return {}
 
 

@@ -9,6 +9,7 @@ Suspending is an emergency action: it asks for confirmation first.
 from __future__ import annotations
 
 from typing import Any, Final
+from urllib.parse import urlencode
 
 from litestar import Request, Response, get, post
 
@@ -108,7 +109,7 @@ async def change_status(request: Request[Any, Any, Any]) -> Response[Any]:
                     "reactivated; its budgets and reservations stay as they are."
                     if status == "SUSPENDED" else f"Reactivate the tenant {tenant_id}?")
         return confirmation(request, session, request.url.path, question, form,
-                            cancel=f"/dashboard/tenants/detail?tenant_id={tenant_id}")
+                            cancel=f"/dashboard/tenants/detail?{urlencode({'tenant_id': tenant_id})}")
     try:
         await admin_call(request, session, "updateTenant", "tenant", admin_tenants.UPDATE_SQL, {
             "tenant_id": tenant_id, "patch": json_text({"status": status})},

@@ -17,6 +17,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final
+from urllib.parse import urlencode
 
 from litestar import Request, Response, get, post
 
@@ -147,7 +148,7 @@ async def change_status(request: Request[Any, Any, Any]) -> Response[Any]:
         return confirmation(
             request, session, request.url.path,
             f"Pause the webhook {subscription_id}? Its deliveries wait (nothing is sent) until it is resumed.",
-            form, cancel=f"/dashboard/webhooks/detail?id={subscription_id}")
+            form, cancel=f"/dashboard/webhooks/detail?{urlencode({'id': subscription_id})}")
     try:
         await admin_call(request, session, "updateWebhookSubscription", "webhook", webhooks_common.UPDATE_SQL, {
             "id": subscription_id, "patch": json_text({"status": status})}, resource_id=subscription_id)
