@@ -266,3 +266,32 @@ def test_a_scope_filtered_key_gets_todays_figure_only(db: Conn, two_tenants: Any
     figures = _overview(db, {"api_key": scoped[0], "actor_type": "api_key"})
     assert "charged_month" not in figures and "top_agents" not in figures
     assert figures["charged_today"] == [{"unit": USD, "amount": 800}]
+
+
+def test_audit_action_accepts_only_the_operations_that_audit_nothing_themselves(db: Conn) -> None:
+    _tenant(db, "acme")
+    reader = _key(db, "acme", ["admin:read"])
+    ctx = json.dumps({"api_key": reader, "actor_type": "api_key"})
+    row = db.execute("SELECT cycles.dashboard_audit_action('replayWebhookEvents', 'whsub_1', 'other', NULL, %s::jsonb)",
+                     (ctx,)).fetchone()
+    assert row is not None
+    logged = db.execute("SELECT operation, tenant_id, actor_type, status FROM cycles.audit_logs WHERE log_id = %s",
+                        (row[0]["log_id"],)).fetchone()
+    assert logged == ("replayWebhookEvents", "acme", "api_key", 200)  # the key's tenant, not the one named
+    with pytest.raises(psycopg.Error) as caught:
+        db.execute("SELECT cycles.dashboard_audit_action('freezeBudget', 'x', 'acme', NULL, %s::jsonb)", (ctx,))
+    assert caught.value.sqlstate == "CY400"
+
+
+def test_reservation_history_is_confined_to_the_keys_tenant(db: Conn, two_tenants: Any) -> None:
+    reservation = db.execute("SELECT reservation_id FROM cycles.reservations WHERE tenant_id = 'acme' LIMIT 1").fetchone()
+    assert reservation is not None
+    history = db.execute("SELECT cycles.dashboard_reservation_history(%s)", (reservation[0],)).fetchone()
+    assert history is not None
+    assert [row["operation"] for row in history[0]["ledger"]] == ["RESERVE", "RESERVE", "COMMIT", "COMMIT"]
+    assert history[0]["reservation"]["status"] == "COMMITTED"
+    reader = _key(db, "beta", ["admin:read"])
+    with pytest.raises(psycopg.Error) as caught:
+        db.execute("SELECT cycles.dashboard_reservation_history(%s, %s::jsonb)",
+                   (reservation[0], json.dumps({"api_key": reader, "actor_type": "api_key"})))
+    assert caught.value.sqlstate == "CY404"
