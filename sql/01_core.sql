@@ -323,8 +323,9 @@ $$;
 -- (previous row's plus the deltas); prev_hash and entry_hash. Then inserts
 -- all rows with one statement (PostgreSQL prepares a table's CHECK
 -- constraints once per statement, not per row).
--- The chain head is read with an index scan on (budget_id, created_at)
--- backwards; every other plan (sequential or bitmap scan, then a sort) is
+-- The chain head is read with an index scan on (tenant_id, budget_id,
+-- created_at) backwards (in each partition, merged: the newest partition
+-- answers, the others cost one index descent each); every other plan (sequential or bitmap scan, then a sort) is
 -- switched off: statistics taken while the ledger was small (a fresh
 -- install, a benchmark) would otherwise let the plan cached in a long-lived
 -- session read all the budget's rows, or the whole ledger, on every append.
@@ -361,7 +362,7 @@ BEGIN
             SELECT l.created_at, l.allocated_after, l.spent_after, l.reserved_after, l.debt_after, l.entry_hash
             INTO v_prev
             FROM cycles.ledger_entries AS l
-            WHERE l.budget_id = v_row.budget_id
+            WHERE l.tenant_id = v_row.tenant_id AND l.budget_id = v_row.budget_id
             ORDER BY l.created_at DESC
             LIMIT 1;
             v_seen := v_seen || v_row.budget_id;
