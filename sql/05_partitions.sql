@@ -108,7 +108,7 @@ BEGIN
 END;
 $$;
 
-SELECT cycles.ensure_ledger_partitions(2);
+SELECT cycles.ensure_ledger_partitions(1);
 
 -- cycles.verify_ledger_segment -------------------------------------------------
 -- Verifies the hash chains inside one piece of the ledger: a partition

@@ -689,9 +689,13 @@ $$;
 -- all rows with one statement (PostgreSQL prepares a table's CHECK
 -- constraints once per statement, not per row).
 -- The chain head is read with an index scan on (tenant_id, budget_id,
--- created_at) backwards (in each partition, merged: the newest partition
--- answers, the others cost one index descent each); every other plan (sequential or bitmap scan, then a sort) is
--- switched off: statistics taken while the ledger was small (a fresh
+-- created_at) backwards, first from the current month on (the months before
+-- are pruned when the statement starts: a budget's head is there unless this
+-- is its first row of the month), else over every month; each partition
+-- left costs one index descent. The generic plan is forced: a custom plan
+-- would prune at planning time, look cheaper, and be planned on every call.
+-- Every other plan (sequential or bitmap scan, then a sort) is switched
+-- off: statistics taken while the ledger was small (a fresh
 -- install, a benchmark) would otherwise let the plan cached in a long-lived
 -- session read all the budget's rows, or the whole ledger, on every append.
 -- Errors: none of its own (a bigint overflow of a running balance would
@@ -703,8 +707,10 @@ LANGUAGE plpgsql
 SET enable_seqscan = off
 SET enable_bitmapscan = off
 SET enable_sort = off
+SET plan_cache_mode = force_generic_plan
 AS $$
 DECLARE
+    v_month timestamptz := date_trunc('month', clock_timestamp(), 'UTC');
     v_row   cycles.ledger_entries;
     v_prev  record;
     v_out   cycles.ledger_entries[];
@@ -727,9 +733,17 @@ BEGIN
             SELECT l.created_at, l.allocated_after, l.spent_after, l.reserved_after, l.debt_after, l.entry_hash
             INTO v_prev
             FROM cycles.ledger_entries AS l
-            WHERE l.tenant_id = v_row.tenant_id AND l.budget_id = v_row.budget_id
+            WHERE l.tenant_id = v_row.tenant_id AND l.budget_id = v_row.budget_id AND l.created_at >= v_month
             ORDER BY l.created_at DESC
             LIMIT 1;
+            IF NOT FOUND THEN
+                SELECT l.created_at, l.allocated_after, l.spent_after, l.reserved_after, l.debt_after, l.entry_hash
+                INTO v_prev
+                FROM cycles.ledger_entries AS l
+                WHERE l.tenant_id = v_row.tenant_id AND l.budget_id = v_row.budget_id
+                ORDER BY l.created_at DESC
+                LIMIT 1;
+            END IF;
             v_seen := v_seen || v_row.budget_id;
         END IF;
         v_group := v_row.operation || ':' || coalesce(v_row.reservation_id, v_row.event_id);
@@ -1279,7 +1293,7 @@ BEGIN
 END;
 $$;
 
-SELECT cycles.ensure_ledger_partitions(2);
+SELECT cycles.ensure_ledger_partitions(1);
 
 -- cycles.verify_ledger_segment -------------------------------------------------
 -- Verifies the hash chains inside one piece of the ledger: a partition

@@ -41,14 +41,14 @@ def fund(db: psycopg.Connection) -> None:
     db.execute("SELECT cycles.fund_budget('tenant:acme', 'TOKENS', 'CREDIT', 5, 'k1')")
 
 
-def test_load_creates_this_and_the_next_two_months_and_a_default(db: psycopg.Connection) -> None:
+def test_load_creates_this_and_the_next_month_and_a_default(db: psycopg.Connection) -> None:
     now = db.execute("SELECT clock_timestamp() AT TIME ZONE 'UTC'").fetchone()
     assert now is not None
     months = db.execute("""
         SELECT 'ledger_entries_p' || to_char(date_trunc('month', %s::timestamp) + make_interval(months => g), 'YYYYMM')
-        FROM generate_series(0, 2) AS g""", (now[0],)).fetchall()
+        FROM generate_series(0, 1) AS g""", (now[0],)).fetchall()
     assert partitions(db) == sorted(["ledger_entries_default", *(m[0] for m in months)])
-    again = db.execute("SELECT cycles.ensure_ledger_partitions(2)").fetchone()
+    again = db.execute("SELECT cycles.ensure_ledger_partitions(1)").fetchone()
     assert again is not None and again[0] == {"created": [], "moved_rows": 0}
 
 
@@ -178,6 +178,25 @@ def test_reports_and_checks_hold_across_partitions(history: psycopg.Connection) 
     scanned = " ".join(line[0] for line in plan)
     assert "ledger_entries_p202602" in scanned
     assert "ledger_entries_p202601" not in scanned and "ledger_entries_p202603" not in scanned
+
+
+def test_a_new_row_continues_a_chain_whose_head_is_in_an_older_month(history: psycopg.Connection) -> None:
+    db = history
+    head = db.execute("""
+        SELECT l.entry_hash, l.allocated_after FROM cycles.ledger_entries AS l JOIN cycles.budgets AS b
+          ON b.tenant_id = l.tenant_id AND b.budget_id = l.budget_id
+        WHERE b.scope = 'tenant:t-alpha' AND b.unit = 'TOKENS' ORDER BY l.created_at DESC LIMIT 1""").fetchone()
+    assert head is not None
+    for n in range(2):  # the first looks back into April; the second finds it in this month
+        db.execute("SELECT cycles.fund_budget('tenant:t-alpha', 'TOKENS', 'CREDIT', 10, %s)", (f"late-{n}",))
+    rows = db.execute("""
+        SELECT l.prev_hash, l.entry_hash, l.allocated_after FROM cycles.ledger_entries AS l
+        WHERE l.tenant_id = 't-alpha' AND l.scope = 'tenant:t-alpha' AND l.unit = 'TOKENS'
+        ORDER BY l.created_at DESC LIMIT 2""").fetchall()
+    assert rows[1][0] == head[0] and rows[0][0] == rows[1][1]
+    assert (rows[1][2], rows[0][2]) == (head[1] + 10, head[1] + 20)
+    assert chain_problems(db) == []
+    assert db.execute("SELECT count(*) FROM cycles.verify_ledger()").fetchone() == (0,)
 
 
 def test_tampering_inside_one_partition_is_found(history: psycopg.Connection) -> None:
