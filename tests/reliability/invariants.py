@@ -113,9 +113,9 @@ def reservation_violations(conn: Conn, tenant_id: str) -> list[str]:
                 WHERE e.tenant_id = r.tenant_id AND e.event_type = 'reservation.expired'
                   AND e.data ->> 'reservation_id' = r.reservation_id) AS expired_events
         FROM cycles.reservations AS r
-        LEFT JOIN cycles.ledger_entries AS l ON l.reservation_id = r.reservation_id
+        LEFT JOIN cycles.ledger_entries AS l ON l.tenant_id = r.tenant_id AND l.reservation_id = r.reservation_id
         WHERE r.tenant_id = %(t)s
-        GROUP BY r.reservation_id""", {"t": tenant_id})
+        GROUP BY r.tenant_id, r.reservation_id""", {"t": tenant_id})
     found: list[str] = []
     for row in rows:
         expected = {"COMMIT": 0, "RELEASE": 0, "EXPIRE": 0}
