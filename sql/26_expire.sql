@@ -49,8 +49,8 @@ BEGIN
     IF v_count > 0 THEN
         PERFORM 1
         FROM cycles.budgets AS b
-        WHERE (b.scope, b.unit) IN (
-            SELECT s.scope, r.unit
+        WHERE (b.tenant_id, b.scope, b.unit) IN (
+            SELECT r.tenant_id, s.scope, r.unit
             FROM cycles.reservations AS r
             CROSS JOIN LATERAL unnest(r.budgeted_scopes) AS s(scope)
             WHERE r.reservation_id = ANY (v_ids))
@@ -62,13 +62,13 @@ BEGIN
             remaining = b.remaining + held.amount,
             updated_at = clock_timestamp()
         FROM (
-            SELECT s.scope, r.unit, sum(r.estimate)::bigint AS amount
+            SELECT r.tenant_id, s.scope, r.unit, sum(r.estimate)::bigint AS amount
             FROM cycles.reservations AS r
             CROSS JOIN LATERAL unnest(r.budgeted_scopes) AS s(scope)
             WHERE r.reservation_id = ANY (v_ids)
-            GROUP BY s.scope, r.unit
+            GROUP BY r.tenant_id, s.scope, r.unit
         ) AS held
-        WHERE b.scope = held.scope AND b.unit = held.unit AND held.amount <> 0;
+        WHERE b.tenant_id = held.tenant_id AND b.scope = held.scope AND b.unit = held.unit AND held.amount <> 0;
 
         PERFORM cycles._append_ledger_rows(ARRAY(
             SELECT cycles._ledger_row(
@@ -81,7 +81,7 @@ BEGIN
                 p_reason => 'expired')
             FROM cycles.reservations AS r
             CROSS JOIN LATERAL unnest(r.budgeted_scopes) AS s(scope)
-            JOIN cycles.budgets AS b ON b.scope = s.scope AND b.unit = r.unit
+            JOIN cycles.budgets AS b ON b.tenant_id = r.tenant_id AND b.scope = s.scope AND b.unit = r.unit
             WHERE r.reservation_id = ANY (v_ids) AND r.estimate <> 0
             ORDER BY r.reservation_id, b.scope COLLATE "C"));
 

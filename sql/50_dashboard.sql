@@ -244,7 +244,8 @@ BEGIN
     END IF;
     PERFORM cycles._require_unit(p_unit);
     v_scope := cycles._canonical_scope(p_scope);
-    SELECT b.* INTO v_budget FROM cycles.budgets AS b WHERE b.scope = v_scope AND b.unit = p_unit;
+    SELECT b.* INTO v_budget FROM cycles.budgets AS b WHERE b.tenant_id = cycles._scope_tenant(v_scope) AND b.scope = v_scope
+      AND b.unit = p_unit;
     IF v_budget.budget_id IS NULL
        OR (v_tenant IS NOT NULL AND (v_budget.tenant_id <> v_tenant
                                      OR NOT cycles._scope_filter_allows(v_ctx -> 'scope_filter', v_budget.scope))) THEN
@@ -264,7 +265,7 @@ BEGIN
     LEFT JOIN LATERAL (
         SELECT sum(l.spent_delta) AS spent, sum(l.debt_delta) AS debt
         FROM cycles.ledger_entries AS l
-        WHERE l.budget_id = v_budget.budget_id
+        WHERE l.tenant_id = v_budget.tenant_id AND l.budget_id = v_budget.budget_id
           AND l.created_at >= s.t AT TIME ZONE 'UTC' AND l.created_at < (s.t + v_step) AT TIME ZONE 'UTC'
           AND l.operation IN ('COMMIT', 'EVENT')
     ) AS x ON true;

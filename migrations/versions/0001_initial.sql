@@ -79,6 +79,8 @@ CREATE TABLE cycles.api_keys (
 CREATE INDEX api_keys_tenant_idx ON cycles.api_keys (tenant_id, created_at);
 
 -- Budgets ------------------------------------------------------------------
+-- Keys of tenant-owned tables lead with tenant_id, so that every row of a
+-- tenant can live on one node of a distributed database (docs/scaling.md).
 -- One row per (scope, unit). scope is a canonical path that starts with the
 -- owning tenant, e.g. tenant:acme/workspace:prod/agent:bot. The stored
 -- remaining is kept equal to allocated - spent - reserved - debt by every
@@ -102,8 +104,8 @@ CREATE TABLE cycles.budgets (
     created_at            timestamptz NOT NULL DEFAULT clock_timestamp(),
     updated_at            timestamptz NOT NULL DEFAULT clock_timestamp(),
     closed_at             timestamptz,
-    CONSTRAINT budgets_pkey PRIMARY KEY (budget_id),
-    CONSTRAINT budgets_scope_unit_key UNIQUE (scope, unit),
+    CONSTRAINT budgets_pkey PRIMARY KEY (tenant_id, budget_id),
+    CONSTRAINT budgets_scope_unit_key UNIQUE (tenant_id, scope, unit),
     CONSTRAINT budgets_tenant_fkey FOREIGN KEY (tenant_id) REFERENCES cycles.tenants (tenant_id),
     CONSTRAINT budgets_scope_in_tenant CHECK (
         scope = 'tenant:' || tenant_id OR left(scope, char_length(tenant_id) + 8) = 'tenant:' || tenant_id || '/'),
@@ -159,7 +161,7 @@ CREATE TABLE cycles.reservations (
     release_reason     text,
     request_id         text,
     trace_id           text,
-    CONSTRAINT reservations_pkey PRIMARY KEY (reservation_id),
+    CONSTRAINT reservations_pkey PRIMARY KEY (tenant_id, reservation_id),
     CONSTRAINT reservations_tenant_fkey FOREIGN KEY (tenant_id) REFERENCES cycles.tenants (tenant_id),
     CONSTRAINT reservations_unit_valid CHECK (unit IN ('USD_MICROCENTS', 'TOKENS', 'CREDITS', 'RISK_POINTS')),
     CONSTRAINT reservations_estimate_nonnegative CHECK (estimate >= 0),
@@ -183,6 +185,9 @@ CREATE INDEX reservations_tenant_created_idx
     ON cycles.reservations (tenant_id, created_at_ms DESC, reservation_id COLLATE "C");
 CREATE INDEX reservations_tenant_expires_idx
     ON cycles.reservations (tenant_id, expires_at_ms, reservation_id COLLATE "C");
+-- An admin acting on a reservation by id alone (no tenant in the request):
+-- ids are random, so this finds one row; tenant callers use the primary key.
+CREATE INDEX reservations_id_idx ON cycles.reservations (reservation_id);
 -- The expiry sweeper scans only live reservations, in deadline order.
 CREATE INDEX reservations_active_deadline_idx ON cycles.reservations ((expires_at_ms + grace_period_ms))
     WHERE status = 'ACTIVE';
@@ -232,6 +237,12 @@ CREATE INDEX idempotency_records_expires_idx ON cycles.idempotency_records (expi
 -- created_at is strictly increasing within a budget (the writer holds the
 -- budget row locked and takes the later of the clock and the previous row's
 -- time plus one microsecond), so (budget_id, created_at) orders each chain.
+--
+-- The table is partitioned by month of created_at (05_partitions.sql creates
+-- the partitions): an old month can be detached and archived without
+-- rewriting anything. Unique keys of a partitioned table must hold the
+-- partition key, so the primary key is (tenant_id, entry_id, created_at);
+-- entry_id alone stays unique because one sequence hands it out.
 
 CREATE TABLE cycles.ledger_entries (
     entry_id        bigint      GENERATED ALWAYS AS IDENTITY,
@@ -268,9 +279,10 @@ CREATE TABLE cycles.ledger_entries (
     debt_after      bigint      NOT NULL,
     prev_hash       bytea,
     entry_hash      bytea       NOT NULL,
-    CONSTRAINT ledger_entries_pkey PRIMARY KEY (entry_id),
-    CONSTRAINT ledger_entries_budget_time_key UNIQUE (budget_id, created_at),
-    CONSTRAINT ledger_entries_budget_fkey FOREIGN KEY (budget_id) REFERENCES cycles.budgets (budget_id),
+    CONSTRAINT ledger_entries_pkey PRIMARY KEY (tenant_id, entry_id, created_at),
+    CONSTRAINT ledger_entries_budget_time_key UNIQUE (tenant_id, budget_id, created_at),
+    CONSTRAINT ledger_entries_budget_fkey FOREIGN KEY (tenant_id, budget_id)
+        REFERENCES cycles.budgets (tenant_id, budget_id),
     CONSTRAINT ledger_entries_tenant_fkey FOREIGN KEY (tenant_id) REFERENCES cycles.tenants (tenant_id),
     CONSTRAINT ledger_entries_operation_valid CHECK (operation IN (
         'CREATE', 'CREDIT', 'DEBIT', 'RESET', 'RESET_SPENT', 'REPAY_DEBT', 'CLOSE',
@@ -282,14 +294,14 @@ CREATE TABLE cycles.ledger_entries (
         OR operation IN ('CREATE', 'CLOSE', 'RESET', 'RESET_SPENT', 'COMMIT', 'EVENT')),
     CONSTRAINT ledger_entries_hashes_sha256 CHECK (
         octet_length(entry_hash) = 32 AND (prev_hash IS NULL OR octet_length(prev_hash) = 32))
-);
+) PARTITION BY RANGE (created_at);
 
 -- Reports by tenant and time (cycles_reporting). operation_lead sits between
 -- them so that reports counting each operation once read only lead rows, a
 -- third of the ledger when budgets sit at three levels; reports by budget
 -- read both values (operation_lead IN (true, false)), still as two ranges.
 CREATE INDEX ledger_entries_tenant_lead_time_idx ON cycles.ledger_entries (tenant_id, operation_lead, created_at);
-CREATE INDEX ledger_entries_reservation_idx ON cycles.ledger_entries (reservation_id)
+CREATE INDEX ledger_entries_reservation_idx ON cycles.ledger_entries (tenant_id, reservation_id)
     WHERE reservation_id IS NOT NULL;
 
 CREATE FUNCTION cycles._ledger_is_append_only() RETURNS trigger
@@ -301,6 +313,9 @@ BEGIN
 END;
 $$;
 
+-- The row trigger is cloned onto every partition, present and future; a
+-- TRUNCATE of one partition fires only that partition's own statement
+-- trigger, which cycles.ensure_ledger_partitions adds to each partition.
 CREATE TRIGGER ledger_entries_append_only
     BEFORE UPDATE OR DELETE ON cycles.ledger_entries
     FOR EACH ROW EXECUTE FUNCTION cycles._ledger_is_append_only();
@@ -328,8 +343,8 @@ CREATE TABLE cycles.events (
     trace_id       text,
     metadata       jsonb,
     created_at     timestamptz NOT NULL DEFAULT clock_timestamp(),
-    CONSTRAINT events_pkey PRIMARY KEY (seq),
-    CONSTRAINT events_event_id_key UNIQUE (event_id),
+    CONSTRAINT events_pkey PRIMARY KEY (tenant_id, seq),
+    CONSTRAINT events_event_id_key UNIQUE (tenant_id, event_id),
     CONSTRAINT events_category_valid CHECK (
         category IN ('budget', 'tenant', 'api_key', 'policy', 'reservation', 'system', 'webhook')),
     CONSTRAINT events_type_in_category CHECK (
@@ -340,6 +355,10 @@ CREATE TABLE cycles.events (
 );
 
 CREATE INDEX events_tenant_time_idx ON cycles.events (tenant_id, created_at, seq);
+-- Delivery workers read the outbox in seq order across tenants; an admin
+-- reads one event by id alone.
+CREATE INDEX events_seq_idx ON cycles.events (seq);
+CREATE INDEX events_event_id_idx ON cycles.events (event_id);
 CREATE INDEX events_type_idx ON cycles.events (event_type, created_at);
 
 -- ==== 01_core.sql ====
@@ -669,9 +688,17 @@ $$;
 -- (previous row's plus the deltas); prev_hash and entry_hash. Then inserts
 -- all rows with one statement (PostgreSQL prepares a table's CHECK
 -- constraints once per statement, not per row).
--- The chain head is read with an index scan on (budget_id, created_at)
--- backwards; every other plan (sequential or bitmap scan, then a sort) is
--- switched off: statistics taken while the ledger was small (a fresh
+-- The chain head is read with an index scan on (tenant_id, budget_id,
+-- created_at) backwards, first in the current month's partition alone (the
+-- others are pruned when the statement starts), else over every partition
+-- (a budget's first row of the month). A row of a later month cannot exist
+-- unless the clock stepped back across the month's end, or rows written 1
+-- microsecond apart ran ahead of it: so the one-partition lookup is used
+-- only until an hour before the month ends. The generic plan is forced: a
+-- custom plan would prune at planning time, look cheaper, and be planned on
+-- every call.
+-- Every other plan (sequential or bitmap scan, then a sort) is switched
+-- off: statistics taken while the ledger was small (a fresh
 -- install, a benchmark) would otherwise let the plan cached in a long-lived
 -- session read all the budget's rows, or the whole ledger, on every append.
 -- Errors: none of its own (a bigint overflow of a running balance would
@@ -683,8 +710,12 @@ LANGUAGE plpgsql
 SET enable_seqscan = off
 SET enable_bitmapscan = off
 SET enable_sort = off
+SET plan_cache_mode = force_generic_plan
 AS $$
 DECLARE
+    v_month timestamptz := date_trunc('month', clock_timestamp(), 'UTC');
+    v_next  timestamptz := v_month + interval '1 month';
+    v_safe  boolean := clock_timestamp() < v_next - interval '1 hour';
     v_row   cycles.ledger_entries;
     v_prev  record;
     v_out   cycles.ledger_entries[];
@@ -707,9 +738,18 @@ BEGIN
             SELECT l.created_at, l.allocated_after, l.spent_after, l.reserved_after, l.debt_after, l.entry_hash
             INTO v_prev
             FROM cycles.ledger_entries AS l
-            WHERE l.budget_id = v_row.budget_id
+            WHERE l.tenant_id = v_row.tenant_id AND l.budget_id = v_row.budget_id
+              AND l.created_at >= v_month AND l.created_at < v_next AND v_safe
             ORDER BY l.created_at DESC
             LIMIT 1;
+            IF NOT FOUND THEN
+                SELECT l.created_at, l.allocated_after, l.spent_after, l.reserved_after, l.debt_after, l.entry_hash
+                INTO v_prev
+                FROM cycles.ledger_entries AS l
+                WHERE l.tenant_id = v_row.tenant_id AND l.budget_id = v_row.budget_id
+                ORDER BY l.created_at DESC
+                LIMIT 1;
+            END IF;
             v_seen := v_seen || v_row.budget_id;
         END IF;
         v_group := v_row.operation || ':' || coalesce(v_row.reservation_id, v_row.event_id);
@@ -1144,6 +1184,213 @@ BEGIN
             coalesce(p_ctx, '{}'::jsonb) || jsonb_build_object('actor_type', 'admin_on_behalf_of'),
             p_operation, 'reservation', p_resource_id, 200, coalesce(p_tenant_id, '__admin__'));
     END IF;
+END;
+$$;
+
+-- ==== 05_partitions.sql ====
+
+-- Monthly partitions of the ledger.
+--
+-- cycles.ledger_entries is partitioned by RANGE (created_at), one partition
+-- per calendar month in UTC, named ledger_entries_pYYYYMM, plus the DEFAULT
+-- partition ledger_entries_default, which takes any row whose month has no
+-- partition yet: an append never fails for lack of a partition. Months are
+-- created ahead of time by cycles.ensure_ledger_partitions (called here at
+-- load time, by migrations, and by any scheduler: cron, psql, a maintenance
+-- loop). An old month is archived by detaching its partition
+-- (docs/scaling.md, "Archiving a month of the ledger"): nothing is rewritten.
+--
+-- Every partition keeps the ledger's guarantees: the parent's row trigger
+-- (no UPDATE, no DELETE) is cloned onto it by PostgreSQL; a TRUNCATE of a
+-- partition fires only that partition's own statement trigger, added here;
+-- no role but the owner has any privilege on a partition.
+
+-- The statement trigger and privileges every partition carries.
+CREATE FUNCTION cycles._protect_ledger_partition(p_partition regclass) RETURNS void
+LANGUAGE plpgsql
+AS $$
+BEGIN
+    EXECUTE format('CREATE TRIGGER ledger_entries_no_truncate BEFORE TRUNCATE ON %s'
+                   ' FOR EACH STATEMENT EXECUTE FUNCTION cycles._ledger_is_append_only()', p_partition);
+    EXECUTE format('REVOKE ALL ON %s FROM PUBLIC', p_partition);
+END;
+$$;
+
+CREATE TABLE cycles.ledger_entries_default PARTITION OF cycles.ledger_entries DEFAULT;
+
+SELECT cycles._protect_ledger_partition('cycles.ledger_entries_default');
+
+-- cycles.ensure_ledger_partitions ------------------------------------------------
+-- Creates the monthly partitions from the month of p_from (default: the
+-- current month, UTC) through p_months_ahead months after it, skipping those
+-- that exist; cheap to call as often as one likes (one catalog lookup per
+-- month when nothing is missing). Rows that already sit in the DEFAULT
+-- partition for a month being created (written while that month had no
+-- partition) are moved into the new partition in the same transaction: they
+-- are copied unchanged (same entry_id, times and hashes), removed from the
+-- DEFAULT partition with its append-only trigger suspended for that one
+-- statement, and the new table is then attached.
+-- Returns {"created": [partition names], "moved_rows": n}.
+-- Locks: a transaction advisory lock serialising callers; creating a
+-- partition takes an ACCESS EXCLUSIVE lock on the parent for an instant
+-- (writers wait, they do not fail); moving rows also locks the DEFAULT
+-- partition.
+-- Errors (in order): INVALID_REQUEST (p_months_ahead outside 0..120; a table
+-- with a partition's name exists but is not attached: an archived month
+-- is never re-created).
+-- Invariants: every ledger row stays in the ledger exactly once, unchanged.
+CREATE FUNCTION cycles.ensure_ledger_partitions(
+    p_months_ahead integer DEFAULT 2,
+    p_from         date DEFAULT NULL
+) RETURNS jsonb
+LANGUAGE plpgsql
+AS $$
+DECLARE
+    v_first   date := date_trunc('month', coalesce(p_from, (clock_timestamp() AT TIME ZONE 'UTC')::date))::date;
+    v_month   date;
+    v_start   timestamptz;
+    v_end     timestamptz;
+    v_name    text;
+    v_table   regclass;
+    v_created text[] := '{}';
+    v_moved   bigint := 0;
+    v_count   bigint;
+BEGIN
+    IF p_months_ahead IS NULL OR p_months_ahead NOT BETWEEN 0 AND 120 THEN
+        PERFORM cycles._fail('INVALID_REQUEST', 'months_ahead must be between 0 and 120');
+    END IF;
+    PERFORM pg_advisory_xact_lock(hashtextextended('cycles.ensure_ledger_partitions', 0));
+    FOR i IN 0 .. p_months_ahead LOOP
+        v_month := (v_first + make_interval(months => i))::date;
+        v_name := 'ledger_entries_p' || to_char(v_month, 'YYYYMM');
+        v_table := to_regclass('cycles.' || v_name);
+        IF v_table IS NOT NULL THEN
+            IF NOT EXISTS (SELECT FROM pg_catalog.pg_inherits AS i
+                           WHERE i.inhrelid = v_table AND i.inhparent = 'cycles.ledger_entries'::regclass) THEN
+                PERFORM cycles._fail('INVALID_REQUEST', format(
+                    'table cycles.%s exists but is not a partition of cycles.ledger_entries (an archived month?):'
+                    ' rename or drop it first', v_name));
+            END IF;
+            CONTINUE;
+        END IF;
+        v_start := v_month::timestamp AT TIME ZONE 'UTC';
+        v_end := (v_month + interval '1 month')::timestamp AT TIME ZONE 'UTC';
+        IF EXISTS (SELECT FROM cycles.ledger_entries_default AS d
+                   WHERE d.created_at >= v_start AND d.created_at < v_end) THEN
+            EXECUTE format('CREATE TABLE cycles.%I (LIKE cycles.ledger_entries INCLUDING DEFAULTS'
+                           ' INCLUDING CONSTRAINTS)', v_name);
+            EXECUTE format('INSERT INTO cycles.%I SELECT * FROM cycles.ledger_entries_default AS d'
+                           ' WHERE d.created_at >= $1 AND d.created_at < $2', v_name) USING v_start, v_end;
+            GET DIAGNOSTICS v_count = ROW_COUNT;
+            ALTER TABLE cycles.ledger_entries_default DISABLE TRIGGER ledger_entries_append_only;
+            DELETE FROM cycles.ledger_entries_default AS d WHERE d.created_at >= v_start AND d.created_at < v_end;
+            ALTER TABLE cycles.ledger_entries_default ENABLE TRIGGER ledger_entries_append_only;
+            EXECUTE format('ALTER TABLE cycles.ledger_entries ATTACH PARTITION cycles.%I FOR VALUES FROM (%L) TO (%L)',
+                           v_name, v_start, v_end);
+            v_moved := v_moved + v_count;
+        ELSE
+            EXECUTE format('CREATE TABLE cycles.%I PARTITION OF cycles.ledger_entries FOR VALUES FROM (%L) TO (%L)',
+                           v_name, v_start, v_end);
+        END IF;
+        PERFORM cycles._protect_ledger_partition(('cycles.' || quote_ident(v_name))::regclass);
+        v_created := v_created || v_name;
+    END LOOP;
+    RETURN jsonb_build_object('created', to_jsonb(v_created), 'moved_rows', v_moved);
+END;
+$$;
+
+SELECT cycles.ensure_ledger_partitions(1);
+
+-- cycles.verify_ledger_segment -------------------------------------------------
+-- Verifies the hash chains inside one piece of the ledger: a partition
+-- (attached, or detached and archived), or the whole ledger. p_table must be
+-- cycles.ledger_entries or a table of its shape named ledger_entries* in
+-- schema cycles or cycles_archive. Each budget's rows are walked in
+-- created_at order; the first one must continue from p_previous (the piece
+-- just before it: the budget's last row there gives the expected prev_hash
+-- and running balances), or, without p_previous, must either start the chain
+-- (no prev_hash, balances equal to its deltas) or be taken on trust as the
+-- segment's anchor (p_anchored => true: its prev_hash and balances are then
+-- only reported, the rows after it are checked against it).
+-- Returns, per broken chain, its first broken link, with the problems of
+-- cycles.verify_ledger_chain (first_row, prev_hash, entry_hash, balance);
+-- empty when the piece is intact and continues p_previous.
+-- Reads only. Errors: INVALID_REQUEST (a table that is not a ledger piece).
+CREATE FUNCTION cycles.verify_ledger_segment(
+    p_table    regclass,
+    p_previous regclass DEFAULT NULL,
+    p_anchored boolean DEFAULT false
+)
+RETURNS TABLE (budget_id bigint, tenant_id text, scope text, unit text, entry_id bigint,
+               created_at timestamptz, problem text)
+LANGUAGE plpgsql STABLE
+AS $$
+DECLARE
+    v_table regclass;
+BEGIN
+    FOREACH v_table IN ARRAY ARRAY[p_table, coalesce(p_previous, p_table)] LOOP
+        IF v_table IS NULL OR NOT EXISTS (
+                SELECT FROM pg_catalog.pg_class AS c
+                WHERE c.oid = v_table AND c.relkind IN ('r', 'p')
+                  AND c.relnamespace IN ('cycles'::regnamespace, to_regnamespace('cycles_archive'))
+                  AND c.relname LIKE 'ledger\_entries%') THEN
+            PERFORM cycles._fail('INVALID_REQUEST',
+                format('%s is not a piece of the ledger (cycles or cycles_archive ledger_entries*)', v_table));
+        END IF;
+    END LOOP;
+    RETURN QUERY EXECUTE format($q$
+        WITH anchor AS (
+            SELECT DISTINCT ON (a.tenant_id, a.budget_id) a.tenant_id, a.budget_id, a.entry_hash,
+                   a.allocated_after, a.spent_after, a.reserved_after, a.debt_after
+            FROM %2$s AS a
+            WHERE $1
+            ORDER BY a.tenant_id, a.budget_id, a.created_at DESC
+        ),
+        walk AS (
+            SELECT ROW(l.*)::cycles.ledger_entries AS entry, l.budget_id, l.tenant_id, l.scope, l.unit,
+                   l.entry_id, l.created_at, l.prev_hash, l.entry_hash,
+                   l.allocated_delta, l.spent_delta, l.reserved_delta, l.debt_delta,
+                   l.allocated_after, l.spent_after, l.reserved_after, l.debt_after,
+                   row_number() OVER chain AS position,
+                   lag(l.entry_hash) OVER chain AS lag_hash,
+                   lag(l.allocated_after) OVER chain AS lag_allocated,
+                   lag(l.spent_after) OVER chain AS lag_spent,
+                   lag(l.reserved_after) OVER chain AS lag_reserved,
+                   lag(l.debt_after) OVER chain AS lag_debt
+            FROM %1$s AS l
+            WINDOW chain AS (PARTITION BY l.tenant_id, l.budget_id ORDER BY l.created_at)
+        ),
+        checked AS (
+            SELECT w.budget_id, w.tenant_id, w.scope, w.unit, w.entry_id, w.created_at,
+                   CASE
+                       WHEN w.position = 1 AND a.budget_id IS NULL AND NOT $2 AND w.prev_hash IS NOT NULL
+                           THEN 'first_row'
+                       WHEN w.position = 1 AND a.budget_id IS NOT NULL AND w.prev_hash IS DISTINCT FROM a.entry_hash
+                           THEN 'prev_hash'
+                       WHEN w.position > 1 AND w.prev_hash IS DISTINCT FROM w.lag_hash THEN 'prev_hash'
+                       WHEN w.entry_hash IS DISTINCT FROM cycles._ledger_entry_hash(w.entry) THEN 'entry_hash'
+                       WHEN w.position = 1 AND a.budget_id IS NULL AND $2 THEN NULL
+                       WHEN (w.allocated_after, w.spent_after, w.reserved_after, w.debt_after) IS DISTINCT FROM (
+                               coalesce(CASE WHEN w.position = 1 THEN a.allocated_after ELSE w.lag_allocated END, 0)
+                                   + w.allocated_delta,
+                               coalesce(CASE WHEN w.position = 1 THEN a.spent_after ELSE w.lag_spent END, 0)
+                                   + w.spent_delta,
+                               coalesce(CASE WHEN w.position = 1 THEN a.reserved_after ELSE w.lag_reserved END, 0)
+                                   + w.reserved_delta,
+                               coalesce(CASE WHEN w.position = 1 THEN a.debt_after ELSE w.lag_debt END, 0)
+                                   + w.debt_delta)
+                           THEN 'balance'
+                   END AS problem
+            FROM walk AS w
+            LEFT JOIN anchor AS a ON a.tenant_id = w.tenant_id AND a.budget_id = w.budget_id
+        )
+        SELECT DISTINCT ON (c.tenant_id, c.budget_id) c.budget_id, c.tenant_id, c.scope, c.unit, c.entry_id,
+               c.created_at, c.problem
+        FROM checked AS c
+        WHERE c.problem IS NOT NULL
+        ORDER BY c.tenant_id, c.budget_id, c.created_at
+    $q$, p_table, coalesce(p_previous, p_table))
+    USING p_previous IS NOT NULL, coalesce(p_anchored, false);
 END;
 $$;
 
@@ -1663,7 +1910,7 @@ BEGIN
         UPDATE cycles.reservations AS r
         SET status = 'RELEASED', finalized_at_ms = greatest(v_now_ms, r.created_at_ms),
             released = r.estimate, release_reason = 'tenant_closed'
-        WHERE r.reservation_id = v_reservation.reservation_id;
+        WHERE r.tenant_id = p_tenant_id AND r.reservation_id = v_reservation.reservation_id;
     END LOOP;
 
     -- 2. Close every budget, draining whatever reserved is left.
@@ -1676,7 +1923,7 @@ BEGIN
         IF v_drained > 0 THEN
             UPDATE cycles.budgets AS b
             SET reserved = 0, remaining = b.remaining + v_drained, updated_at = clock_timestamp()
-            WHERE b.budget_id = v_budget.budget_id;
+            WHERE b.tenant_id = v_budget.tenant_id AND b.budget_id = v_budget.budget_id;
             PERFORM cycles._append_ledger(
                 p_budget_id => v_budget.budget_id, p_tenant_id => p_tenant_id,
                 p_scope => v_budget.scope, p_unit => v_budget.unit, p_operation => 'RELEASE',
@@ -1700,7 +1947,7 @@ BEGIN
         IF v_budget.status <> 'CLOSED' THEN
             UPDATE cycles.budgets AS b
             SET status = 'CLOSED', closed_at = clock_timestamp(), updated_at = clock_timestamp()
-            WHERE b.budget_id = v_budget.budget_id;
+            WHERE b.tenant_id = v_budget.tenant_id AND b.budget_id = v_budget.budget_id;
             PERFORM cycles._append_ledger(
                 p_budget_id => v_budget.budget_id, p_tenant_id => p_tenant_id,
                 p_scope => v_budget.scope, p_unit => v_budget.unit, p_operation => 'CLOSE',
@@ -2503,7 +2750,8 @@ DECLARE
     v_budget cycles.budgets;
 BEGIN
     PERFORM cycles._lock_tenant_for_child_change(cycles._scope_tenant(v_scope));
-    SELECT b.* INTO v_budget FROM cycles.budgets AS b WHERE b.scope = v_scope AND b.unit = v_unit FOR UPDATE;
+    SELECT b.* INTO v_budget FROM cycles.budgets AS b WHERE b.tenant_id = cycles._scope_tenant(v_scope) AND b.scope = v_scope AND b.unit = v_unit
+        FOR UPDATE;
     IF v_budget.budget_id IS NULL THEN
         PERFORM cycles._fail('BUDGET_NOT_FOUND', format('no %s budget at scope %L', v_unit, v_scope),
             jsonb_build_object('scope', v_scope, 'unit', v_unit));
@@ -2767,7 +3015,7 @@ BEGIN
     UPDATE cycles.budgets AS b
     SET allocated = v_allocated, spent = v_spent, debt = v_debt, remaining = v_remaining,
         is_over_limit = v_debt > b.overdraft_limit, updated_at = clock_timestamp()
-    WHERE b.budget_id = v_before.budget_id
+    WHERE b.tenant_id = v_before.tenant_id AND b.budget_id = v_before.budget_id
     RETURNING b.* INTO v_after;
 
     PERFORM cycles._append_ledger(
@@ -2850,7 +3098,7 @@ BEGIN
     END IF;
     UPDATE cycles.budgets AS b
     SET status = v_to, updated_at = clock_timestamp()
-    WHERE b.budget_id = v_before.budget_id
+    WHERE b.tenant_id = v_before.tenant_id AND b.budget_id = v_before.budget_id
     RETURNING b.* INTO v_after;
     PERFORM cycles._budget_event(CASE WHEN p_frozen THEN 'budget.frozen' ELSE 'budget.unfrozen' END,
         'STATUS_CHANGE', v_before, v_after, p_reason, p_ctx);
@@ -2935,7 +3183,7 @@ BEGIN
     END IF;
     UPDATE cycles.budgets AS b
     SET status = 'CLOSED', closed_at = clock_timestamp(), updated_at = clock_timestamp()
-    WHERE b.budget_id = v_before.budget_id
+    WHERE b.tenant_id = v_before.tenant_id AND b.budget_id = v_before.budget_id
     RETURNING b.* INTO v_after;
     PERFORM cycles._append_ledger(
         p_budget_id => v_after.budget_id, p_tenant_id => v_after.tenant_id, p_scope => v_after.scope,
@@ -3014,7 +3262,7 @@ BEGIN
         metadata = coalesce(v_metadata, b.metadata),
         is_over_limit = b.debt > coalesce(v_limit, b.overdraft_limit),
         updated_at = clock_timestamp()
-    WHERE b.budget_id = v_before.budget_id
+    WHERE b.tenant_id = v_before.tenant_id AND b.budget_id = v_before.budget_id
     RETURNING b.* INTO v_after;
     -- EventDataBudgetLifecycle has no changed_fields: the states tell, and the
     -- audit row below lists the fields.
@@ -3044,7 +3292,7 @@ DECLARE
     v_budget cycles.budgets;
 BEGIN
     PERFORM cycles._admin_require_scope(v_ctx, v_scope);
-    SELECT b.* INTO v_budget FROM cycles.budgets AS b WHERE b.scope = v_scope AND b.unit = v_unit;
+    SELECT b.* INTO v_budget FROM cycles.budgets AS b WHERE b.tenant_id = cycles._scope_tenant(v_scope) AND b.scope = v_scope AND b.unit = v_unit;
     IF v_budget.budget_id IS NULL THEN
         PERFORM cycles._fail('BUDGET_NOT_FOUND', format('no %s budget at scope %L', v_unit, v_scope),
             jsonb_build_object('scope', v_scope, 'unit', v_unit));
@@ -3239,8 +3487,8 @@ AS $$
                coalesce(sum(l.reserved_delta), 0)  AS reserved_sum,
                coalesce(sum(l.debt_delta), 0)      AS debt_sum
         FROM cycles.budgets AS b
-        LEFT JOIN cycles.ledger_entries AS l ON l.budget_id = b.budget_id
-        GROUP BY b.budget_id
+        LEFT JOIN cycles.ledger_entries AS l ON l.tenant_id = b.tenant_id AND l.budget_id = b.budget_id
+        GROUP BY b.tenant_id, b.budget_id
     )
     SELECT s.budget_id, s.tenant_id, s.scope, s.unit, c.counter, c.expected, c.actual
     FROM sums AS s
@@ -4113,7 +4361,7 @@ CREATE TABLE cycles.policies (
     effective_until          timestamptz,
     created_at               timestamptz NOT NULL DEFAULT clock_timestamp(),
     updated_at               timestamptz NOT NULL DEFAULT clock_timestamp(),
-    CONSTRAINT policies_pkey PRIMARY KEY (policy_id),
+    CONSTRAINT policies_pkey PRIMARY KEY (tenant_id, policy_id),
     CONSTRAINT policies_tenant_fkey FOREIGN KEY (tenant_id) REFERENCES cycles.tenants (tenant_id),
     CONSTRAINT policies_tenant_name_key UNIQUE (tenant_id, name),
     CONSTRAINT policies_name_length CHECK (char_length(name) BETWEEN 1 AND 256),
@@ -4133,6 +4381,8 @@ CREATE TABLE cycles.policies (
 CREATE INDEX policies_tenant_active_idx ON cycles.policies (tenant_id, priority DESC, created_at, policy_id)
     WHERE status = 'ACTIVE';
 CREATE INDEX policies_tenant_created_idx ON cycles.policies (tenant_id, created_at, policy_id);
+-- The admin API names a policy by id alone.
+CREATE INDEX policies_id_idx ON cycles.policies (policy_id);
 
 -- Validation of the JSON parts -------------------------------------------------
 
@@ -5207,7 +5457,7 @@ BEGIN
     SELECT max(b.scope COLLATE "C"), array_agg(DISTINCT b.unit ORDER BY b.unit)
     INTO v_scope, v_units
     FROM cycles.budgets AS b
-    WHERE b.scope = ANY (p_scopes);
+    WHERE b.tenant_id = substr(split_part(p_scopes[1], '/', 1), 8) AND b.scope = ANY (p_scopes);
     IF v_scope IS NOT NULL THEN
         PERFORM cycles._fail('UNIT_MISMATCH',
             format('no budget in unit %s for scope %s; budgets exist in %s',
@@ -5225,7 +5475,8 @@ CREATE FUNCTION cycles._any_budget(p_scopes text[]) RETURNS boolean
 LANGUAGE plpgsql STABLE
 AS $$
 BEGIN
-    RETURN EXISTS (SELECT FROM cycles.budgets AS b WHERE b.scope = ANY (p_scopes));
+    RETURN EXISTS (SELECT FROM cycles.budgets AS b
+                   WHERE b.tenant_id = substr(split_part(p_scopes[1], '/', 1), 8) AND b.scope = ANY (p_scopes));
 END;
 $$;
 
@@ -5360,7 +5611,8 @@ BEGIN
                 OR (p_capped < p_delta AND b.remaining < p_delta
                     AND (p_policy <> 'ALLOW_WITH_OVERDRAFT' OR b.overdraft_limit = 0)),
             updated_at = clock_timestamp()
-        WHERE b.budget_id = ANY (ARRAY(SELECT r.budget_id FROM unnest(p_rows) AS r))
+        WHERE b.tenant_id = (p_rows[1]).tenant_id
+          AND b.budget_id = ANY (ARRAY(SELECT r.budget_id FROM unnest(p_rows) AS r))
         RETURNING b AS row
     )
     SELECT array_agg(c.row ORDER BY (c.row).scope COLLATE "C") INTO v_after FROM changed AS c;
@@ -5395,14 +5647,16 @@ $$;
 
 -- The budget rows of p_scopes in p_unit, locked FOR UPDATE in the global
 -- lock order (scope byte order, which is hierarchy order), as an array in
--- that order; NULL when none exists. One statement per scope on the unique
--- (scope, unit) key: its plan is made once per connection, where a single
+-- that order; NULL when none exists. The scopes are of one tenant (their
+-- first segment). One statement per scope on the unique (tenant_id, scope,
+-- unit) key: its plan is made once per connection, where a single
 -- statement over an array of scopes is planned again on every call.
 CREATE FUNCTION cycles._lock_budgets(p_scopes text[], p_unit text) RETURNS cycles.budgets[]
 LANGUAGE plpgsql
 AS $$
 DECLARE
     v_scopes text[] := p_scopes;
+    v_tenant text := substr(split_part(p_scopes[1], '/', 1), 8);
     v_scope  text;
     v_row    cycles.budgets;
     v_rows   cycles.budgets[];
@@ -5416,7 +5670,9 @@ BEGIN
         END IF;
     END LOOP;
     FOREACH v_scope IN ARRAY v_scopes LOOP
-        SELECT b.* INTO v_row FROM cycles.budgets AS b WHERE b.scope = v_scope AND b.unit = p_unit FOR UPDATE;
+        SELECT b.* INTO v_row FROM cycles.budgets AS b
+        WHERE b.tenant_id = v_tenant AND b.scope = v_scope AND b.unit = p_unit
+        FOR UPDATE;
         IF FOUND THEN
             v_rows := v_rows || v_row;
         END IF;
@@ -5443,7 +5699,8 @@ BEGIN
             reserved = b.reserved + p_estimate,
             remaining = b.remaining - p_estimate,
             updated_at = clock_timestamp()
-        WHERE b.budget_id = ANY (ARRAY(SELECT r.budget_id FROM unnest(p_rows) AS r))
+        WHERE b.tenant_id = (p_rows[1]).tenant_id
+          AND b.budget_id = ANY (ARRAY(SELECT r.budget_id FROM unnest(p_rows) AS r))
         RETURNING b AS row
     )
     SELECT array_agg(c.row ORDER BY (c.row).scope COLLATE "C") INTO v_after FROM changed AS c;
@@ -5459,7 +5716,8 @@ BEGIN
     RETURN (
         SELECT array_agg(b ORDER BY b.scope COLLATE "C")
         FROM cycles.budgets AS b
-        WHERE b.scope = ANY (p_scopes) AND b.unit = p_unit
+        WHERE b.tenant_id = substr(split_part(p_scopes[1], '/', 1), 8) AND b.scope = ANY (p_scopes)
+          AND b.unit = p_unit
     );
 END;
 $$;
@@ -5482,7 +5740,7 @@ $$;
 -- A stored response as it is replayed: verbatim, except remaining_ttl_ms,
 -- which is recomputed from the response's expires_at_ms (0 once the
 -- reservation is no longer ACTIVE).
-CREATE FUNCTION cycles._replay_response(p_response jsonb, p_reservation_id text) RETURNS jsonb
+CREATE FUNCTION cycles._replay_response(p_response jsonb, p_tenant_id text, p_reservation_id text) RETURNS jsonb
 LANGUAGE plpgsql STABLE
 AS $$
 BEGIN
@@ -5491,7 +5749,8 @@ BEGIN
             coalesce((SELECT CASE WHEN r.status = 'ACTIVE'
                                   THEN greatest(0, (p_response ->> 'expires_at_ms')::bigint - cycles._now_ms())
                                   ELSE 0 END
-                      FROM cycles.reservations AS r WHERE r.reservation_id = p_reservation_id), 0)))
+                      FROM cycles.reservations AS r
+                      WHERE r.tenant_id = p_tenant_id AND r.reservation_id = p_reservation_id), 0)))
         ELSE p_response
     END;
 END;
@@ -5530,7 +5789,7 @@ BEGIN
             'idempotency key was already used with a different request',
             jsonb_build_object('idempotency_key', p_key));
     END IF;
-    RETURN cycles._replay_response(v_record.response, v_record.reservation_id);
+    RETURN cycles._replay_response(v_record.response, v_record.tenant_id, v_record.reservation_id);
 END;
 $$;
 
@@ -5714,16 +5973,24 @@ CREATE FUNCTION cycles._lock_reservation(
 LANGUAGE plpgsql
 AS $$
 BEGIN
-    SELECT r.* INTO o_reservation
-    FROM cycles.reservations AS r
-    WHERE r.reservation_id = p_reservation_id
-    FOR UPDATE;
+    IF p_tenant_id IS NOT NULL THEN
+        SELECT r.* INTO o_reservation
+        FROM cycles.reservations AS r
+        WHERE r.tenant_id = p_tenant_id AND r.reservation_id = p_reservation_id
+        FOR UPDATE;
+        IF o_reservation.reservation_id IS NULL
+           AND EXISTS (SELECT FROM cycles.reservations AS r WHERE r.reservation_id = p_reservation_id) THEN
+            PERFORM cycles._fail('FORBIDDEN', 'reservation belongs to another tenant',
+                jsonb_build_object('reservation_id', p_reservation_id));
+        END IF;
+    ELSE
+        SELECT r.* INTO o_reservation
+        FROM cycles.reservations AS r
+        WHERE r.reservation_id = p_reservation_id
+        FOR UPDATE;
+    END IF;
     IF o_reservation.reservation_id IS NULL THEN
         PERFORM cycles._fail('NOT_FOUND', format('reservation %s not found', p_reservation_id),
-            jsonb_build_object('reservation_id', p_reservation_id));
-    END IF;
-    IF p_tenant_id IS NOT NULL AND o_reservation.tenant_id <> p_tenant_id THEN
-        PERFORM cycles._fail('FORBIDDEN', 'reservation belongs to another tenant',
             jsonb_build_object('reservation_id', p_reservation_id));
     END IF;
     SELECT t.* INTO o_tenant FROM cycles.tenants AS t WHERE t.tenant_id = o_reservation.tenant_id;
@@ -6199,7 +6466,7 @@ BEGIN
         committed_metadata = v_metadata,
         metrics = v_metrics,
         finalized_at_ms = cycles._now_ms()
-    WHERE r.reservation_id = p_reservation_id;
+    WHERE r.tenant_id = v_reservation.tenant_id AND r.reservation_id = p_reservation_id;
 
     v_actor := cycles._runtime_actor(p_ctx, v_principal.o_key_id);
     PERFORM cycles._record_changes(v_before, v_after, 'COMMIT', v_actor, p_ctx,
@@ -6312,7 +6579,7 @@ BEGIN
         released = v_reservation.estimate,
         release_reason = v_reason,
         finalized_at_ms = cycles._now_ms()
-    WHERE r.reservation_id = p_reservation_id;
+    WHERE r.tenant_id = v_reservation.tenant_id AND r.reservation_id = p_reservation_id;
 
     PERFORM cycles._record_changes(v_before, v_after, 'RELEASE', cycles._runtime_actor(p_ctx, v_key_id), p_ctx,
         p_reservation_id => p_reservation_id, p_action => v_reservation.action,
@@ -6407,7 +6674,7 @@ BEGIN
     UPDATE cycles.reservations AS r SET
         expires_at_ms = v_expires_ms,
         extension_count = r.extension_count + 1
-    WHERE r.reservation_id = p_reservation_id;
+    WHERE r.tenant_id = v_reservation.tenant_id AND r.reservation_id = p_reservation_id;
 
     -- The reserve's replay must outlive the reservation it names.
     UPDATE cycles.idempotency_records AS i SET
@@ -6601,8 +6868,8 @@ BEGIN
     IF v_count > 0 THEN
         PERFORM 1
         FROM cycles.budgets AS b
-        WHERE (b.scope, b.unit) IN (
-            SELECT s.scope, r.unit
+        WHERE (b.tenant_id, b.scope, b.unit) IN (
+            SELECT r.tenant_id, s.scope, r.unit
             FROM cycles.reservations AS r
             CROSS JOIN LATERAL unnest(r.budgeted_scopes) AS s(scope)
             WHERE r.reservation_id = ANY (v_ids))
@@ -6614,13 +6881,13 @@ BEGIN
             remaining = b.remaining + held.amount,
             updated_at = clock_timestamp()
         FROM (
-            SELECT s.scope, r.unit, sum(r.estimate)::bigint AS amount
+            SELECT r.tenant_id, s.scope, r.unit, sum(r.estimate)::bigint AS amount
             FROM cycles.reservations AS r
             CROSS JOIN LATERAL unnest(r.budgeted_scopes) AS s(scope)
             WHERE r.reservation_id = ANY (v_ids)
-            GROUP BY s.scope, r.unit
+            GROUP BY r.tenant_id, s.scope, r.unit
         ) AS held
-        WHERE b.scope = held.scope AND b.unit = held.unit AND held.amount <> 0;
+        WHERE b.tenant_id = held.tenant_id AND b.scope = held.scope AND b.unit = held.unit AND held.amount <> 0;
 
         PERFORM cycles._append_ledger_rows(ARRAY(
             SELECT cycles._ledger_row(
@@ -6633,7 +6900,7 @@ BEGIN
                 p_reason => 'expired')
             FROM cycles.reservations AS r
             CROSS JOIN LATERAL unnest(r.budgeted_scopes) AS s(scope)
-            JOIN cycles.budgets AS b ON b.scope = s.scope AND b.unit = r.unit
+            JOIN cycles.budgets AS b ON b.tenant_id = r.tenant_id AND b.scope = s.scope AND b.unit = r.unit
             WHERE r.reservation_id = ANY (v_ids) AND r.estimate <> 0
             ORDER BY r.reservation_id, b.scope COLLATE "C"));
 
@@ -7317,8 +7584,8 @@ CREATE TABLE cycles.webhook_subscriptions (
     last_triggered_at      timestamptz,
     last_success_at        timestamptz,
     last_failure_at        timestamptz,
-    CONSTRAINT webhook_subscriptions_pkey PRIMARY KEY (subscription_id),
-    CONSTRAINT webhook_subscriptions_seq_key UNIQUE (seq),
+    CONSTRAINT webhook_subscriptions_pkey PRIMARY KEY (tenant_id, subscription_id),
+    CONSTRAINT webhook_subscriptions_seq_key UNIQUE (tenant_id, seq),
     CONSTRAINT webhook_subscriptions_selector_present CHECK (
         cardinality(event_types) > 0 OR cardinality(event_categories) > 0),
     CONSTRAINT webhook_subscriptions_tenant_selectors CHECK (
@@ -7342,6 +7609,10 @@ CREATE TABLE cycles.webhook_subscriptions (
 -- The fan-out lookup: ACTIVE subscriptions of one tenant (or __system__).
 CREATE INDEX webhook_subscriptions_active_tenant
     ON cycles.webhook_subscriptions (tenant_id) WHERE status = 'ACTIVE';
+-- Keys lead with tenant_id (docs/scaling.md); the admin API and the delivery
+-- worker name a subscription by id alone, and list all of them by seq.
+CREATE INDEX webhook_subscriptions_id_idx ON cycles.webhook_subscriptions (subscription_id);
+CREATE INDEX webhook_subscriptions_seq_idx ON cycles.webhook_subscriptions (seq);
 
 -- One row per (event, subscription) delivery, kept as history once settled.
 -- No foreign keys: history outlives a deleted subscription until retention
@@ -7368,8 +7639,8 @@ CREATE TABLE cycles.webhook_deliveries (
     error_message    text,
     trace_id         text,
     trace_flags      text        NOT NULL DEFAULT '01',
-    CONSTRAINT webhook_deliveries_pkey PRIMARY KEY (delivery_id),
-    CONSTRAINT webhook_deliveries_seq_key UNIQUE (seq),
+    CONSTRAINT webhook_deliveries_pkey PRIMARY KEY (tenant_id, delivery_id),
+    CONSTRAINT webhook_deliveries_seq_key UNIQUE (tenant_id, seq),
     CONSTRAINT webhook_deliveries_kind_valid CHECK (kind IN ('live', 'replay', 'test')),
     CONSTRAINT webhook_deliveries_status_valid CHECK (status IN ('PENDING', 'SUCCESS', 'FAILED', 'RETRYING')),
     CONSTRAINT webhook_deliveries_event_source CHECK (
@@ -7386,6 +7657,8 @@ CREATE INDEX webhook_deliveries_due
     ON cycles.webhook_deliveries (next_attempt_at) WHERE status IN ('PENDING', 'RETRYING');
 CREATE INDEX webhook_deliveries_open_by_subscription
     ON cycles.webhook_deliveries (subscription_id, seq) WHERE status IN ('PENDING', 'RETRYING');
+-- The worker names a delivery by id alone.
+CREATE INDEX webhook_deliveries_id_idx ON cycles.webhook_deliveries (delivery_id);
 -- History listing, newest first.
 CREATE INDEX webhook_deliveries_history ON cycles.webhook_deliveries (subscription_id, seq DESC);
 -- Retention: does a pending delivery still need this event?
@@ -7408,11 +7681,13 @@ CREATE TABLE cycles.webhook_replays (
     max_events      integer     NOT NULL,
     events_queued   integer     NOT NULL,
     created_at      timestamptz NOT NULL DEFAULT clock_timestamp(),
-    CONSTRAINT webhook_replays_pkey PRIMARY KEY (replay_id),
+    CONSTRAINT webhook_replays_pkey PRIMARY KEY (tenant_id, replay_id),
     CONSTRAINT webhook_replays_window_ordered CHECK (window_from <= window_to),
     CONSTRAINT webhook_replays_max_events_range CHECK (max_events BETWEEN 1 AND 1000),
     CONSTRAINT webhook_replays_queued_range CHECK (events_queued BETWEEN 0 AND max_events)
 );
+
+CREATE INDEX webhook_replays_id_idx ON cycles.webhook_replays (replay_id);
 
 -- Rendering ---------------------------------------------------------------------
 
@@ -9012,11 +9287,11 @@ BEGIN
     CROSS JOIN LATERAL (
         SELECT e.*
         FROM cycles.ledger_entries AS e
-        WHERE e.budget_id = b.budget_id AND e.created_at <= p_at
+        WHERE e.tenant_id = b.tenant_id AND e.budget_id = b.budget_id AND e.created_at <= p_at
         ORDER BY e.created_at DESC
         LIMIT 1
     ) AS l
-    WHERE b.scope = v_scope AND b.unit = v_unit;
+    WHERE b.tenant_id = cycles._scope_tenant(v_scope) AND b.scope = v_scope AND b.unit = v_unit;
 END;
 $$;
 
@@ -9091,13 +9366,13 @@ BEGIN
         CROSS JOIN LATERAL (
             SELECT e.allocated_after, e.spent_after, e.reserved_after, e.debt_after
             FROM cycles.ledger_entries AS e
-            WHERE e.budget_id = b.budget_id AND e.created_at < v_end
+            WHERE e.tenant_id = b.tenant_id AND e.budget_id = b.budget_id AND e.created_at < v_end
             ORDER BY e.created_at DESC LIMIT 1
         ) AS c
         LEFT JOIN LATERAL (
             SELECT e.allocated_after, e.spent_after, e.reserved_after, e.debt_after
             FROM cycles.ledger_entries AS e
-            WHERE e.budget_id = b.budget_id AND e.created_at < v_start
+            WHERE e.tenant_id = b.tenant_id AND e.budget_id = b.budget_id AND e.created_at < v_start
             ORDER BY e.created_at DESC LIMIT 1
         ) AS o ON true
         LEFT JOIN LATERAL (
@@ -9112,7 +9387,7 @@ BEGIN
                    -sum(e.reserved_delta) FILTER (WHERE e.operation = 'EXPIRE') AS expired,
                    count(*) FILTER (WHERE e.operation IN ('COMMIT', 'EVENT')) AS charges
             FROM cycles.ledger_entries AS e
-            WHERE e.budget_id = b.budget_id AND e.created_at >= v_start AND e.created_at < v_end
+            WHERE e.tenant_id = b.tenant_id AND e.budget_id = b.budget_id AND e.created_at >= v_start AND e.created_at < v_end
         ) AS m ON true
         WHERE b.tenant_id = p_tenant_id
     ) AS s
@@ -9166,12 +9441,12 @@ LEFT JOIN LATERAL (
     SELECT coalesce(sum(l.allocated_delta), 0) AS allocated, coalesce(sum(l.spent_delta), 0) AS spent,
            coalesce(sum(l.reserved_delta), 0) AS reserved, coalesce(sum(l.debt_delta), 0) AS debt
     FROM cycles.ledger_entries AS l
-    WHERE l.budget_id = b.budget_id
+    WHERE l.tenant_id = b.tenant_id AND l.budget_id = b.budget_id
 ) AS s ON true
 LEFT JOIN LATERAL (
     SELECT l.allocated_after, l.spent_after, l.reserved_after, l.debt_after
     FROM cycles.ledger_entries AS l
-    WHERE l.budget_id = b.budget_id
+    WHERE l.tenant_id = b.tenant_id AND l.budget_id = b.budget_id
     ORDER BY l.created_at DESC
     LIMIT 1
 ) AS r ON true
@@ -9198,7 +9473,7 @@ FROM cycles.budgets AS b
 CROSS JOIN LATERAL (
     SELECT l.entry_id, l.created_at, l.entry_hash
     FROM cycles.ledger_entries AS l
-    WHERE l.budget_id = b.budget_id
+    WHERE l.tenant_id = b.tenant_id AND l.budget_id = b.budget_id
     ORDER BY l.created_at DESC
     LIMIT 1
 ) AS h;
@@ -9504,7 +9779,8 @@ BEGIN
     END IF;
     PERFORM cycles._require_unit(p_unit);
     v_scope := cycles._canonical_scope(p_scope);
-    SELECT b.* INTO v_budget FROM cycles.budgets AS b WHERE b.scope = v_scope AND b.unit = p_unit;
+    SELECT b.* INTO v_budget FROM cycles.budgets AS b WHERE b.tenant_id = cycles._scope_tenant(v_scope) AND b.scope = v_scope
+      AND b.unit = p_unit;
     IF v_budget.budget_id IS NULL
        OR (v_tenant IS NOT NULL AND (v_budget.tenant_id <> v_tenant
                                      OR NOT cycles._scope_filter_allows(v_ctx -> 'scope_filter', v_budget.scope))) THEN
@@ -9524,7 +9800,7 @@ BEGIN
     LEFT JOIN LATERAL (
         SELECT sum(l.spent_delta) AS spent, sum(l.debt_delta) AS debt
         FROM cycles.ledger_entries AS l
-        WHERE l.budget_id = v_budget.budget_id
+        WHERE l.tenant_id = v_budget.tenant_id AND l.budget_id = v_budget.budget_id
           AND l.created_at >= s.t AT TIME ZONE 'UTC' AND l.created_at < (s.t + v_step) AT TIME ZONE 'UTC'
           AND l.operation IN ('COMMIT', 'EVENT')
     ) AS x ON true;
