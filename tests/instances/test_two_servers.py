@@ -121,8 +121,9 @@ def test_two_instances_expire_each_reservation_once_and_survive_a_kill(
     wrong_expires = conn.execute("""
         SELECT r.reservation_id, r.status, count(l.*) AS expire_rows, cardinality(r.budgeted_scopes) AS budgets
         FROM cycles.reservations AS r
-        LEFT JOIN cycles.ledger_entries AS l ON l.reservation_id = r.reservation_id AND l.operation = 'EXPIRE'
-        GROUP BY r.reservation_id
+        LEFT JOIN cycles.ledger_entries AS l
+            ON l.tenant_id = r.tenant_id AND l.reservation_id = r.reservation_id AND l.operation = 'EXPIRE'
+        GROUP BY r.tenant_id, r.reservation_id
         HAVING count(l.*) <> CASE WHEN r.status = 'EXPIRED' THEN cardinality(r.budgeted_scopes) ELSE 0 END
            OR count(DISTINCT l.scope) <> count(l.*)""").fetchall()
     assert wrong_expires == []
