@@ -9840,8 +9840,11 @@ CREATE TABLE cycles.dashboard_spend_hours (
     unit       text        NOT NULL,
     charged    numeric     NOT NULL,
     charges    bigint      NOT NULL,
-    CONSTRAINT dashboard_spend_hours_pkey PRIMARY KEY (hour_start, tenant_id, unit)
+    CONSTRAINT dashboard_spend_hours_pkey PRIMARY KEY (tenant_id, hour_start, unit)
 );
+
+-- Today's figure across tenants (admin overview) and pruning read by hour.
+CREATE INDEX dashboard_spend_hours_time_idx ON cycles.dashboard_spend_hours (hour_start);
 
 CREATE TABLE cycles.dashboard_spend_months (
     month_start timestamptz NOT NULL,
@@ -9851,7 +9854,7 @@ CREATE TABLE cycles.dashboard_spend_months (
     agent       text        NOT NULL,
     charged     numeric     NOT NULL,
     charges     bigint      NOT NULL,
-    CONSTRAINT dashboard_spend_months_pkey PRIMARY KEY (month_start, level, tenant_id, unit, agent)
+    CONSTRAINT dashboard_spend_months_pkey PRIMARY KEY (tenant_id, month_start, level, unit, agent)
 );
 
 -- The largest spenders of a month first, per level and unit (read 10 at a time).
