@@ -14,7 +14,14 @@ The jobs and their retention settings:
 - ``prune_idempotency_records``: CYCLES_IDEMPOTENCY_RETENTION_HOURS (24..168);
 - ``prune_webhook_deliveries``: CYCLES_DELIVERY_RETENTION_DAYS (settled ones);
 - ``prune_events``: CYCLES_EVENT_RETENTION_DAYS (events no open delivery needs);
-- ``prune_dashboard_sessions``: expired sessions.
+- ``prune_dashboard_sessions``: expired sessions;
+
+and two that keep derived state current rather than delete:
+
+- ``ensure_ledger_partitions``: the ledger's monthly partitions exist two
+  months ahead, so no row lands in the DEFAULT partition;
+- ``summarise_dashboard_spend``: the dashboard's spend summaries follow the
+  ledger, so the overview never has to catch up on a long backlog.
 """
 
 from __future__ import annotations
@@ -45,7 +52,8 @@ MIN_TICK_S: Final = 0.05
 
 @dataclass(frozen=True)
 class Job:
-    """One retention job: a cycles.prune_* call returning {deleted, more}."""
+    """One job: a cycles.* call returning JSON; {deleted, more} for the
+    prune jobs ("more": call again at once), anything else for the others."""
 
     name: str
     sql: str
@@ -68,6 +76,10 @@ def jobs(settings: Settings) -> list[Job]:
         Job("prune_dashboard_sessions",
             "SELECT cycles.prune_dashboard_sessions(p_batch_size => %(batch)s)::text",
             {"batch": batch}),
+        Job("ensure_ledger_partitions",
+            "SELECT cycles.ensure_ledger_partitions(p_months_ahead => %(months)s)::text", {"months": 2}),
+        Job("summarise_dashboard_spend",
+            "SELECT cycles.summarise_dashboard_spend(p_budget_ms => %(ms)s)::text", {"ms": 1000}),
     ]
 
 
@@ -87,9 +99,9 @@ async def run_job(database: Database, job: Job, interval_ms: int, runner: str) -
     try:
         while True:
             result: dict[str, Any] = msgspec.json.decode(await database.fetch_json(job.sql, job.params))
-            outcome["deleted"] += result["deleted"]
+            outcome["deleted"] += result.get("deleted", 0)
             outcome["batches"] += 1
-            if not result["more"]:
+            if not result.get("more"):
                 break
     except Exception as exc:
         outcome["error"] = f"{type(exc).__name__}: {exc}"[:500]

@@ -6,8 +6,8 @@
 -- Each one's estimate goes back to the scopes it was taken from (one EXPIRE
 -- ledger row per reservation and budget, actor system), its status becomes
 -- EXPIRED, and one reservation.expired event is written (source
--- expiry-sweeper). Idempotency records past their retention are deleted in
--- the same pass. Returns the number of reservations expired.
+-- expiry-sweeper). Returns the number of reservations expired. (Idempotency
+-- records are pruned by the maintenance jobs: cycles.prune_idempotency_records.)
 --
 -- Locks: a transaction-scoped advisory lock (try only: a concurrent sweeper
 -- returns 0 at once); the due reservation rows FOR UPDATE SKIP LOCKED (a
@@ -105,15 +105,6 @@ BEGIN
         WHERE r.reservation_id = ANY (v_ids)
         ORDER BY r.expires_at_ms + r.grace_period_ms, r.reservation_id;
     END IF;
-
-    DELETE FROM cycles.idempotency_records AS i
-    WHERE (i.tenant_id, i.endpoint, i.idempotency_key) IN (
-        SELECT o.tenant_id, o.endpoint, o.idempotency_key
-        FROM cycles.idempotency_records AS o
-        WHERE o.expires_at < clock_timestamp()
-        ORDER BY o.expires_at
-        LIMIT p_batch_size
-        FOR UPDATE SKIP LOCKED);
 
     RETURN v_count;
 END;

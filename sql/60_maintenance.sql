@@ -239,7 +239,8 @@ BEGIN
                OR (o.created_at < v_now - make_interval(hours => p_retention_hours)
                    AND NOT EXISTS (
                        SELECT FROM cycles.reservations AS r
-                       WHERE o.endpoint = 'reserve' AND r.reservation_id = o.reservation_id
+                       WHERE o.endpoint = 'reserve' AND r.tenant_id = o.tenant_id
+                         AND r.reservation_id = o.reservation_id
                          AND r.status = 'ACTIVE')))
         ORDER BY o.expires_at
         LIMIT p_batch_size
@@ -364,5 +365,32 @@ BEGIN
         FOR UPDATE SKIP LOCKED);
     GET DIAGNOSTICS v_deleted = ROW_COUNT;
     RETURN jsonb_build_object('deleted', v_deleted, 'more', v_deleted >= p_batch_size);
+END;
+$$;
+
+-- cycles.summarise_dashboard_spend: brings the dashboard's spend summaries
+-- up to date for about p_budget_ms of work (cycles._dashboard_summarise_spend),
+-- so that the overview finds them current instead of catching up itself.
+-- Returns {"summarised_to", "more"}: more is true while hours that ended
+-- more than two minutes ago remain to be summarised.
+-- Locks: the summaries' state row (SKIP LOCKED: a concurrent caller wins).
+-- Errors: INVALID_REQUEST (budget outside 10..60000 ms).
+CREATE FUNCTION cycles.summarise_dashboard_spend(
+    p_budget_ms integer DEFAULT 1000,
+    p_ctx       jsonb DEFAULT '{}'
+) RETURNS jsonb
+LANGUAGE plpgsql
+AS $$
+DECLARE
+    v_to timestamptz;
+BEGIN
+    PERFORM cycles._admin_principal(p_ctx, NULL);
+    IF p_budget_ms IS NULL OR p_budget_ms NOT BETWEEN 10 AND 60000 THEN
+        PERFORM cycles._fail('INVALID_REQUEST', 'budget must be between 10 and 60000 milliseconds');
+    END IF;
+    v_to := cycles._dashboard_summarise_spend(p_budget_ms);
+    RETURN jsonb_build_object(
+        'summarised_to', to_char(v_to AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"'),
+        'more', v_to < date_trunc('hour', clock_timestamp() - interval '2 minutes', 'UTC'));
 END;
 $$;

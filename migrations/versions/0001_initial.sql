@@ -6825,8 +6825,8 @@ $$;
 -- Each one's estimate goes back to the scopes it was taken from (one EXPIRE
 -- ledger row per reservation and budget, actor system), its status becomes
 -- EXPIRED, and one reservation.expired event is written (source
--- expiry-sweeper). Idempotency records past their retention are deleted in
--- the same pass. Returns the number of reservations expired.
+-- expiry-sweeper). Returns the number of reservations expired. (Idempotency
+-- records are pruned by the maintenance jobs: cycles.prune_idempotency_records.)
 --
 -- Locks: a transaction-scoped advisory lock (try only: a concurrent sweeper
 -- returns 0 at once); the due reservation rows FOR UPDATE SKIP LOCKED (a
@@ -6924,15 +6924,6 @@ BEGIN
         WHERE r.reservation_id = ANY (v_ids)
         ORDER BY r.expires_at_ms + r.grace_period_ms, r.reservation_id;
     END IF;
-
-    DELETE FROM cycles.idempotency_records AS i
-    WHERE (i.tenant_id, i.endpoint, i.idempotency_key) IN (
-        SELECT o.tenant_id, o.endpoint, o.idempotency_key
-        FROM cycles.idempotency_records AS o
-        WHERE o.expires_at < clock_timestamp()
-        ORDER BY o.expires_at
-        LIMIT p_batch_size
-        FOR UPDATE SKIP LOCKED);
 
     RETURN v_count;
 END;
@@ -8853,52 +8844,6 @@ BEGIN
 END;
 $$;
 
--- Retention ---------------------------------------------------------------------------------
-
--- cycles.prune_webhook_history -------------------------------------------------------------
--- Deletes settled deliveries (SUCCESS/FAILED) completed more than
--- p_delivery_days ago, replay records as old, and events older than
--- p_event_days that no open delivery still needs. Nothing pending is
--- pruned. Returns {deliveries_deleted, events_deleted, replays_deleted}.
--- Errors: INVALID_REQUEST (days outside 1..36500).
-CREATE FUNCTION cycles.prune_webhook_history(
-    p_event_days    integer DEFAULT 90,
-    p_delivery_days integer DEFAULT 14,
-    p_ctx           jsonb DEFAULT '{}'
-) RETURNS jsonb
-LANGUAGE plpgsql
-AS $$
-DECLARE
-    v_now        timestamptz := clock_timestamp();
-    v_deliveries bigint;
-    v_events     bigint;
-    v_replays    bigint;
-BEGIN
-    PERFORM cycles._admin_principal(p_ctx, NULL);
-    IF p_event_days IS NULL OR p_event_days NOT BETWEEN 1 AND 36500
-       OR p_delivery_days IS NULL OR p_delivery_days NOT BETWEEN 1 AND 36500 THEN
-        PERFORM cycles._fail('INVALID_REQUEST', 'retention periods must be between 1 and 36500 days');
-    END IF;
-    DELETE FROM cycles.webhook_deliveries AS d
-    WHERE d.status IN ('SUCCESS', 'FAILED') AND d.completed_at < v_now - make_interval(days => p_delivery_days);
-    GET DIAGNOSTICS v_deliveries = ROW_COUNT;
-    DELETE FROM cycles.webhook_replays AS r
-    WHERE r.created_at < v_now - make_interval(days => p_delivery_days)
-      AND NOT EXISTS (
-          SELECT FROM cycles.webhook_deliveries AS d
-          WHERE d.replay_id = r.replay_id AND d.status IN ('PENDING', 'RETRYING'));
-    GET DIAGNOSTICS v_replays = ROW_COUNT;
-    DELETE FROM cycles.events AS e
-    WHERE e.created_at < v_now - make_interval(days => p_event_days)
-      AND NOT EXISTS (
-          SELECT FROM cycles.webhook_deliveries AS d
-          WHERE d.event_seq = e.seq AND d.status IN ('PENDING', 'RETRYING'));
-    GET DIAGNOSTICS v_events = ROW_COUNT;
-    RETURN jsonb_build_object(
-        'deliveries_deleted', v_deliveries, 'events_deleted', v_events, 'replays_deleted', v_replays);
-END;
-$$;
-
 -- ==== 40_reporting.sql ====
 
 -- Reporting: what finance and audit read, in schema cycles_reporting.
@@ -10435,7 +10380,8 @@ BEGIN
                OR (o.created_at < v_now - make_interval(hours => p_retention_hours)
                    AND NOT EXISTS (
                        SELECT FROM cycles.reservations AS r
-                       WHERE o.endpoint = 'reserve' AND r.reservation_id = o.reservation_id
+                       WHERE o.endpoint = 'reserve' AND r.tenant_id = o.tenant_id
+                         AND r.reservation_id = o.reservation_id
                          AND r.status = 'ACTIVE')))
         ORDER BY o.expires_at
         LIMIT p_batch_size
@@ -10560,6 +10506,33 @@ BEGIN
         FOR UPDATE SKIP LOCKED);
     GET DIAGNOSTICS v_deleted = ROW_COUNT;
     RETURN jsonb_build_object('deleted', v_deleted, 'more', v_deleted >= p_batch_size);
+END;
+$$;
+
+-- cycles.summarise_dashboard_spend: brings the dashboard's spend summaries
+-- up to date for about p_budget_ms of work (cycles._dashboard_summarise_spend),
+-- so that the overview finds them current instead of catching up itself.
+-- Returns {"summarised_to", "more"}: more is true while hours that ended
+-- more than two minutes ago remain to be summarised.
+-- Locks: the summaries' state row (SKIP LOCKED: a concurrent caller wins).
+-- Errors: INVALID_REQUEST (budget outside 10..60000 ms).
+CREATE FUNCTION cycles.summarise_dashboard_spend(
+    p_budget_ms integer DEFAULT 1000,
+    p_ctx       jsonb DEFAULT '{}'
+) RETURNS jsonb
+LANGUAGE plpgsql
+AS $$
+DECLARE
+    v_to timestamptz;
+BEGIN
+    PERFORM cycles._admin_principal(p_ctx, NULL);
+    IF p_budget_ms IS NULL OR p_budget_ms NOT BETWEEN 10 AND 60000 THEN
+        PERFORM cycles._fail('INVALID_REQUEST', 'budget must be between 10 and 60000 milliseconds');
+    END IF;
+    v_to := cycles._dashboard_summarise_spend(p_budget_ms);
+    RETURN jsonb_build_object(
+        'summarised_to', to_char(v_to AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"'),
+        'more', v_to < date_trunc('hour', clock_timestamp() - interval '2 minutes', 'UTC'));
 END;
 $$;
 

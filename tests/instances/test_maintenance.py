@@ -200,3 +200,33 @@ def test_run_job_prunes_to_the_end_once_per_interval(db: Conn, pg_cluster: Clust
     assert call(db, "SELECT count(*) FROM cycles.idempotency_records") == 0
     runs = db.execute("SELECT run, runner, result FROM cycles.maintenance_runs").fetchall()
     assert runs == [(1, "runner-a", {"deleted": 7, "batches": 3})]
+
+
+def test_upkeep_jobs_create_partitions_ahead_and_bring_the_spend_summaries_up_to_date(
+        db: Conn, pg_cluster: Cluster) -> None:
+    settings = Settings(database_url=pg_cluster.conninfo(db.info.dbname))
+    upkeep = {j.name: j for j in jobs(settings)}
+
+    async def run_both() -> list[dict[str, Any] | None]:
+        assert settings.database_url is not None
+        database = Database(settings.database_url, 1, 2, Timeouts(0, 0), pool_timeout_s=5)
+        await database.open()
+        try:
+            return [await run_job(database, upkeep[name], 3_600_000, "runner")
+                    for name in ("ensure_ledger_partitions", "summarise_dashboard_spend")]
+        finally:
+            await database.close()
+
+    assert all(outcome == {"deleted": 0, "batches": 1} for outcome in asyncio.run(run_both()))
+    months_ahead = db.execute("""
+        SELECT count(*) FROM pg_catalog.pg_inherits AS i
+        JOIN pg_catalog.pg_class AS c ON c.oid = i.inhrelid
+        WHERE i.inhparent = 'cycles.ledger_entries'::regclass
+          AND pg_catalog.pg_get_expr(c.relpartbound, c.oid) LIKE 'FOR VALUES FROM (''' || to_char(
+              date_trunc('month', clock_timestamp() AT TIME ZONE 'UTC') + interval '2 months', 'YYYY-MM-DD') || '%%'
+    """).fetchone()
+    assert months_ahead == (1,)
+    summarised_to = call(db, "SELECT summarised_to FROM cycles.dashboard_summary_state WHERE name = 'spend'")
+    expected = call(db, "SELECT date_trunc('hour', clock_timestamp() - interval '2 minutes', 'UTC')")
+    assert summarised_to == expected
+    fails(db, "INVALID_REQUEST", "SELECT cycles.summarise_dashboard_spend(p_budget_ms => 0)")
