@@ -37,6 +37,20 @@ def _bool_env(name: str, default: bool = False) -> bool:
     raise SystemExit(f"{name} must be true or false, got {raw!r}")
 
 
+def _ranged_int_env(name: str, default: int, low: int, high: int) -> int:
+    value = _int_env(name, default)
+    if not low <= value <= high:
+        raise SystemExit(f"{name} must be between {low} and {high}, got {value}")
+    return value
+
+
+def _choice_env(name: str, default: str, choices: tuple[str, ...]) -> str:
+    raw = os.environ.get(name, "").strip().lower() or default
+    if raw not in choices:
+        raise SystemExit(f"{name} must be one of {', '.join(choices)}, got {raw!r}")
+    return raw
+
+
 @dataclass(frozen=True)
 class Settings:
     database_url: str | None = None
@@ -65,6 +79,15 @@ class Settings:
     webhook_timeout_ms: int = 10000
     event_retention_days: int = 90
     delivery_retention_days: int = 14
+    # Maintenance (app.maintenance): one elected process per interval prunes
+    # in batches; idempotency records are kept 24..168 hours (the protocol
+    # asks for at least 24).
+    maintenance_interval_ms: int = 600000
+    maintenance_batch_size: int = 1000
+    idempotency_retention_hours: int = 168
+    # "pgbouncer": the database URL leads to a transaction pooler, so no
+    # prepared statements, no session state, no LISTEN (app.db).
+    database_pooler: str = "none"
     # Concurrent reserves of one API key applied in one transaction
     # (app.reserve_batcher).
     reserve_batching: bool = True
@@ -98,5 +121,9 @@ class Settings:
             webhook_timeout_ms=_int_env("CYCLES_WEBHOOK_TIMEOUT_MS", 10000),
             event_retention_days=_int_env("CYCLES_EVENT_RETENTION_DAYS", 90),
             delivery_retention_days=_int_env("CYCLES_DELIVERY_RETENTION_DAYS", 14),
+            maintenance_interval_ms=_int_env("CYCLES_MAINTENANCE_INTERVAL_MS", 600000),
+            maintenance_batch_size=_int_env("CYCLES_MAINTENANCE_BATCH_SIZE", 1000),
+            idempotency_retention_hours=_ranged_int_env("CYCLES_IDEMPOTENCY_RETENTION_HOURS", 168, 24, 168),
+            database_pooler=_choice_env("CYCLES_DATABASE_POOLER", "none", ("none", "pgbouncer")),
             reserve_batching=_bool_env("CYCLES_RESERVE_BATCHING", True),
         )

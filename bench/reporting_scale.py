@@ -290,13 +290,15 @@ def populate(cluster: Cluster, rows: int) -> None:
         conn.execute("DROP INDEX cycles.ledger_entries_tenant_lead_time_idx")
         conn.execute("DROP INDEX cycles.ledger_entries_reservation_idx")
         say("writing the ledger")
+        # One partition per month of the generated history (it starts 2026-01-01).
+        conn.execute("SELECT cycles.ensure_ledger_partitions(%s, '2026-01-01')", (MONTHS,))
         conn.execute(LEDGER, {"months": MONTHS})  # type: ignore[arg-type]
         say("indexing")
         conn.execute("ALTER TABLE cycles.ledger_entries ADD CONSTRAINT ledger_entries_budget_time_key"
-                     " UNIQUE (budget_id, created_at)")
+                     " UNIQUE (tenant_id, budget_id, created_at)")
         conn.execute("CREATE INDEX ledger_entries_tenant_lead_time_idx ON cycles.ledger_entries"
                      " (tenant_id, operation_lead, created_at)")
-        conn.execute("CREATE INDEX ledger_entries_reservation_idx ON cycles.ledger_entries (reservation_id)"
+        conn.execute("CREATE INDEX ledger_entries_reservation_idx ON cycles.ledger_entries (tenant_id, reservation_id)"
                      " WHERE reservation_id IS NOT NULL")
         conn.execute("SELECT setval('cycles.ledger_entries_entry_id_seq', (SELECT max(entry_id)"
                      " FROM cycles.ledger_entries))")

@@ -74,6 +74,8 @@ CREATE TABLE cycles.api_keys (
 CREATE INDEX api_keys_tenant_idx ON cycles.api_keys (tenant_id, created_at);
 
 -- Budgets ------------------------------------------------------------------
+-- Keys of tenant-owned tables lead with tenant_id, so that every row of a
+-- tenant can live on one node of a distributed database (docs/scaling.md).
 -- One row per (scope, unit). scope is a canonical path that starts with the
 -- owning tenant, e.g. tenant:acme/workspace:prod/agent:bot. The stored
 -- remaining is kept equal to allocated - spent - reserved - debt by every
@@ -97,8 +99,8 @@ CREATE TABLE cycles.budgets (
     created_at            timestamptz NOT NULL DEFAULT clock_timestamp(),
     updated_at            timestamptz NOT NULL DEFAULT clock_timestamp(),
     closed_at             timestamptz,
-    CONSTRAINT budgets_pkey PRIMARY KEY (budget_id),
-    CONSTRAINT budgets_scope_unit_key UNIQUE (scope, unit),
+    CONSTRAINT budgets_pkey PRIMARY KEY (tenant_id, budget_id),
+    CONSTRAINT budgets_scope_unit_key UNIQUE (tenant_id, scope, unit),
     CONSTRAINT budgets_tenant_fkey FOREIGN KEY (tenant_id) REFERENCES cycles.tenants (tenant_id),
     CONSTRAINT budgets_scope_in_tenant CHECK (
         scope = 'tenant:' || tenant_id OR left(scope, char_length(tenant_id) + 8) = 'tenant:' || tenant_id || '/'),
@@ -154,7 +156,7 @@ CREATE TABLE cycles.reservations (
     release_reason     text,
     request_id         text,
     trace_id           text,
-    CONSTRAINT reservations_pkey PRIMARY KEY (reservation_id),
+    CONSTRAINT reservations_pkey PRIMARY KEY (tenant_id, reservation_id),
     CONSTRAINT reservations_tenant_fkey FOREIGN KEY (tenant_id) REFERENCES cycles.tenants (tenant_id),
     CONSTRAINT reservations_unit_valid CHECK (unit IN ('USD_MICROCENTS', 'TOKENS', 'CREDITS', 'RISK_POINTS')),
     CONSTRAINT reservations_estimate_nonnegative CHECK (estimate >= 0),
@@ -178,6 +180,9 @@ CREATE INDEX reservations_tenant_created_idx
     ON cycles.reservations (tenant_id, created_at_ms DESC, reservation_id COLLATE "C");
 CREATE INDEX reservations_tenant_expires_idx
     ON cycles.reservations (tenant_id, expires_at_ms, reservation_id COLLATE "C");
+-- An admin acting on a reservation by id alone (no tenant in the request):
+-- ids are random, so this finds one row; tenant callers use the primary key.
+CREATE INDEX reservations_id_idx ON cycles.reservations (reservation_id);
 -- The expiry sweeper scans only live reservations, in deadline order.
 CREATE INDEX reservations_active_deadline_idx ON cycles.reservations ((expires_at_ms + grace_period_ms))
     WHERE status = 'ACTIVE';
@@ -227,6 +232,12 @@ CREATE INDEX idempotency_records_expires_idx ON cycles.idempotency_records (expi
 -- created_at is strictly increasing within a budget (the writer holds the
 -- budget row locked and takes the later of the clock and the previous row's
 -- time plus one microsecond), so (budget_id, created_at) orders each chain.
+--
+-- The table is partitioned by month of created_at (05_partitions.sql creates
+-- the partitions): an old month can be detached and archived without
+-- rewriting anything. Unique keys of a partitioned table must hold the
+-- partition key, so the primary key is (tenant_id, entry_id, created_at);
+-- entry_id alone stays unique because one sequence hands it out.
 
 CREATE TABLE cycles.ledger_entries (
     entry_id        bigint      GENERATED ALWAYS AS IDENTITY,
@@ -263,9 +274,10 @@ CREATE TABLE cycles.ledger_entries (
     debt_after      bigint      NOT NULL,
     prev_hash       bytea,
     entry_hash      bytea       NOT NULL,
-    CONSTRAINT ledger_entries_pkey PRIMARY KEY (entry_id),
-    CONSTRAINT ledger_entries_budget_time_key UNIQUE (budget_id, created_at),
-    CONSTRAINT ledger_entries_budget_fkey FOREIGN KEY (budget_id) REFERENCES cycles.budgets (budget_id),
+    CONSTRAINT ledger_entries_pkey PRIMARY KEY (tenant_id, entry_id, created_at),
+    CONSTRAINT ledger_entries_budget_time_key UNIQUE (tenant_id, budget_id, created_at),
+    CONSTRAINT ledger_entries_budget_fkey FOREIGN KEY (tenant_id, budget_id)
+        REFERENCES cycles.budgets (tenant_id, budget_id),
     CONSTRAINT ledger_entries_tenant_fkey FOREIGN KEY (tenant_id) REFERENCES cycles.tenants (tenant_id),
     CONSTRAINT ledger_entries_operation_valid CHECK (operation IN (
         'CREATE', 'CREDIT', 'DEBIT', 'RESET', 'RESET_SPENT', 'REPAY_DEBT', 'CLOSE',
@@ -277,14 +289,14 @@ CREATE TABLE cycles.ledger_entries (
         OR operation IN ('CREATE', 'CLOSE', 'RESET', 'RESET_SPENT', 'COMMIT', 'EVENT')),
     CONSTRAINT ledger_entries_hashes_sha256 CHECK (
         octet_length(entry_hash) = 32 AND (prev_hash IS NULL OR octet_length(prev_hash) = 32))
-);
+) PARTITION BY RANGE (created_at);
 
 -- Reports by tenant and time (cycles_reporting). operation_lead sits between
 -- them so that reports counting each operation once read only lead rows, a
 -- third of the ledger when budgets sit at three levels; reports by budget
 -- read both values (operation_lead IN (true, false)), still as two ranges.
 CREATE INDEX ledger_entries_tenant_lead_time_idx ON cycles.ledger_entries (tenant_id, operation_lead, created_at);
-CREATE INDEX ledger_entries_reservation_idx ON cycles.ledger_entries (reservation_id)
+CREATE INDEX ledger_entries_reservation_idx ON cycles.ledger_entries (tenant_id, reservation_id)
     WHERE reservation_id IS NOT NULL;
 
 CREATE FUNCTION cycles._ledger_is_append_only() RETURNS trigger
@@ -296,6 +308,9 @@ BEGIN
 END;
 $$;
 
+-- The row trigger is cloned onto every partition, present and future; a
+-- TRUNCATE of one partition fires only that partition's own statement
+-- trigger, which cycles.ensure_ledger_partitions adds to each partition.
 CREATE TRIGGER ledger_entries_append_only
     BEFORE UPDATE OR DELETE ON cycles.ledger_entries
     FOR EACH ROW EXECUTE FUNCTION cycles._ledger_is_append_only();
@@ -323,8 +338,8 @@ CREATE TABLE cycles.events (
     trace_id       text,
     metadata       jsonb,
     created_at     timestamptz NOT NULL DEFAULT clock_timestamp(),
-    CONSTRAINT events_pkey PRIMARY KEY (seq),
-    CONSTRAINT events_event_id_key UNIQUE (event_id),
+    CONSTRAINT events_pkey PRIMARY KEY (tenant_id, seq),
+    CONSTRAINT events_event_id_key UNIQUE (tenant_id, event_id),
     CONSTRAINT events_category_valid CHECK (
         category IN ('budget', 'tenant', 'api_key', 'policy', 'reservation', 'system', 'webhook')),
     CONSTRAINT events_type_in_category CHECK (
@@ -335,4 +350,8 @@ CREATE TABLE cycles.events (
 );
 
 CREATE INDEX events_tenant_time_idx ON cycles.events (tenant_id, created_at, seq);
+-- Delivery workers read the outbox in seq order across tenants; an admin
+-- reads one event by id alone.
+CREATE INDEX events_seq_idx ON cycles.events (seq);
+CREATE INDEX events_event_id_idx ON cycles.events (event_id);
 CREATE INDEX events_type_idx ON cycles.events (event_type, created_at);

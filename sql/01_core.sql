@@ -323,9 +323,17 @@ $$;
 -- (previous row's plus the deltas); prev_hash and entry_hash. Then inserts
 -- all rows with one statement (PostgreSQL prepares a table's CHECK
 -- constraints once per statement, not per row).
--- The chain head is read with an index scan on (budget_id, created_at)
--- backwards; every other plan (sequential or bitmap scan, then a sort) is
--- switched off: statistics taken while the ledger was small (a fresh
+-- The chain head is read with an index scan on (tenant_id, budget_id,
+-- created_at) backwards, first in the current month's partition alone (the
+-- others are pruned when the statement starts), else over every partition
+-- (a budget's first row of the month). A row of a later month cannot exist
+-- unless the clock stepped back across the month's end, or rows written 1
+-- microsecond apart ran ahead of it: so the one-partition lookup is used
+-- only until an hour before the month ends. The generic plan is forced: a
+-- custom plan would prune at planning time, look cheaper, and be planned on
+-- every call.
+-- Every other plan (sequential or bitmap scan, then a sort) is switched
+-- off: statistics taken while the ledger was small (a fresh
 -- install, a benchmark) would otherwise let the plan cached in a long-lived
 -- session read all the budget's rows, or the whole ledger, on every append.
 -- Errors: none of its own (a bigint overflow of a running balance would
@@ -337,8 +345,12 @@ LANGUAGE plpgsql
 SET enable_seqscan = off
 SET enable_bitmapscan = off
 SET enable_sort = off
+SET plan_cache_mode = force_generic_plan
 AS $$
 DECLARE
+    v_month timestamptz := date_trunc('month', clock_timestamp(), 'UTC');
+    v_next  timestamptz := v_month + interval '1 month';
+    v_safe  boolean := clock_timestamp() < v_next - interval '1 hour';
     v_row   cycles.ledger_entries;
     v_prev  record;
     v_out   cycles.ledger_entries[];
@@ -361,9 +373,18 @@ BEGIN
             SELECT l.created_at, l.allocated_after, l.spent_after, l.reserved_after, l.debt_after, l.entry_hash
             INTO v_prev
             FROM cycles.ledger_entries AS l
-            WHERE l.budget_id = v_row.budget_id
+            WHERE l.tenant_id = v_row.tenant_id AND l.budget_id = v_row.budget_id
+              AND l.created_at >= v_month AND l.created_at < v_next AND v_safe
             ORDER BY l.created_at DESC
             LIMIT 1;
+            IF NOT FOUND THEN
+                SELECT l.created_at, l.allocated_after, l.spent_after, l.reserved_after, l.debt_after, l.entry_hash
+                INTO v_prev
+                FROM cycles.ledger_entries AS l
+                WHERE l.tenant_id = v_row.tenant_id AND l.budget_id = v_row.budget_id
+                ORDER BY l.created_at DESC
+                LIMIT 1;
+            END IF;
             v_seen := v_seen || v_row.budget_id;
         END IF;
         v_group := v_row.operation || ':' || coalesce(v_row.reservation_id, v_row.event_id);

@@ -512,7 +512,7 @@ BEGIN
         UPDATE cycles.reservations AS r
         SET status = 'RELEASED', finalized_at_ms = greatest(v_now_ms, r.created_at_ms),
             released = r.estimate, release_reason = 'tenant_closed'
-        WHERE r.reservation_id = v_reservation.reservation_id;
+        WHERE r.tenant_id = p_tenant_id AND r.reservation_id = v_reservation.reservation_id;
     END LOOP;
 
     -- 2. Close every budget, draining whatever reserved is left.
@@ -525,7 +525,7 @@ BEGIN
         IF v_drained > 0 THEN
             UPDATE cycles.budgets AS b
             SET reserved = 0, remaining = b.remaining + v_drained, updated_at = clock_timestamp()
-            WHERE b.budget_id = v_budget.budget_id;
+            WHERE b.tenant_id = v_budget.tenant_id AND b.budget_id = v_budget.budget_id;
             PERFORM cycles._append_ledger(
                 p_budget_id => v_budget.budget_id, p_tenant_id => p_tenant_id,
                 p_scope => v_budget.scope, p_unit => v_budget.unit, p_operation => 'RELEASE',
@@ -549,7 +549,7 @@ BEGIN
         IF v_budget.status <> 'CLOSED' THEN
             UPDATE cycles.budgets AS b
             SET status = 'CLOSED', closed_at = clock_timestamp(), updated_at = clock_timestamp()
-            WHERE b.budget_id = v_budget.budget_id;
+            WHERE b.tenant_id = v_budget.tenant_id AND b.budget_id = v_budget.budget_id;
             PERFORM cycles._append_ledger(
                 p_budget_id => v_budget.budget_id, p_tenant_id => p_tenant_id,
                 p_scope => v_budget.scope, p_unit => v_budget.unit, p_operation => 'CLOSE',

@@ -132,7 +132,8 @@ DECLARE
     v_budget cycles.budgets;
 BEGIN
     PERFORM cycles._lock_tenant_for_child_change(cycles._scope_tenant(v_scope));
-    SELECT b.* INTO v_budget FROM cycles.budgets AS b WHERE b.scope = v_scope AND b.unit = v_unit FOR UPDATE;
+    SELECT b.* INTO v_budget FROM cycles.budgets AS b WHERE b.tenant_id = cycles._scope_tenant(v_scope) AND b.scope = v_scope AND b.unit = v_unit
+        FOR UPDATE;
     IF v_budget.budget_id IS NULL THEN
         PERFORM cycles._fail('BUDGET_NOT_FOUND', format('no %s budget at scope %L', v_unit, v_scope),
             jsonb_build_object('scope', v_scope, 'unit', v_unit));
@@ -396,7 +397,7 @@ BEGIN
     UPDATE cycles.budgets AS b
     SET allocated = v_allocated, spent = v_spent, debt = v_debt, remaining = v_remaining,
         is_over_limit = v_debt > b.overdraft_limit, updated_at = clock_timestamp()
-    WHERE b.budget_id = v_before.budget_id
+    WHERE b.tenant_id = v_before.tenant_id AND b.budget_id = v_before.budget_id
     RETURNING b.* INTO v_after;
 
     PERFORM cycles._append_ledger(
@@ -479,7 +480,7 @@ BEGIN
     END IF;
     UPDATE cycles.budgets AS b
     SET status = v_to, updated_at = clock_timestamp()
-    WHERE b.budget_id = v_before.budget_id
+    WHERE b.tenant_id = v_before.tenant_id AND b.budget_id = v_before.budget_id
     RETURNING b.* INTO v_after;
     PERFORM cycles._budget_event(CASE WHEN p_frozen THEN 'budget.frozen' ELSE 'budget.unfrozen' END,
         'STATUS_CHANGE', v_before, v_after, p_reason, p_ctx);
@@ -564,7 +565,7 @@ BEGIN
     END IF;
     UPDATE cycles.budgets AS b
     SET status = 'CLOSED', closed_at = clock_timestamp(), updated_at = clock_timestamp()
-    WHERE b.budget_id = v_before.budget_id
+    WHERE b.tenant_id = v_before.tenant_id AND b.budget_id = v_before.budget_id
     RETURNING b.* INTO v_after;
     PERFORM cycles._append_ledger(
         p_budget_id => v_after.budget_id, p_tenant_id => v_after.tenant_id, p_scope => v_after.scope,
@@ -643,7 +644,7 @@ BEGIN
         metadata = coalesce(v_metadata, b.metadata),
         is_over_limit = b.debt > coalesce(v_limit, b.overdraft_limit),
         updated_at = clock_timestamp()
-    WHERE b.budget_id = v_before.budget_id
+    WHERE b.tenant_id = v_before.tenant_id AND b.budget_id = v_before.budget_id
     RETURNING b.* INTO v_after;
     -- EventDataBudgetLifecycle has no changed_fields: the states tell, and the
     -- audit row below lists the fields.
@@ -673,7 +674,7 @@ DECLARE
     v_budget cycles.budgets;
 BEGIN
     PERFORM cycles._admin_require_scope(v_ctx, v_scope);
-    SELECT b.* INTO v_budget FROM cycles.budgets AS b WHERE b.scope = v_scope AND b.unit = v_unit;
+    SELECT b.* INTO v_budget FROM cycles.budgets AS b WHERE b.tenant_id = cycles._scope_tenant(v_scope) AND b.scope = v_scope AND b.unit = v_unit;
     IF v_budget.budget_id IS NULL THEN
         PERFORM cycles._fail('BUDGET_NOT_FOUND', format('no %s budget at scope %L', v_unit, v_scope),
             jsonb_build_object('scope', v_scope, 'unit', v_unit));

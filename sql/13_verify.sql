@@ -24,8 +24,8 @@ AS $$
                coalesce(sum(l.reserved_delta), 0)  AS reserved_sum,
                coalesce(sum(l.debt_delta), 0)      AS debt_sum
         FROM cycles.budgets AS b
-        LEFT JOIN cycles.ledger_entries AS l ON l.budget_id = b.budget_id
-        GROUP BY b.budget_id
+        LEFT JOIN cycles.ledger_entries AS l ON l.tenant_id = b.tenant_id AND l.budget_id = b.budget_id
+        GROUP BY b.tenant_id, b.budget_id
     )
     SELECT s.budget_id, s.tenant_id, s.scope, s.unit, c.counter, c.expected, c.actual
     FROM sums AS s

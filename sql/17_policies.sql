@@ -111,7 +111,7 @@ CREATE TABLE cycles.policies (
     effective_until          timestamptz,
     created_at               timestamptz NOT NULL DEFAULT clock_timestamp(),
     updated_at               timestamptz NOT NULL DEFAULT clock_timestamp(),
-    CONSTRAINT policies_pkey PRIMARY KEY (policy_id),
+    CONSTRAINT policies_pkey PRIMARY KEY (tenant_id, policy_id),
     CONSTRAINT policies_tenant_fkey FOREIGN KEY (tenant_id) REFERENCES cycles.tenants (tenant_id),
     CONSTRAINT policies_tenant_name_key UNIQUE (tenant_id, name),
     CONSTRAINT policies_name_length CHECK (char_length(name) BETWEEN 1 AND 256),
@@ -131,6 +131,8 @@ CREATE TABLE cycles.policies (
 CREATE INDEX policies_tenant_active_idx ON cycles.policies (tenant_id, priority DESC, created_at, policy_id)
     WHERE status = 'ACTIVE';
 CREATE INDEX policies_tenant_created_idx ON cycles.policies (tenant_id, created_at, policy_id);
+-- The admin API names a policy by id alone.
+CREATE INDEX policies_id_idx ON cycles.policies (policy_id);
 
 -- Validation of the JSON parts -------------------------------------------------
 

@@ -245,7 +245,7 @@ BEGIN
     SELECT max(b.scope COLLATE "C"), array_agg(DISTINCT b.unit ORDER BY b.unit)
     INTO v_scope, v_units
     FROM cycles.budgets AS b
-    WHERE b.scope = ANY (p_scopes);
+    WHERE b.tenant_id = substr(split_part(p_scopes[1], '/', 1), 8) AND b.scope = ANY (p_scopes);
     IF v_scope IS NOT NULL THEN
         PERFORM cycles._fail('UNIT_MISMATCH',
             format('no budget in unit %s for scope %s; budgets exist in %s',
@@ -263,7 +263,8 @@ CREATE FUNCTION cycles._any_budget(p_scopes text[]) RETURNS boolean
 LANGUAGE plpgsql STABLE
 AS $$
 BEGIN
-    RETURN EXISTS (SELECT FROM cycles.budgets AS b WHERE b.scope = ANY (p_scopes));
+    RETURN EXISTS (SELECT FROM cycles.budgets AS b
+                   WHERE b.tenant_id = substr(split_part(p_scopes[1], '/', 1), 8) AND b.scope = ANY (p_scopes));
 END;
 $$;
 
@@ -398,7 +399,8 @@ BEGIN
                 OR (p_capped < p_delta AND b.remaining < p_delta
                     AND (p_policy <> 'ALLOW_WITH_OVERDRAFT' OR b.overdraft_limit = 0)),
             updated_at = clock_timestamp()
-        WHERE b.budget_id = ANY (ARRAY(SELECT r.budget_id FROM unnest(p_rows) AS r))
+        WHERE b.tenant_id = (p_rows[1]).tenant_id
+          AND b.budget_id = ANY (ARRAY(SELECT r.budget_id FROM unnest(p_rows) AS r))
         RETURNING b AS row
     )
     SELECT array_agg(c.row ORDER BY (c.row).scope COLLATE "C") INTO v_after FROM changed AS c;
@@ -433,14 +435,16 @@ $$;
 
 -- The budget rows of p_scopes in p_unit, locked FOR UPDATE in the global
 -- lock order (scope byte order, which is hierarchy order), as an array in
--- that order; NULL when none exists. One statement per scope on the unique
--- (scope, unit) key: its plan is made once per connection, where a single
+-- that order; NULL when none exists. The scopes are of one tenant (their
+-- first segment). One statement per scope on the unique (tenant_id, scope,
+-- unit) key: its plan is made once per connection, where a single
 -- statement over an array of scopes is planned again on every call.
 CREATE FUNCTION cycles._lock_budgets(p_scopes text[], p_unit text) RETURNS cycles.budgets[]
 LANGUAGE plpgsql
 AS $$
 DECLARE
     v_scopes text[] := p_scopes;
+    v_tenant text := substr(split_part(p_scopes[1], '/', 1), 8);
     v_scope  text;
     v_row    cycles.budgets;
     v_rows   cycles.budgets[];
@@ -454,7 +458,9 @@ BEGIN
         END IF;
     END LOOP;
     FOREACH v_scope IN ARRAY v_scopes LOOP
-        SELECT b.* INTO v_row FROM cycles.budgets AS b WHERE b.scope = v_scope AND b.unit = p_unit FOR UPDATE;
+        SELECT b.* INTO v_row FROM cycles.budgets AS b
+        WHERE b.tenant_id = v_tenant AND b.scope = v_scope AND b.unit = p_unit
+        FOR UPDATE;
         IF FOUND THEN
             v_rows := v_rows || v_row;
         END IF;
@@ -481,7 +487,8 @@ BEGIN
             reserved = b.reserved + p_estimate,
             remaining = b.remaining - p_estimate,
             updated_at = clock_timestamp()
-        WHERE b.budget_id = ANY (ARRAY(SELECT r.budget_id FROM unnest(p_rows) AS r))
+        WHERE b.tenant_id = (p_rows[1]).tenant_id
+          AND b.budget_id = ANY (ARRAY(SELECT r.budget_id FROM unnest(p_rows) AS r))
         RETURNING b AS row
     )
     SELECT array_agg(c.row ORDER BY (c.row).scope COLLATE "C") INTO v_after FROM changed AS c;
@@ -497,7 +504,8 @@ BEGIN
     RETURN (
         SELECT array_agg(b ORDER BY b.scope COLLATE "C")
         FROM cycles.budgets AS b
-        WHERE b.scope = ANY (p_scopes) AND b.unit = p_unit
+        WHERE b.tenant_id = substr(split_part(p_scopes[1], '/', 1), 8) AND b.scope = ANY (p_scopes)
+          AND b.unit = p_unit
     );
 END;
 $$;
@@ -520,7 +528,7 @@ $$;
 -- A stored response as it is replayed: verbatim, except remaining_ttl_ms,
 -- which is recomputed from the response's expires_at_ms (0 once the
 -- reservation is no longer ACTIVE).
-CREATE FUNCTION cycles._replay_response(p_response jsonb, p_reservation_id text) RETURNS jsonb
+CREATE FUNCTION cycles._replay_response(p_response jsonb, p_tenant_id text, p_reservation_id text) RETURNS jsonb
 LANGUAGE plpgsql STABLE
 AS $$
 BEGIN
@@ -529,7 +537,8 @@ BEGIN
             coalesce((SELECT CASE WHEN r.status = 'ACTIVE'
                                   THEN greatest(0, (p_response ->> 'expires_at_ms')::bigint - cycles._now_ms())
                                   ELSE 0 END
-                      FROM cycles.reservations AS r WHERE r.reservation_id = p_reservation_id), 0)))
+                      FROM cycles.reservations AS r
+                      WHERE r.tenant_id = p_tenant_id AND r.reservation_id = p_reservation_id), 0)))
         ELSE p_response
     END;
 END;
@@ -568,7 +577,7 @@ BEGIN
             'idempotency key was already used with a different request',
             jsonb_build_object('idempotency_key', p_key));
     END IF;
-    RETURN cycles._replay_response(v_record.response, v_record.reservation_id);
+    RETURN cycles._replay_response(v_record.response, v_record.tenant_id, v_record.reservation_id);
 END;
 $$;
 
@@ -752,16 +761,24 @@ CREATE FUNCTION cycles._lock_reservation(
 LANGUAGE plpgsql
 AS $$
 BEGIN
-    SELECT r.* INTO o_reservation
-    FROM cycles.reservations AS r
-    WHERE r.reservation_id = p_reservation_id
-    FOR UPDATE;
+    IF p_tenant_id IS NOT NULL THEN
+        SELECT r.* INTO o_reservation
+        FROM cycles.reservations AS r
+        WHERE r.tenant_id = p_tenant_id AND r.reservation_id = p_reservation_id
+        FOR UPDATE;
+        IF o_reservation.reservation_id IS NULL
+           AND EXISTS (SELECT FROM cycles.reservations AS r WHERE r.reservation_id = p_reservation_id) THEN
+            PERFORM cycles._fail('FORBIDDEN', 'reservation belongs to another tenant',
+                jsonb_build_object('reservation_id', p_reservation_id));
+        END IF;
+    ELSE
+        SELECT r.* INTO o_reservation
+        FROM cycles.reservations AS r
+        WHERE r.reservation_id = p_reservation_id
+        FOR UPDATE;
+    END IF;
     IF o_reservation.reservation_id IS NULL THEN
         PERFORM cycles._fail('NOT_FOUND', format('reservation %s not found', p_reservation_id),
-            jsonb_build_object('reservation_id', p_reservation_id));
-    END IF;
-    IF p_tenant_id IS NOT NULL AND o_reservation.tenant_id <> p_tenant_id THEN
-        PERFORM cycles._fail('FORBIDDEN', 'reservation belongs to another tenant',
             jsonb_build_object('reservation_id', p_reservation_id));
     END IF;
     SELECT t.* INTO o_tenant FROM cycles.tenants AS t WHERE t.tenant_id = o_reservation.tenant_id;

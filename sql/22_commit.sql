@@ -112,7 +112,7 @@ BEGIN
         committed_metadata = v_metadata,
         metrics = v_metrics,
         finalized_at_ms = cycles._now_ms()
-    WHERE r.reservation_id = p_reservation_id;
+    WHERE r.tenant_id = v_reservation.tenant_id AND r.reservation_id = p_reservation_id;
 
     v_actor := cycles._runtime_actor(p_ctx, v_principal.o_key_id);
     PERFORM cycles._record_changes(v_before, v_after, 'COMMIT', v_actor, p_ctx,

@@ -75,7 +75,7 @@ BEGIN
         released = v_reservation.estimate,
         release_reason = v_reason,
         finalized_at_ms = cycles._now_ms()
-    WHERE r.reservation_id = p_reservation_id;
+    WHERE r.tenant_id = v_reservation.tenant_id AND r.reservation_id = p_reservation_id;
 
     PERFORM cycles._record_changes(v_before, v_after, 'RELEASE', cycles._runtime_actor(p_ctx, v_key_id), p_ctx,
         p_reservation_id => p_reservation_id, p_action => v_reservation.action,

@@ -73,7 +73,7 @@ BEGIN
     UPDATE cycles.reservations AS r SET
         expires_at_ms = v_expires_ms,
         extension_count = r.extension_count + 1
-    WHERE r.reservation_id = p_reservation_id;
+    WHERE r.tenant_id = v_reservation.tenant_id AND r.reservation_id = p_reservation_id;
 
     -- The reserve's replay must outlive the reservation it names.
     UPDATE cycles.idempotency_records AS i SET

@@ -6,8 +6,8 @@
 -- Each one's estimate goes back to the scopes it was taken from (one EXPIRE
 -- ledger row per reservation and budget, actor system), its status becomes
 -- EXPIRED, and one reservation.expired event is written (source
--- expiry-sweeper). Idempotency records past their retention are deleted in
--- the same pass. Returns the number of reservations expired.
+-- expiry-sweeper). Returns the number of reservations expired. (Idempotency
+-- records are pruned by the maintenance jobs: cycles.prune_idempotency_records.)
 --
 -- Locks: a transaction-scoped advisory lock (try only: a concurrent sweeper
 -- returns 0 at once); the due reservation rows FOR UPDATE SKIP LOCKED (a
@@ -49,8 +49,8 @@ BEGIN
     IF v_count > 0 THEN
         PERFORM 1
         FROM cycles.budgets AS b
-        WHERE (b.scope, b.unit) IN (
-            SELECT s.scope, r.unit
+        WHERE (b.tenant_id, b.scope, b.unit) IN (
+            SELECT r.tenant_id, s.scope, r.unit
             FROM cycles.reservations AS r
             CROSS JOIN LATERAL unnest(r.budgeted_scopes) AS s(scope)
             WHERE r.reservation_id = ANY (v_ids))
@@ -62,13 +62,13 @@ BEGIN
             remaining = b.remaining + held.amount,
             updated_at = clock_timestamp()
         FROM (
-            SELECT s.scope, r.unit, sum(r.estimate)::bigint AS amount
+            SELECT r.tenant_id, s.scope, r.unit, sum(r.estimate)::bigint AS amount
             FROM cycles.reservations AS r
             CROSS JOIN LATERAL unnest(r.budgeted_scopes) AS s(scope)
             WHERE r.reservation_id = ANY (v_ids)
-            GROUP BY s.scope, r.unit
+            GROUP BY r.tenant_id, s.scope, r.unit
         ) AS held
-        WHERE b.scope = held.scope AND b.unit = held.unit AND held.amount <> 0;
+        WHERE b.tenant_id = held.tenant_id AND b.scope = held.scope AND b.unit = held.unit AND held.amount <> 0;
 
         PERFORM cycles._append_ledger_rows(ARRAY(
             SELECT cycles._ledger_row(
@@ -81,7 +81,7 @@ BEGIN
                 p_reason => 'expired')
             FROM cycles.reservations AS r
             CROSS JOIN LATERAL unnest(r.budgeted_scopes) AS s(scope)
-            JOIN cycles.budgets AS b ON b.scope = s.scope AND b.unit = r.unit
+            JOIN cycles.budgets AS b ON b.tenant_id = r.tenant_id AND b.scope = s.scope AND b.unit = r.unit
             WHERE r.reservation_id = ANY (v_ids) AND r.estimate <> 0
             ORDER BY r.reservation_id, b.scope COLLATE "C"));
 
@@ -105,15 +105,6 @@ BEGIN
         WHERE r.reservation_id = ANY (v_ids)
         ORDER BY r.expires_at_ms + r.grace_period_ms, r.reservation_id;
     END IF;
-
-    DELETE FROM cycles.idempotency_records AS i
-    WHERE (i.tenant_id, i.endpoint, i.idempotency_key) IN (
-        SELECT o.tenant_id, o.endpoint, o.idempotency_key
-        FROM cycles.idempotency_records AS o
-        WHERE o.expires_at < clock_timestamp()
-        ORDER BY o.expires_at
-        LIMIT p_batch_size
-        FOR UPDATE SKIP LOCKED);
 
     RETURN v_count;
 END;

@@ -68,7 +68,8 @@ BEGIN
     END LOOP;
     PERFORM
     FROM cycles.budgets AS b
-    WHERE (b.scope, b.unit) IN (SELECT s.scope, s.unit FROM unnest(v_scopes, v_units) AS s (scope, unit))
+    WHERE b.tenant_id = v_tenant_id
+      AND (b.scope, b.unit) IN (SELECT s.scope, s.unit FROM unnest(v_scopes, v_units) AS s (scope, unit))
     ORDER BY b.scope COLLATE "C", b.unit COLLATE "C"
     FOR UPDATE;
 END;
@@ -258,7 +259,7 @@ BEGIN
     FROM (
         SELECT b
         FROM cycles.budgets AS b
-        WHERE (b.scope, b.unit) IN (
+        WHERE b.tenant_id = v_tenant.tenant_id AND (b.scope, b.unit) IN (
             SELECT s.scope, (v_items[i]).unit
             FROM generate_subscripts(p_requests, 1) AS i, unnest((v_items[i]).affected_scopes) AS s (scope)
             WHERE v_live[i])
@@ -373,7 +374,8 @@ BEGIN
             remaining = c.remaining,
             updated_at = c.updated_at
         FROM unnest(v_current) AS c
-        WHERE b.budget_id = c.budget_id AND (b.reserved, b.remaining) IS DISTINCT FROM (c.reserved, c.remaining);
+        WHERE b.tenant_id = v_tenant.tenant_id AND b.budget_id = c.budget_id
+          AND (b.reserved, b.remaining) IS DISTINCT FROM (c.reserved, c.remaining);
 
         INSERT INTO cycles.reservations (
             reservation_id, tenant_id, api_key_id, idempotency_key, subject, action, unit, estimate,

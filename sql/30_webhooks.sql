@@ -99,8 +99,8 @@ CREATE TABLE cycles.webhook_subscriptions (
     last_triggered_at      timestamptz,
     last_success_at        timestamptz,
     last_failure_at        timestamptz,
-    CONSTRAINT webhook_subscriptions_pkey PRIMARY KEY (subscription_id),
-    CONSTRAINT webhook_subscriptions_seq_key UNIQUE (seq),
+    CONSTRAINT webhook_subscriptions_pkey PRIMARY KEY (tenant_id, subscription_id),
+    CONSTRAINT webhook_subscriptions_seq_key UNIQUE (tenant_id, seq),
     CONSTRAINT webhook_subscriptions_selector_present CHECK (
         cardinality(event_types) > 0 OR cardinality(event_categories) > 0),
     CONSTRAINT webhook_subscriptions_tenant_selectors CHECK (
@@ -124,6 +124,10 @@ CREATE TABLE cycles.webhook_subscriptions (
 -- The fan-out lookup: ACTIVE subscriptions of one tenant (or __system__).
 CREATE INDEX webhook_subscriptions_active_tenant
     ON cycles.webhook_subscriptions (tenant_id) WHERE status = 'ACTIVE';
+-- Keys lead with tenant_id (docs/scaling.md); the admin API and the delivery
+-- worker name a subscription by id alone, and list all of them by seq.
+CREATE INDEX webhook_subscriptions_id_idx ON cycles.webhook_subscriptions (subscription_id);
+CREATE INDEX webhook_subscriptions_seq_idx ON cycles.webhook_subscriptions (seq);
 
 -- One row per (event, subscription) delivery, kept as history once settled.
 -- No foreign keys: history outlives a deleted subscription until retention
@@ -150,8 +154,8 @@ CREATE TABLE cycles.webhook_deliveries (
     error_message    text,
     trace_id         text,
     trace_flags      text        NOT NULL DEFAULT '01',
-    CONSTRAINT webhook_deliveries_pkey PRIMARY KEY (delivery_id),
-    CONSTRAINT webhook_deliveries_seq_key UNIQUE (seq),
+    CONSTRAINT webhook_deliveries_pkey PRIMARY KEY (tenant_id, delivery_id),
+    CONSTRAINT webhook_deliveries_seq_key UNIQUE (tenant_id, seq),
     CONSTRAINT webhook_deliveries_kind_valid CHECK (kind IN ('live', 'replay', 'test')),
     CONSTRAINT webhook_deliveries_status_valid CHECK (status IN ('PENDING', 'SUCCESS', 'FAILED', 'RETRYING')),
     CONSTRAINT webhook_deliveries_event_source CHECK (
@@ -168,6 +172,8 @@ CREATE INDEX webhook_deliveries_due
     ON cycles.webhook_deliveries (next_attempt_at) WHERE status IN ('PENDING', 'RETRYING');
 CREATE INDEX webhook_deliveries_open_by_subscription
     ON cycles.webhook_deliveries (subscription_id, seq) WHERE status IN ('PENDING', 'RETRYING');
+-- The worker names a delivery by id alone.
+CREATE INDEX webhook_deliveries_id_idx ON cycles.webhook_deliveries (delivery_id);
 -- History listing, newest first.
 CREATE INDEX webhook_deliveries_history ON cycles.webhook_deliveries (subscription_id, seq DESC);
 -- Retention: does a pending delivery still need this event?
@@ -190,11 +196,13 @@ CREATE TABLE cycles.webhook_replays (
     max_events      integer     NOT NULL,
     events_queued   integer     NOT NULL,
     created_at      timestamptz NOT NULL DEFAULT clock_timestamp(),
-    CONSTRAINT webhook_replays_pkey PRIMARY KEY (replay_id),
+    CONSTRAINT webhook_replays_pkey PRIMARY KEY (tenant_id, replay_id),
     CONSTRAINT webhook_replays_window_ordered CHECK (window_from <= window_to),
     CONSTRAINT webhook_replays_max_events_range CHECK (max_events BETWEEN 1 AND 1000),
     CONSTRAINT webhook_replays_queued_range CHECK (events_queued BETWEEN 0 AND max_events)
 );
+
+CREATE INDEX webhook_replays_id_idx ON cycles.webhook_replays (replay_id);
 
 -- Rendering ---------------------------------------------------------------------
 
@@ -1360,48 +1368,3 @@ BEGIN
 END;
 $$;
 
--- Retention ---------------------------------------------------------------------------------
-
--- cycles.prune_webhook_history -------------------------------------------------------------
--- Deletes settled deliveries (SUCCESS/FAILED) completed more than
--- p_delivery_days ago, replay records as old, and events older than
--- p_event_days that no open delivery still needs. Nothing pending is
--- pruned. Returns {deliveries_deleted, events_deleted, replays_deleted}.
--- Errors: INVALID_REQUEST (days outside 1..36500).
-CREATE FUNCTION cycles.prune_webhook_history(
-    p_event_days    integer DEFAULT 90,
-    p_delivery_days integer DEFAULT 14,
-    p_ctx           jsonb DEFAULT '{}'
-) RETURNS jsonb
-LANGUAGE plpgsql
-AS $$
-DECLARE
-    v_now        timestamptz := clock_timestamp();
-    v_deliveries bigint;
-    v_events     bigint;
-    v_replays    bigint;
-BEGIN
-    PERFORM cycles._admin_principal(p_ctx, NULL);
-    IF p_event_days IS NULL OR p_event_days NOT BETWEEN 1 AND 36500
-       OR p_delivery_days IS NULL OR p_delivery_days NOT BETWEEN 1 AND 36500 THEN
-        PERFORM cycles._fail('INVALID_REQUEST', 'retention periods must be between 1 and 36500 days');
-    END IF;
-    DELETE FROM cycles.webhook_deliveries AS d
-    WHERE d.status IN ('SUCCESS', 'FAILED') AND d.completed_at < v_now - make_interval(days => p_delivery_days);
-    GET DIAGNOSTICS v_deliveries = ROW_COUNT;
-    DELETE FROM cycles.webhook_replays AS r
-    WHERE r.created_at < v_now - make_interval(days => p_delivery_days)
-      AND NOT EXISTS (
-          SELECT FROM cycles.webhook_deliveries AS d
-          WHERE d.replay_id = r.replay_id AND d.status IN ('PENDING', 'RETRYING'));
-    GET DIAGNOSTICS v_replays = ROW_COUNT;
-    DELETE FROM cycles.events AS e
-    WHERE e.created_at < v_now - make_interval(days => p_event_days)
-      AND NOT EXISTS (
-          SELECT FROM cycles.webhook_deliveries AS d
-          WHERE d.event_seq = e.seq AND d.status IN ('PENDING', 'RETRYING'));
-    GET DIAGNOSTICS v_events = ROW_COUNT;
-    RETURN jsonb_build_object(
-        'deliveries_deleted', v_deliveries, 'events_deleted', v_events, 'replays_deleted', v_replays);
-END;
-$$;

@@ -384,11 +384,11 @@ BEGIN
     CROSS JOIN LATERAL (
         SELECT e.*
         FROM cycles.ledger_entries AS e
-        WHERE e.budget_id = b.budget_id AND e.created_at <= p_at
+        WHERE e.tenant_id = b.tenant_id AND e.budget_id = b.budget_id AND e.created_at <= p_at
         ORDER BY e.created_at DESC
         LIMIT 1
     ) AS l
-    WHERE b.scope = v_scope AND b.unit = v_unit;
+    WHERE b.tenant_id = cycles._scope_tenant(v_scope) AND b.scope = v_scope AND b.unit = v_unit;
 END;
 $$;
 
@@ -463,13 +463,13 @@ BEGIN
         CROSS JOIN LATERAL (
             SELECT e.allocated_after, e.spent_after, e.reserved_after, e.debt_after
             FROM cycles.ledger_entries AS e
-            WHERE e.budget_id = b.budget_id AND e.created_at < v_end
+            WHERE e.tenant_id = b.tenant_id AND e.budget_id = b.budget_id AND e.created_at < v_end
             ORDER BY e.created_at DESC LIMIT 1
         ) AS c
         LEFT JOIN LATERAL (
             SELECT e.allocated_after, e.spent_after, e.reserved_after, e.debt_after
             FROM cycles.ledger_entries AS e
-            WHERE e.budget_id = b.budget_id AND e.created_at < v_start
+            WHERE e.tenant_id = b.tenant_id AND e.budget_id = b.budget_id AND e.created_at < v_start
             ORDER BY e.created_at DESC LIMIT 1
         ) AS o ON true
         LEFT JOIN LATERAL (
@@ -484,7 +484,7 @@ BEGIN
                    -sum(e.reserved_delta) FILTER (WHERE e.operation = 'EXPIRE') AS expired,
                    count(*) FILTER (WHERE e.operation IN ('COMMIT', 'EVENT')) AS charges
             FROM cycles.ledger_entries AS e
-            WHERE e.budget_id = b.budget_id AND e.created_at >= v_start AND e.created_at < v_end
+            WHERE e.tenant_id = b.tenant_id AND e.budget_id = b.budget_id AND e.created_at >= v_start AND e.created_at < v_end
         ) AS m ON true
         WHERE b.tenant_id = p_tenant_id
     ) AS s
@@ -538,12 +538,12 @@ LEFT JOIN LATERAL (
     SELECT coalesce(sum(l.allocated_delta), 0) AS allocated, coalesce(sum(l.spent_delta), 0) AS spent,
            coalesce(sum(l.reserved_delta), 0) AS reserved, coalesce(sum(l.debt_delta), 0) AS debt
     FROM cycles.ledger_entries AS l
-    WHERE l.budget_id = b.budget_id
+    WHERE l.tenant_id = b.tenant_id AND l.budget_id = b.budget_id
 ) AS s ON true
 LEFT JOIN LATERAL (
     SELECT l.allocated_after, l.spent_after, l.reserved_after, l.debt_after
     FROM cycles.ledger_entries AS l
-    WHERE l.budget_id = b.budget_id
+    WHERE l.tenant_id = b.tenant_id AND l.budget_id = b.budget_id
     ORDER BY l.created_at DESC
     LIMIT 1
 ) AS r ON true
@@ -570,7 +570,7 @@ FROM cycles.budgets AS b
 CROSS JOIN LATERAL (
     SELECT l.entry_id, l.created_at, l.entry_hash
     FROM cycles.ledger_entries AS l
-    WHERE l.budget_id = b.budget_id
+    WHERE l.tenant_id = b.tenant_id AND l.budget_id = b.budget_id
     ORDER BY l.created_at DESC
     LIMIT 1
 ) AS h;

@@ -80,9 +80,11 @@ def charge_violations(conn: Conn, tenant_id: str) -> list[str]:
                          WHERE r.tenant_id = b.tenant_id AND r.status = 'COMMITTED' AND r.unit = b.unit
                            AND b.scope = ANY (r.budgeted_scopes)), 0) AS committed,
                coalesce((SELECT sum(l.spent_delta + l.debt_delta) FROM cycles.ledger_entries AS l
-                         WHERE l.budget_id = b.budget_id AND l.operation = 'EVENT'), 0) AS events,
+                         WHERE l.tenant_id = b.tenant_id AND l.budget_id = b.budget_id
+                           AND l.operation = 'EVENT'), 0) AS events,
                coalesce((SELECT -sum(l.debt_delta) FROM cycles.ledger_entries AS l
-                         WHERE l.budget_id = b.budget_id AND l.operation IN ('CREDIT', 'REPAY_DEBT')), 0) AS repaid,
+                         WHERE l.tenant_id = b.tenant_id AND l.budget_id = b.budget_id
+                           AND l.operation IN ('CREDIT', 'REPAY_DEBT')), 0) AS repaid,
                coalesce((SELECT sum(r.estimate) FROM cycles.reservations AS r
                          WHERE r.tenant_id = b.tenant_id AND r.status = 'ACTIVE' AND r.unit = b.unit
                            AND b.scope = ANY (r.budgeted_scopes)), 0) AS held
@@ -111,9 +113,9 @@ def reservation_violations(conn: Conn, tenant_id: str) -> list[str]:
                 WHERE e.tenant_id = r.tenant_id AND e.event_type = 'reservation.expired'
                   AND e.data ->> 'reservation_id' = r.reservation_id) AS expired_events
         FROM cycles.reservations AS r
-        LEFT JOIN cycles.ledger_entries AS l ON l.reservation_id = r.reservation_id
+        LEFT JOIN cycles.ledger_entries AS l ON l.tenant_id = r.tenant_id AND l.reservation_id = r.reservation_id
         WHERE r.tenant_id = %(t)s
-        GROUP BY r.reservation_id""", {"t": tenant_id})
+        GROUP BY r.tenant_id, r.reservation_id""", {"t": tenant_id})
     found: list[str] = []
     for row in rows:
         expected = {"COMMIT": 0, "RELEASE": 0, "EXPIRE": 0}
@@ -210,9 +212,11 @@ def log_violations(conn: Conn, tenant_id: str, log: CallLog, initial_allocated: 
     for row in _rows(conn, """
             SELECT b.scope, b.allocated,
                    coalesce((SELECT sum(l.spent_delta + l.debt_delta) FROM cycles.ledger_entries AS l
-                             WHERE l.budget_id = b.budget_id AND l.operation = 'EVENT'), 0) AS events,
+                             WHERE l.tenant_id = b.tenant_id AND l.budget_id = b.budget_id
+                               AND l.operation = 'EVENT'), 0) AS events,
                    coalesce((SELECT -sum(l.debt_delta) FROM cycles.ledger_entries AS l
-                             WHERE l.budget_id = b.budget_id AND l.operation = 'CREDIT'), 0) AS repaid
+                             WHERE l.tenant_id = b.tenant_id AND l.budget_id = b.budget_id
+                               AND l.operation = 'CREDIT'), 0) AS repaid
             FROM cycles.budgets AS b WHERE b.tenant_id = %(t)s""", {"t": tenant_id}):
         if row["events"] != event_charges.get(row["scope"], 0):
             found.append(f"event charges at {row['scope']}: stored {row['events']},"

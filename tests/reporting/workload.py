@@ -178,7 +178,8 @@ def stretch(db: psycopg.Connection) -> None:
                     v_row.entry_hash := cycles._ledger_entry_hash(v_row);
                     UPDATE cycles.ledger_entries
                     SET prev_hash = v_row.prev_hash, entry_hash = v_row.entry_hash
-                    WHERE entry_id = v_row.entry_id;
+                    WHERE tenant_id = v_row.tenant_id AND entry_id = v_row.entry_id
+                      AND created_at = v_row.created_at;
                     v_prev := v_row;
                 END LOOP;
             END;

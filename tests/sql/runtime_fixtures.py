@@ -117,7 +117,7 @@ def ledger_mismatches(db: psycopg.Connection) -> list[tuple[Any, ...]]:
                    coalesce(sum(l.spent_delta), 0) AS spent,
                    coalesce(sum(l.reserved_delta), 0) AS reserved,
                    coalesce(sum(l.debt_delta), 0) AS debt
-            FROM cycles.ledger_entries AS l WHERE l.budget_id = b.budget_id) AS s ON true
+            FROM cycles.ledger_entries AS l WHERE l.tenant_id = b.tenant_id AND l.budget_id = b.budget_id) AS s ON true
         WHERE (b.allocated, b.spent, b.reserved, b.debt) <> (s.allocated, s.spent, s.reserved, s.debt)
            OR b.remaining <> b.allocated - b.spent - b.reserved - b.debt
            OR b.reserved < 0

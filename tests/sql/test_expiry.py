@@ -102,17 +102,6 @@ def test_sweep_skips_when_another_sweeper_holds_the_lock(db: psycopg.Connection,
     assert sweep(db) == 1
 
 
-def test_sweep_deletes_stale_idempotency_records(db: psycopg.Connection) -> None:
-    fx = standard_fixture(db)
-    call(db, "decide", fx.ka, reserve_request(1, key="old"))
-    call(db, "decide", fx.ka, reserve_request(1, key="new"))
-    db.execute("UPDATE cycles.idempotency_records SET created_at = created_at - interval '30 days',"
-               " expires_at = clock_timestamp() - interval '1 second' WHERE idempotency_key = 'old'")
-    sweep(db)
-    keys = db.execute("SELECT idempotency_key FROM cycles.idempotency_records").fetchall()
-    assert keys == [("new",)]
-
-
 def test_invalid_batch_size(db: psycopg.Connection) -> None:
     with raises("INVALID_REQUEST"):
         sweep(db, 0)

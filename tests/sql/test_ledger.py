@@ -40,7 +40,7 @@ def test_verify_ledger_is_empty_after_every_admin_operation(db: psycopg.Connecti
     sums = db.execute("""
         SELECT b.scope, b.unit, b.allocated, sum(l.allocated_delta), b.spent, sum(l.spent_delta)
         FROM cycles.budgets AS b JOIN cycles.ledger_entries AS l USING (budget_id)
-        GROUP BY b.budget_id ORDER BY b.scope, b.unit""").fetchall()
+        GROUP BY b.tenant_id, b.budget_id ORDER BY b.scope, b.unit""").fetchall()
     assert [(r[0], r[1]) for r in sums] == [
         ("tenant:acme", "TOKENS"), ("tenant:acme", "USD_MICROCENTS"), ("tenant:acme/workspace:w", "TOKENS")]
     assert all(r[2] == r[3] and r[4] == r[5] for r in sums)

@@ -180,7 +180,7 @@ def test_mixed_storm_keeps_counters_equal_to_the_ledger(db: psycopg.Connection, 
         LEFT JOIN cycles.reservations AS r
           ON r.status = 'ACTIVE' AND r.unit = b.unit AND b.scope = ANY (r.budgeted_scopes)
         WHERE b.tenant_id = 'storm'
-        GROUP BY b.budget_id
+        GROUP BY b.tenant_id, b.budget_id
         HAVING b.reserved <> coalesce(sum(r.estimate), 0)
         """).fetchall()
     assert mismatched == []

@@ -225,15 +225,16 @@ def test_retention_prunes_settled_history_and_keeps_pending(
     acme.execute("UPDATE cycles.events SET created_at = created_at - interval '100 days'")
     acme.execute("UPDATE cycles.webhook_deliveries SET completed_at = completed_at - interval '20 days'"
                  " WHERE status = 'SUCCESS'")
-    pruned = call(acme, "SELECT cycles.prune_webhook_history()")
-    assert pruned["deliveries_deleted"] == 2 and pruned["events_deleted"] >= 2
+    pruned = call(acme, "SELECT cycles.prune_webhook_deliveries()")
+    assert pruned == {"deleted": 2, "more": False}
+    assert call(acme, "SELECT cycles.prune_events()")["deleted"] >= 2
     left = [r[0] for r in acme.execute("SELECT event_id FROM cycles.events").fetchall()]
     assert pending[0] in left and not set(delivered) & set(left)
     [delivery] = deliveries(acme, sub_id)
     assert delivery["status"] == "PENDING" and delivery["event_id"] == pending[0]
     run_rounds(conninfo)
     assert receiver.event_ids()[-1] == pending[0]
-    fails(acme, "INVALID_REQUEST", "SELECT cycles.prune_webhook_history(0)")
+    fails(acme, "INVALID_REQUEST", "SELECT cycles.prune_webhook_deliveries(0)")
 
 
 def test_deleted_subscription_fails_its_queue(acme: psycopg.Connection, conninfo: str, receiver: Receiver) -> None:
