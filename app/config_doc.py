@@ -4,6 +4,7 @@ equal to it)."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Final
 
 from app.config import OTHER_VARIABLES, SETTINGS
@@ -38,3 +39,20 @@ def reference_markdown() -> str:
     lines += [f"| `{name}` | {_cell(where)} |" for name, where in OTHER_VARIABLES.items()]
     lines += ["", END]
     return "\n".join(lines) + "\n"
+
+
+def update_document(path: Path) -> bool:
+    """Rewrite the generated part of ``path``; True if it changed."""
+    text = path.read_text()
+    start, end = text.index(BEGIN), text.index(END) + len(END) + 1
+    updated = text[:start] + reference_markdown() + text[end:]
+    if updated == text:
+        return False
+    path.write_text(updated)
+    return True
+
+
+if __name__ == "__main__":
+    # python -m app.config_doc: refresh docs/configuration.md after adding a setting.
+    document = Path(__file__).resolve().parent.parent / "docs" / "configuration.md"
+    print(f"{document}: {'updated' if update_document(document) else 'already up to date'}")
