@@ -57,6 +57,21 @@ _REASON_KEYS: Final = (b'"reason_code": "', b'"reason_code":"')
 _ERROR_KEYS: Final = (b'"error":"', b'"error": "')
 
 
+_pid = os.getpid()
+
+
+def _refresh_pid() -> None:
+    global _pid
+    _pid = os.getpid()
+
+
+os.register_at_fork(after_in_child=_refresh_pid)
+
+
+def _process_id() -> int:
+    return _pid
+
+
 def multiprocess_mode() -> bool:
     return bool(os.environ.get(MULTIPROC_ENV) or os.environ.get(MULTIPROC_ENV.lower()))
 
@@ -101,10 +116,10 @@ class Metrics:
 
     def __init__(self, tenant_label: bool = False) -> None:
         self.multiprocess = multiprocess_mode()
-        if self.multiprocess and values.ValueClass is values.MutexValue:
-            # The library was imported before the directory was exported (a
-            # parent process imported it, then forked): choose its storage again.
-            values.ValueClass = values.get_value_class()  # type: ignore[no-untyped-call]
+        if self.multiprocess:
+            # Files, with this process's id read from a cache: the library's
+            # default asks the kernel (getpid) on every increment.
+            values.ValueClass = values.MultiProcessValue(process_identifier=_process_id)  # type: ignore[no-untyped-call]
         self.tenant_label = tenant_label
         # Multi-process values go to files whatever the registry; a local
         # registry is only needed to collect this process alone.
@@ -155,6 +170,7 @@ class Metrics:
             registry=registry)
         self.processes.set(1)
         self._request_children: dict[tuple[str, ...], tuple[Any, Any]] = {}
+        self._decision_children: dict[tuple[str, ...], tuple[Any, Any]] = {}
         self._db_children: dict[str, Any] = {}
         self._routes: dict[str, str] = {}
         self._pool_seen: dict[str, int] = {}
@@ -194,10 +210,16 @@ class Metrics:
                 self._decision(operation, decision, reason, tenant)
 
     def _decision(self, operation: str, decision: str, reason: str | None, tenant: str | None) -> None:
-        extra = (tenant or "",) if self.tenant_label else ()
-        self.decisions.labels(operation, decision, *extra).inc()
-        if decision == "DENY":
-            self.denials.labels(operation, reason or "OTHER", *extra).inc()
+        key = (operation, decision, reason or "OTHER", tenant or "")
+        children = self._decision_children.get(key)
+        if children is None:
+            extra = key[3:] if self.tenant_label else ()
+            children = self._decision_children[key] = (
+                self.decisions.labels(operation, decision, *extra),
+                self.denials.labels(operation, key[2], *extra) if decision == "DENY" else None)
+        children[0].inc()
+        if children[1] is not None:
+            children[1].inc()
 
     # Database -------------------------------------------------------------
 

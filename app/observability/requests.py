@@ -15,17 +15,15 @@ memory only, bounded) for the responses that show no scope.
 
 from __future__ import annotations
 
-import logging
 import time
 from typing import Any, Final
 
 from litestar.types import ASGIApp, Message, Receive, Send
 
+from app.logs import AccessLog
 from app.observability.metrics import Metrics
 from app.observability.otel import Tracing
 from app.tracing import request_ids
-
-access_logger = logging.getLogger("cycles.access")
 
 _API_KEY_HEADER: Final = b"x-cycles-api-key"
 _TENANT_SCOPE: Final = b'"tenant:'
@@ -55,7 +53,8 @@ def _header(scope: dict[str, Any], name: bytes) -> bytes | None:
 class RequestObserver:
     """ASGI wrapper recording each HTTP request (metrics, access log, span)."""
 
-    def __init__(self, app: ASGIApp, metrics: Metrics | None, tracing: Tracing | None, access_log: bool) -> None:
+    def __init__(self, app: ASGIApp, metrics: Metrics | None, tracing: Tracing | None,
+                 access_log: AccessLog | None) -> None:
         self.app = app
         self.metrics = metrics
         self.tracing = tracing
@@ -117,12 +116,14 @@ class RequestObserver:
             metrics.record_request(method, route, status, seconds, tenant, body)
         if span is not None and self.tracing is not None:
             self.tracing.end_request(span, token, route, status)
-        if self.access_log and route not in _NOT_LOGGED_ROUTES:
+        access_log = self.access_log
+        if access_log is not None and route not in _NOT_LOGGED_ROUTES and access_log.enabled():
             ids = request_ids(scope)
-            fields = {"method": method, "path": scope["path"], "route": route, "status": status,
-                      "duration_ms": round(seconds * 1000, 3), "request_id": ids.request_id,
-                      "trace_id": ids.trace_id}
+            path: str = scope["path"]
+            duration_ms = round(seconds * 1000, 3)
+            fields: dict[str, Any] = {
+                "method": method, "path": path, "route": route, "status": status, "duration_ms": duration_ms,
+                "request_id": ids.request_id, "trace_id": ids.trace_id}
             if tenant is not None:
                 fields["tenant"] = tenant
-            access_logger.info("%s %s %d %.1fms", method, scope["path"], status, seconds * 1000,
-                               extra={"fields": fields})
+            access_log.write(f"{method} {path} {status} {duration_ms}ms", fields)

@@ -26,6 +26,7 @@ from app.api.request_parsing import database as request_database
 from app.config import Settings
 from app.db import Database
 from app.errors import error_response
+from app.logs import AccessLog
 from app.observability import db_state, metrics, otel
 from app.observability.requests import RequestObserver
 
@@ -92,7 +93,8 @@ def install(app: Litestar, settings: Settings, database: Database) -> None:
     process_metrics = metrics.start(settings.metrics_tenant_label) if settings.metrics_enabled else None
     if process_metrics is None and tracing is None and not settings.access_log:
         return
-    app.asgi_handler = RequestObserver(app.asgi_handler, process_metrics, tracing, settings.access_log)
+    access_log = AccessLog(settings) if settings.access_log else None
+    app.asgi_handler = RequestObserver(app.asgi_handler, process_metrics, tracing, access_log)
     if process_metrics is None and tracing is None:
         return
     _observe_calls(database, process_metrics, tracing)

@@ -3,17 +3,20 @@ loggers in the same format, text on a terminal, and never a credential."""
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import os
+import re
 import sys
+import time
 from typing import Any
 
 import httpx
 import psycopg
 
 from app.config import Settings
-from app.logs import REDACTED, JsonFormatter, TextFormatter, configure, formatter, use_json
+from app.logs import REDACTED, AccessLog, JsonFormatter, TextFormatter, configure, formatter, use_json
 from tests.api.provision import funded_tenant, reserve_body
 from tests.server import ApiServer
 
@@ -26,6 +29,18 @@ def _json_lines(server: ApiServer) -> list[dict[str, Any]]:
         if line.startswith("{"):
             lines.append(json.loads(line))
     return lines
+
+
+def _access_lines(server: ApiServer, *responses: httpx.Response) -> dict[str, dict[str, Any]]:
+    """The access lines by request id, once those of ``responses`` are written
+    (a line is written just after its response is sent)."""
+    wanted = {response.headers["x-request-id"] for response in responses}
+    deadline = time.monotonic() + 10
+    while True:
+        lines = {line["request_id"]: line for line in _json_lines(server) if line["logger"] == "cycles.access"}
+        if wanted <= lines.keys() or time.monotonic() > deadline:
+            return lines
+        time.sleep(0.05)
 
 
 def test_one_json_line_per_request_with_ids_and_tenant(
@@ -42,8 +57,8 @@ def test_one_json_line_per_request_with_ids_and_tenant(
                            headers={"X-Cycles-API-Key": tenant.api_key + "x"})
     assert refused.status_code == 401
 
-    access = [line for line in _json_lines(ops_server) if line["logger"] == "cycles.access"]
-    by_request = {line["request_id"]: line for line in access}
+    by_request = _access_lines(ops_server, reserved, empty, refused)
+    access = list(by_request.values())
     line = by_request[reserved.headers["x-request-id"]]
     assert line["method"] == "POST" and line["path"] == "/v1/reservations" and line["status"] == 200
     assert line["route"] == "/v1/reservations" and line["level"] == "info"
@@ -67,7 +82,7 @@ def test_no_credential_is_ever_logged(
         **tenant.headers(), "Authorization": "Bearer authorization-secret-123"})
     ops_http.get("/v1/admin/tenants", headers={"X-Admin-API-Key": ops_server.admin_key})
     ops_http.get("/v1/admin/tenants", headers={"X-Admin-API-Key": ops_server.admin_key + "-wrong"})
-    ops_http.get(f"/v1/no-route/{tenant.api_key}")
+    _access_lines(ops_server, ops_http.get(f"/v1/no-route/{tenant.api_key}"))
     log = ops_server.log_file.read_text(errors="replace")
     assert tenant.api_key not in log and tenant.api_key[:-1] not in log
     assert ops_server.admin_key not in log
@@ -139,3 +154,24 @@ def test_configure_sets_the_level_and_replaces_its_handler() -> None:
             if handler not in before:
                 root.removeHandler(handler)
         logging.getLogger("cycles").setLevel(logging.NOTSET)
+
+
+def test_access_log_writer_formats_and_scrubs() -> None:
+    settings = Settings(log_format="json", metrics_token="metrics-token-value")
+    stream = io.StringIO()
+    log = AccessLog(settings, stream)
+    log.write("GET /x 200 1.0ms", {"path": "/x/metrics-token-value", "status": 200, "request_id": "req_1"})
+    entry = json.loads(stream.getvalue())
+    assert entry["logger"] == "cycles.access" and entry["level"] == "info" and entry["status"] == 200
+    assert entry["path"] == f"/x/{REDACTED}"
+    text = io.StringIO()
+    AccessLog(Settings(log_format="text"), text).write("GET /x 200 1.0ms", {"status": 200, "tenant": "acme"})
+    assert re.fullmatch(r"\S+ \S+ INFO cycles\.access: GET /x 200 1\.0ms status=200 tenant=acme\n", text.getvalue())
+    cycles = logging.getLogger("cycles")
+    try:
+        cycles.setLevel(logging.WARNING)
+        assert not log.enabled()
+        cycles.setLevel(logging.INFO)
+        assert log.enabled()
+    finally:
+        cycles.setLevel(logging.NOTSET)
