@@ -101,6 +101,20 @@ def error_code(body: bytes) -> str:
     return string_value(body[:80], _ERROR_KEYS) or "OTHER"
 
 
+_routes: dict[str, str] = {}
+
+
+def route_label(template: str | None) -> str:
+    """A route template as a label: {reservation_id:str} -> {reservation_id};
+    ``unmatched`` when the router found no route."""
+    if template is None:
+        return UNMATCHED_ROUTE
+    route = _routes.get(template)
+    if route is None:
+        route = _routes[template] = _TYPED_PARAM.sub(r"{\1}", template)
+    return route
+
+
 class _Families(Collector):
     """Already collected metric families, for one scrape's registry."""
 
@@ -172,19 +186,9 @@ class Metrics:
         self._request_children: dict[tuple[str, ...], tuple[Any, Any]] = {}
         self._decision_children: dict[tuple[str, ...], tuple[Any, Any]] = {}
         self._db_children: dict[str, Any] = {}
-        self._routes: dict[str, str] = {}
         self._pool_seen: dict[str, int] = {}
 
     # Requests -------------------------------------------------------------
-
-    def route(self, template: str | None) -> str:
-        """A route template as a label: {reservation_id:str} -> {reservation_id}."""
-        if template is None:
-            return UNMATCHED_ROUTE
-        route = self._routes.get(template)
-        if route is None:
-            route = self._routes[template] = _TYPED_PARAM.sub(r"{\1}", template)
-        return route
 
     def record_request(self, method: str, route: str, status: int, seconds: float, tenant: str | None,
                        body: bytes) -> None:

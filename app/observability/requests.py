@@ -9,8 +9,8 @@ resolved (``/v1/reservations/{reservation_id}/commit``), never the raw path.
 
 The tenant is known when the response shows it: a tenant API key's response
 names its scopes (``tenant:<id>/...``), and an admin request names the tenant
-in its path. A key's tenant never changes, so it is remembered per key (in
-memory only, bounded) for the responses that show no scope.
+in its path. A key's tenant never changes, so it is remembered per key (by
+the secret's hash, in memory, bounded) for the responses that show no scope.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from typing import Any, Final
 from litestar.types import ASGIApp, Message, Receive, Send
 
 from app.logs import AccessLog
-from app.observability.metrics import Metrics
+from app.observability.metrics import Metrics, route_label
 from app.observability.otel import Tracing
 from app.tracing import request_ids
 
@@ -59,15 +59,20 @@ class RequestObserver:
         self.metrics = metrics
         self.tracing = tracing
         self.access_log = access_log
-        self._tenants: dict[bytes, str] = {}
+        self._tenants: dict[int, str] = {}
 
     def tenant(self, scope: dict[str, Any], status: int, body: bytes) -> str | None:
         path_params = scope.get("path_params")
         if path_params and "tenant_id" in path_params:
-            return str(path_params["tenant_id"])
-        key = _header(scope, _API_KEY_HEADER)
-        if key is None:
+            # Only a tenant that exists and the caller may see: anyone can
+            # put any string in a path, and a label per string is unbounded.
+            return str(path_params["tenant_id"]) if status < 400 else None
+        secret = _header(scope, _API_KEY_HEADER)
+        if secret is None:
             return None
+        # Remembered by the secret's hash: no secret is kept. A collision
+        # (64-bit, per-process salt) would only mislabel a log line.
+        key = hash(secret)
         tenant = self._tenants.get(key)
         if tenant is None and status < 300:
             tenant = _tenant_in_body(body)
@@ -108,8 +113,7 @@ class RequestObserver:
 
     def _record(self, scope: dict[str, Any], status: int, body: bytes, seconds: float, span: Any, token: Any) -> None:
         metrics = self.metrics
-        template = scope.get("path_template")
-        route = metrics.route(template) if metrics is not None else (template or "unmatched")
+        route = route_label(scope.get("path_template"))
         tenant = self.tenant(scope, status, body)
         method: str = scope["method"]
         if metrics is not None:

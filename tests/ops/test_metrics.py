@@ -95,10 +95,13 @@ def test_labels_are_bounded(ops_http: httpx.Client, ops_conn: psycopg.Connection
     reservation = ops_http.post(RESERVE, json=reserve_body(tenant), headers=tenant.headers()).json()
     ops_http.get(f"{RESERVE}/{reservation['reservation_id']}", headers=tenant.headers())
     ops_http.request("BREW", "/v1/reservations")
+    # A made-up tenant in an admin path (refused) is no tenant label.
+    ops_http.get("/v1/admin/tenants/made-up-tenant-42")
+    ops_http.get("/v1/admin/tenants/made-up-tenant-43", headers={"X-Admin-API-Key": "wrong"})
     samples = scrape(ops_http)
     text = ops_http.get("/metrics").text
     assert reservation["reservation_id"] not in text
-    assert tenant.api_key not in text
+    assert tenant.api_key not in text and "made-up-tenant" not in text
     for route in label_values(samples, "route"):
         assert route == "unmatched" or route.startswith("/"), route
         assert "res_" not in route and ":str" not in route
