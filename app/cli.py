@@ -58,9 +58,11 @@ def serve(host: str | None, port: int | None) -> None:
 @cli.command()
 def worker() -> None:
     """Run the webhook delivery worker (the database must be migrated; any number may run at once)."""
+    from app.logs import configure as configure_logs
     from app.webhooks.worker import run_worker
 
     settings = _settings()
+    configure_logs(settings)
     # Migrating is the server's job; the worker only needs the schema to exist.
     with server.open_database(settings, migrate_to_head=False) as database:
         settings = dataclasses.replace(settings, database_url=database.url)

@@ -26,7 +26,8 @@ from prometheus_client.registry import Collector
 
 from app.observability.metrics_dir import ENV as MULTIPROC_ENV
 
-CONTENT_TYPE: Final = "text/plain; version=0.0.4; charset=utf-8"
+# Litestar appends "; charset=utf-8" to text/* media types itself.
+CONTENT_TYPE: Final = "text/plain; version=0.0.4"
 
 # Seconds. A request is one short database call: most take about a
 # millisecond, so the low buckets are fine-grained.
