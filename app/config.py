@@ -157,7 +157,8 @@ class Settings:
         secret=True)
     metrics_tenant_label: bool = setting(
         "CYCLES_METRICS_TENANT_LABEL", False,
-        "Add a tenant label to request and decision counters (one series per tenant: mind the cardinality).")
+        "Add a tenant label to request and decision counters (one series per tenant: mind the cardinality;"
+        " needs CYCLES_METRICS_TOKEN).")
     otel_enabled: bool = setting(
         "CYCLES_OTEL_ENABLED", False,
         "Export OpenTelemetry traces over OTLP (needs the otel extra; endpoint from OTEL_EXPORTER_OTLP_ENDPOINT).")
@@ -184,6 +185,9 @@ class Settings:
             raise ConfigError(
                 f"CYCLES_POOL_MIN_SIZE ({settings.pool_min_size}) must not exceed "
                 f"CYCLES_POOL_MAX_SIZE ({settings.pool_max_size})")
+        if settings.metrics_enabled and settings.metrics_tenant_label and not settings.metrics_token:
+            # /metrics is open without a token: it must not list the tenants.
+            raise ConfigError("CYCLES_METRICS_TENANT_LABEL=true needs CYCLES_METRICS_TOKEN (tenant ids on /metrics)")
         return settings
 
     def effective(self) -> list[tuple[Entry, str]]:

@@ -9,6 +9,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
+# The operations server's metrics token (its tenant label needs one).
+METRICS_TOKEN = "ops-metrics-token-0123456789"
+
 
 def scrape(http: httpx.Client, **headers: str) -> Samples:
     response = http.get("/metrics", headers=headers)

@@ -31,6 +31,8 @@ CYCLES = ROOT / ".venv" / "bin" / "cycles"
     ({"CYCLES_METRICS_ENABLED": "perhaps"}, "CYCLES_METRICS_ENABLED must be true or false, got 'perhaps'"),
     ({"CYCLES_POOL_MIN_SIZE": "6", "CYCLES_POOL_MAX_SIZE": "3"},
      "CYCLES_POOL_MIN_SIZE (6) must not exceed CYCLES_POOL_MAX_SIZE (3)"),
+    ({"CYCLES_METRICS_TENANT_LABEL": "true"},
+     "CYCLES_METRICS_TENANT_LABEL=true needs CYCLES_METRICS_TOKEN (tenant ids on /metrics)"),
 ])
 def test_bad_values_are_refused_naming_the_variable(env: dict[str, str], message: str) -> None:
     with pytest.raises(ConfigError) as raised:

@@ -18,6 +18,7 @@ import psycopg
 from app.config import Settings
 from app.logs import REDACTED, AccessLog, JsonFormatter, TextFormatter, configure, formatter, use_json
 from tests.api.provision import funded_tenant, reserve_body
+from tests.ops.scrape import METRICS_TOKEN
 from tests.server import ApiServer
 
 TRACEPARENT_TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
@@ -86,7 +87,7 @@ def test_no_credential_is_ever_logged(
     log = ops_server.log_file.read_text(errors="replace")
     assert tenant.api_key not in log and tenant.api_key[:-1] not in log
     assert ops_server.admin_key not in log
-    assert "authorization-secret-123" not in log
+    assert "authorization-secret-123" not in log and METRICS_TOKEN not in log
     # The key that was a path segment shows redacted.
     assert f"/v1/no-route/{REDACTED}" in log
 

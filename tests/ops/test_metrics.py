@@ -8,10 +8,13 @@ from typing import Any
 
 import httpx
 import psycopg
+from litestar.testing import TestClient
 
+from app.config import Settings
+from app.main import create_app
 from tests.api.provision import USD, create_budget, event_body, funded_tenant, new_tenant, reserve_body
 from tests.ops.scrape import delta, label_values, scrape, total, value
-from tests.server import ApiServer
+from tests.server import ApiServer, running_server
 
 RESERVE = "/v1/reservations"
 COMMIT = "/v1/reservations/{reservation_id}/commit"
@@ -169,8 +172,6 @@ def test_pool_gauges(ops_http: httpx.Client) -> None:
 
 
 def test_metrics_token_protects_the_endpoint(ops_server: ApiServer) -> None:
-    from tests.server import running_server
-
     with running_server(ops_server.conninfo, CYCLES_METRICS_TOKEN="scrape-token-0123456789") as server, \
             httpx.Client(base_url=server.base_url) as http:
         refused = http.get("/metrics")
@@ -181,3 +182,12 @@ def test_metrics_token_protects_the_endpoint(ops_server: ApiServer) -> None:
         assert value(samples, "cycles_db_state_up") == 1
         log = server.log_file.read_text()
     assert "scrape-token-0123456789" not in log
+
+
+def test_metrics_can_be_turned_off() -> None:
+    settings = Settings(database_url="host=/nonexistent dbname=none", pool_min_size=0, metrics_enabled=False,
+                        webhooks_disabled=True)
+    with TestClient(create_app(settings)) as client:
+        assert client.get("/health").status_code == 200
+        response = client.get("/metrics")
+        assert response.status_code == 404 and response.json()["error"] == "NOT_FOUND"
