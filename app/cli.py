@@ -57,9 +57,9 @@ def serve(host: str | None, port: int | None) -> None:
 
 @cli.command()
 def worker() -> None:
-    """Run the webhook delivery worker (the database must be migrated; any number may run at once)."""
+    """Run the webhook delivery worker and the maintenance jobs (the database must be migrated; any number may run at once)."""
     from app.logs import configure as configure_logs
-    from app.webhooks.worker import run_worker
+    from app.maintenance import run_worker_process
 
     settings = _settings()
     configure_logs(settings)
@@ -68,7 +68,7 @@ def worker() -> None:
         settings = dataclasses.replace(settings, database_url=database.url)
         click.echo("webhook worker running  (Ctrl-C to stop)", err=True)
         with contextlib.suppress(KeyboardInterrupt):
-            asyncio.run(run_worker(settings))
+            asyncio.run(run_worker_process(settings))
 
 
 @cli.command(name="migrate")

@@ -149,6 +149,26 @@ class Settings:
     delivery_retention_days: int = setting(
         "CYCLES_DELIVERY_RETENTION_DAYS", 14, "Days settled webhook deliveries are kept.",
         minimum=1, maximum=36500)
+    # Maintenance (app.maintenance): one elected process per interval prunes
+    # in batches; idempotency records are kept 24..168 hours (the protocol
+    # asks for at least 24).
+    maintenance_interval_ms: int = setting(
+        "CYCLES_MAINTENANCE_INTERVAL_MS", 600000,
+        "How often each maintenance job runs, once per interval across all instances (ms).",
+        minimum=100, maximum=604_800_000)
+    maintenance_batch_size: int = setting(
+        "CYCLES_MAINTENANCE_BATCH_SIZE", 1000, "Rows deleted per maintenance batch (each its own transaction).",
+        minimum=1, maximum=100_000)
+    idempotency_retention_hours: int = setting(
+        "CYCLES_IDEMPOTENCY_RETENTION_HOURS", 168,
+        "Hours a request's result can be replayed with its idempotency key (the protocol asks for 24).",
+        minimum=24, maximum=168)
+    # "pgbouncer": the database URL leads to a transaction pooler, so no
+    # prepared statements, no session state, no LISTEN (app.db).
+    database_pooler: str = setting(
+        "CYCLES_DATABASE_POOLER", "none",
+        "pgbouncer: the database URL leads to a transaction pooler (no prepared statements, session state"
+        " or LISTEN).", choices=("none", "pgbouncer"))
     metrics_enabled: bool = setting(
         "CYCLES_METRICS_ENABLED", True, "Serve GET /metrics (Prometheus) and record request metrics.")
     metrics_token: str | None = setting(

@@ -7,10 +7,21 @@ once per connection and then only binds parameters.
 
 Results are fetched as text and loaded as raw bytes (no str round trip), so
 the JSON a function built is the response body, byte for byte.
+
+Behind a transaction pooler (CYCLES_DATABASE_POOLER=pgbouncer) consecutive
+transactions of one client connection run on different server connections,
+so nothing may outlive a transaction: statements are not prepared (a
+statement prepared on one server connection is unknown on the next), and the
+timeouts are not SET on the connection (a SET would stay on the server
+connection, reach whichever client gets it next, and be missing for this
+one). The timeouts then come from where the pooler's server connections are
+born: ``ALTER ROLE ... SET lock_timeout`` (or PgBouncer's connect_query);
+the pool checks once per connection that they are in force and warns if not.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -19,6 +30,8 @@ import psycopg
 from psycopg.abc import Buffer
 from psycopg.adapt import Loader
 from psycopg_pool import AsyncConnectionPool
+
+logger = logging.getLogger("cycles.db")
 
 
 class _RawTextLoader(Loader):
@@ -53,14 +66,48 @@ def _configurer(timeouts: Timeouts) -> Callable[[psycopg.AsyncConnection[Any]], 
     return configure
 
 
-def create_pool(database_url: str, min_size: int, max_size: int, timeouts: Timeouts) -> AsyncConnectionPool[Any]:
+TIMEOUTS_IN_FORCE_SQL = (
+    "SELECT current_setting('lock_timeout') <> '0', current_setting('statement_timeout') <> '0'")
+
+
+def _pooled_configurer(timeouts: Timeouts) -> Callable[[psycopg.AsyncConnection[Any]], Awaitable[None]]:
+    """Behind a transaction pooler: no session state; only a read-only look
+    at whether the wanted timeouts are in force (warned about once)."""
+    warned = False
+
+    async def configure(conn: psycopg.AsyncConnection[Any]) -> None:
+        nonlocal warned
+        conn.adapters.register_loader("text", _RawTextLoader)
+        if warned or (timeouts.lock_ms <= 0 and timeouts.statement_ms <= 0):
+            return
+        cursor = await conn.execute(TIMEOUTS_IN_FORCE_SQL)
+        row = await cursor.fetchone()
+        lock_set, statement_set = row if row is not None else (False, False)
+        missing = [name for name, wanted, present in (
+            ("lock_timeout", timeouts.lock_ms, lock_set), ("statement_timeout", timeouts.statement_ms, statement_set))
+            if wanted > 0 and not present]
+        if missing:
+            warned = True
+            logger.warning(
+                "behind a transaction pooler the server does not SET %s per connection, and the database "
+                "has none: set it for the server's role (ALTER ROLE ... SET %s = ...)",
+                " and ".join(missing), missing[0])
+
+    return configure
+
+
+def create_pool(database_url: str, min_size: int, max_size: int, timeouts: Timeouts,
+                transaction_pooler: bool = False) -> AsyncConnectionPool[Any]:
     """A pool of autocommit connections; opened by the application lifespan."""
+    kwargs: dict[str, Any] = {"autocommit": True}
+    if transaction_pooler:
+        kwargs["prepare_threshold"] = None
     return AsyncConnectionPool(
         database_url,
         min_size=min_size,
         max_size=max(min_size, max_size),
-        kwargs={"autocommit": True},
-        configure=_configurer(timeouts),
+        kwargs=kwargs,
+        configure=_pooled_configurer(timeouts) if transaction_pooler else _configurer(timeouts),
         open=False,
         name="cycles",
     )
@@ -72,10 +119,10 @@ class Database:
     also how soon it learns that the database is down (503)."""
 
     def __init__(self, database_url: str, min_size: int, max_size: int, timeouts: Timeouts,
-                 pool_timeout_s: float) -> None:
+                 pool_timeout_s: float, transaction_pooler: bool = False) -> None:
         self.database_url = database_url
         self.pool_timeout_s = pool_timeout_s
-        self.pool = create_pool(database_url, min_size, max_size, timeouts)
+        self.pool = create_pool(database_url, min_size, max_size, timeouts, transaction_pooler)
 
     async def open(self) -> None:
         # Do not wait for the database: the process must come up (and /health

@@ -39,6 +39,7 @@ from app.dashboard import routes as dashboard
 from app.db import Database, Timeouts
 from app.errors import EXCEPTION_HANDLERS
 from app.logs import configure as configure_logs
+from app.maintenance import run_maintenance
 from app.observability.setup import install as install_observability
 from app.sweeper import run_sweeper
 from app.tracing import add_id_headers
@@ -57,12 +58,15 @@ def create_app(settings: Settings | None = None) -> Litestar:
     database = Database(
         settings.database_url, settings.pool_min_size, settings.pool_max_size,
         Timeouts(lock_ms=settings.lock_timeout_ms, statement_ms=settings.statement_timeout_ms),
-        pool_timeout_s=settings.pool_timeout_ms / 1000)
+        pool_timeout_s=settings.pool_timeout_ms / 1000,
+        transaction_pooler=settings.database_pooler == "pgbouncer")
 
     @contextlib.asynccontextmanager
     async def lifespan(_: Litestar) -> AsyncIterator[None]:
         await database.open()
         sweeper = asyncio.create_task(run_sweeper(database, settings.sweep_interval_ms), name="cycles-sweeper")
+        # Every process runs it; the database elects one runner per job and interval.
+        maintenance = asyncio.create_task(run_maintenance(database, settings), name="cycles-maintenance")
         # Every server process runs a delivery worker; they share the work safely.
         webhook_worker = None if settings.webhooks_disabled else asyncio.create_task(
             run_worker(settings), name="cycles-webhooks")
@@ -73,9 +77,10 @@ def create_app(settings: Settings | None = None) -> Litestar:
                 webhook_worker.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await webhook_worker
-            sweeper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await sweeper
+            for task in (maintenance, sweeper):
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
             await database.close()
 
     app = Litestar(

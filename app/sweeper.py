@@ -3,7 +3,11 @@
 Every sweep_interval_ms it calls cycles.expire_due(), which returns the
 reserved amount of reservations past expires_at_ms + grace_period_ms to their
 budgets. The function serialises itself with an advisory lock, so any number
-of workers and instances can run this loop at once.
+of workers and instances can run this loop at once: one sweeps, the others'
+calls return 0 at once. The lock is transaction-scoped (each call is one
+transaction, which a transaction pooler can carry), so a sweeper killed
+mid-batch loses it with its connection, its batch rolls back, and the next
+sweep of any surviving process expires those reservations: once.
 """
 
 from __future__ import annotations

@@ -11,7 +11,7 @@ page rather than as a JSON error body.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 import msgspec
@@ -56,13 +56,33 @@ async def admin_call(
     """One admin-plane function call as `session`'s principal; its decoded JSON.
     on_behalf_of mirrors the REST endpoint (dual-auth endpoints record an
     admin as admin_on_behalf_of)."""
+    return await admin_run(
+        request, session, operation, resource_type,
+        lambda call: call.fetch(sql, {**params, "ctx": call.context()}),
+        on_behalf_of=on_behalf_of, tenant_id=tenant_id, resource_id=resource_id)
+
+
+async def admin_run(
+    request: Request[Any, Any, Any],
+    session: Session,
+    operation: str,
+    resource_type: str | None,
+    run: Callable[[AdminCall], Awaitable[bytes]],
+    *,
+    on_behalf_of: bool = False,
+    tenant_id: str | None = None,
+    resource_id: str | None = None,
+) -> Any:
+    """admin_call for an endpoint whose work is more than one fetch (the
+    webhook test probe sends the delivery itself): `run` gets the AdminCall,
+    whose context() is the p_ctx to pass, and returns the JSON body."""
     try:
         async with AdminCall(request, operation, resource_type) as call:
             call.principal = session.admin_principal()
             call.on_behalf_of = on_behalf_of
             call.tenant_id = tenant_id
             call.resource_id = resource_id
-            raw = await call.fetch(sql, {**params, "ctx": call.context()})
+            raw = await run(call)
     except Exception as exc:
         raise as_dashboard_error(exc) from exc
     return msgspec.json.decode(raw)

@@ -11,6 +11,7 @@ import hmac
 import logging
 import secrets
 from collections.abc import Mapping
+from datetime import UTC, datetime, timedelta
 from typing import Any, Final
 from urllib.parse import urlencode
 
@@ -71,6 +72,12 @@ RESERVATION_STATUSES: Final = ("ACTIVE", "COMMITTED", "RELEASED", "EXPIRED")
 # Reservation list filters passed through to cycles.list_reservations: subject
 # levels below the tenant, and the creation time window (ISO-8601).
 RESERVATION_FILTERS: Final = ("workspace", "app", "workflow", "agent", "toolset", "from", "to")
+# Preset windows on expiry and finalisation time (cycles.list_reservations'
+# expires_* and finalized_* filters); "expiring soon" is active
+# reservations whose expiry falls in the next EXPIRING_SOON_MS, soonest first.
+RESERVATION_WINDOWS: Final = ("expiring_soon", "finalized_hour", "finalized_today")
+EXPIRING_SOON_MS: Final = 10 * 60 * 1000
+MAX_GRACE_MS: Final = 60_000  # reservations_grace_range
 # Chart buckets and how many of each are drawn.
 CHART_BUCKETS: Final = {"hour": 48, "day": 30, "month": 12}
 CHART_WIDTH: Final = 720
@@ -192,6 +199,8 @@ async def budgets_page(request: Request[Any, Any, Any]) -> Response[Any]:
         "scope_prefix": query_text(request, "scope_prefix"),
         "status": query_text(request, "status", BUDGET_STATUSES),
         "attention": query_text(request, "attention", ("over_limit", "has_debt")),
+        "view": query_text(request, "view", ("tree",)),
+        "search": query_text(request, "search"),
     }
     cursor = query_text(request, "cursor")
     page: Any = {"ledgers": []}
@@ -202,7 +211,7 @@ async def budgets_page(request: Request[Any, Any, Any]) -> Response[Any]:
             "status": filters["status"], "limit": PAGE_SIZE, "cursor": cursor,
             "over_limit": True if filters["attention"] == "over_limit" else None,
             "has_debt": True if filters["attention"] == "has_debt" else None,
-            "utilization_min": None, "utilization_max": None, "search": None,
+            "utilization_min": None, "utilization_max": None, "search": filters["search"],
         }, on_behalf_of=True, tenant_id=filters["tenant_id"])
     except DashboardError as exc:
         error = exc.message
@@ -210,7 +219,7 @@ async def budgets_page(request: Request[Any, Any, Any]) -> Response[Any]:
     next_query = urlencode({**{k: v for k, v in filters.items() if v}, "cursor": page.get("next_cursor", "")})
     return render("budgets.html", request, session, rows=rows, filters=filters, load_error=error,
                  next_query=next_query if page.get("has_more") else None, first_page=cursor is not None,
-                 operations=FUND_OPERATIONS, statuses=BUDGET_STATUSES)
+                 operations=FUND_OPERATIONS, statuses=BUDGET_STATUSES, tree=filters["view"] == "tree")
 
 
 def _amount(budget: Mapping[str, Any], name: str) -> int:
@@ -231,6 +240,9 @@ def _budget_row(budget: Mapping[str, Any]) -> dict[str, Any]:
         "used_amount": used, "bar_max": max(allocated, used, 1),
         "utilisation": round(100 * used / allocated, 1) if allocated > 0 else (100.0 if used else 0.0),
         "debt_max": max(overdraft, debt, 1), "idempotency_key": "dash_" + secrets.token_hex(12),
+        # The tree view indents by depth (tenant = 0) and names the last segment.
+        "depth": min(str(budget.get("scope", "")).count("/"), 5),
+        "segment": str(budget.get("scope", "")).rsplit("/", 1)[-1],
     }
 
 
@@ -284,7 +296,8 @@ def _budget_target(form: Mapping[str, Any]) -> tuple[str | None, str | None, str
 def _budgets_back(form: Mapping[str, Any], **outcome: str) -> Redirect:
     return redirect_back("/dashboard/budgets", {
         "tenant_id": form_text(form, "back_tenant_id"), "scope_prefix": form_text(form, "back_scope_prefix"),
-        "status": form_text(form, "back_status"), "attention": form_text(form, "back_attention")}, **outcome)
+        "status": form_text(form, "back_status"), "attention": form_text(form, "back_attention"),
+        "view": form_text(form, "back_view"), "search": form_text(form, "back_search")}, **outcome)
 
 
 @post("/budgets/fund", status_code=303)
@@ -348,6 +361,12 @@ async def reservations_page(request: Request[Any, Any, Any]) -> Response[Any]:
     tenant = query_text(request, "tenant") if session.is_admin else session.tenant_id
     narrowing = {name: query_text(request, name) for name in RESERVATION_FILTERS}
     narrowing["status"] = query_text(request, "status", RESERVATION_STATUSES)
+    narrowing["window"] = query_text(request, "window", RESERVATION_WINDOWS)
+    # A window is fixed at the first page's time ("at", carried to the next
+    # pages): the list's cursor is bound to its filters.
+    at_text = query_text(request, "at")
+    narrowing["at"] = (at_text if at_text and at_text.isdigit() and len(at_text) <= 15
+                       else str(int(datetime.now(UTC).timestamp() * 1000))) if narrowing["window"] else None
     cursor = query_text(request, "cursor")
     page: Any = {"reservations": []}
     error = None
@@ -359,8 +378,9 @@ async def reservations_page(request: Request[Any, Any, Any]) -> Response[Any]:
                 tenant = tenants[0]["tenant_id"]
         if tenant is not None:
             query = {name: value for name, value in
-                     {**narrowing, "tenant": tenant, "cursor": cursor, "limit": PAGE_SIZE}.items()
-                     if value is not None}
+                     {**narrowing, **_window_query(narrowing["window"], narrowing["at"]), "tenant": tenant,
+                      "cursor": cursor, "limit": PAGE_SIZE}.items()
+                     if value is not None and name not in ("window", "at")}
             page = await runtime_call(request, session, "listReservations", runtime_reservations.LIST_SQL, {
                 "query": json_text(query)})
     except DashboardError as exc:
@@ -368,8 +388,32 @@ async def reservations_page(request: Request[Any, Any, Any]) -> Response[Any]:
     filters = {"tenant": tenant if session.is_admin else None, **narrowing}
     next_query = urlencode({**{k: v for k, v in filters.items() if v}, "cursor": page.get("next_cursor", "")})
     return render("reservations.html", request, session, rows=page.get("reservations", []), filters=filters,
-                  tenants=tenants, statuses=RESERVATION_STATUSES, load_error=error,
+                  tenants=tenants, statuses=RESERVATION_STATUSES, windows=RESERVATION_WINDOWS, load_error=error,
                   next_query=next_query if page.get("has_more") else None, first_page=cursor is not None)
+
+
+def _iso(moment: datetime) -> str:
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def _window_query(window: str | None, at_ms: str | None) -> dict[str, str]:
+    """cycles.list_reservations filters of a preset window, as of at_ms."""
+    if window is None or at_ms is None:
+        return {}
+    now = datetime.fromtimestamp(int(at_ms) / 1000, tz=UTC)
+    if window == "expiring_soon":
+        return {"status": "ACTIVE", "expires_from": _iso(now),
+                "expires_to": _iso(now + timedelta(milliseconds=EXPIRING_SOON_MS)),
+                "sort_by": "expires_at_ms", "sort_dir": "asc"}
+    if window in ("finalized_hour", "finalized_today"):
+        start = now - timedelta(hours=1) if window == "finalized_hour" else now.replace(
+            hour=0, minute=0, second=0, microsecond=0)
+        # Commit and release are accepted only until expiry + grace (at most
+        # a minute): a reservation finalised since `start` expires after
+        # start - 1 min. Saying so lets the list read the (tenant, expiry)
+        # index instead of every reservation of the tenant.
+        return {"finalized_from": _iso(start), "expires_from": _iso(start - timedelta(milliseconds=MAX_GRACE_MS))}
+    return {}
 
 
 @post("/reservations/release", status_code=303)

@@ -129,10 +129,27 @@ def redirect_back(path: str, query: Mapping[str, str | None], **outcome: str) ->
 
 def confirmation(
     request: Request[Any, Any, Any], session: Session, action: str, question: str, form: Mapping[str, Any],
+    *, cancel: str | None = None, ask_reason: bool = False,
 ) -> Template:
+    """The page asking to confirm `action`: its form re-posts `form` with
+    confirmed=yes. `cancel` is where "Cancel" leads (by default the list
+    the action belongs to)."""
     hidden = {name: value for name, value in form.items()
               if isinstance(value, str) and name not in {"csrf_token", "confirmed"}}
-    return render("confirm.html", request, session, action=action, question=question, hidden=hidden)
+    if cancel is None:
+        cancel = "/dashboard/reservations" if "reservations" in action else "/dashboard/budgets"
+    return render("confirm.html", request, session, action=action, question=question, hidden=hidden,
+                  cancel=cancel, ask_reason=ask_reason or "reason" in hidden or action.endswith("freeze"))
+
+
+def page_links(path: str, filters: Mapping[str, Any], page: Mapping[str, Any], cursor: str | None) -> dict[str, Any]:
+    """The template's pagination: the next page's URL (same filters, the
+    page's next_cursor) when there is one, and whether this is not the first."""
+    kept = {name: str(value) for name, value in filters.items() if value not in (None, "")}
+    next_url = None
+    if page.get("has_more") and page.get("next_cursor"):
+        next_url = f"{path}?{urlencode({**kept, 'cursor': page['next_cursor']})}"
+    return {"next_url": next_url, "first_url": f"{path}?{urlencode(kept)}" if cursor is not None else None}
 
 def session_cookie(request: Request[Any, Any, Any], name: str, value: str, *, max_age: int) -> Cookie:
     return Cookie(key=name, value=value, path=COOKIE_PATH, httponly=True, samesite="strict",

@@ -10,7 +10,10 @@ receiver may see those in-flight requests twice, with the same event id).
 
 Between rounds the worker sleeps until a NOTIFY on cycles_webhooks (sent when
 deliveries become due), the next scheduled retry, or the polling interval,
-whichever comes first. Once an hour it prunes old events and deliveries.
+whichever comes first. Behind a transaction pooler (CYCLES_DATABASE_POOLER=
+pgbouncer) LISTEN cannot work (the registration stays on a server connection
+other clients share), so the worker only polls, and prepares no statements.
+Old events and deliveries are pruned by the maintenance loop (app.maintenance).
 """
 
 from __future__ import annotations
@@ -18,7 +21,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 from typing import Any, Final
 
 import httpx
@@ -37,9 +39,6 @@ CLAIM_SQL: Final = f"SELECT cycles.claim_webhook_deliveries(p_limit => {BATCH_SI
 COMPLETE_SQL: Final = (
     "SELECT cycles.complete_webhook_delivery(p_delivery_id => %(id)s, p_success => %(ok)s,"
     " p_response_status => %(status)s, p_response_time_ms => %(ms)s, p_error_message => %(error)s)")
-PRUNE_SQL: Final = (
-    "SELECT cycles.prune_webhook_history(p_event_days => %(events)s, p_delivery_days => %(deliveries)s)")
-PRUNE_INTERVAL_S: Final = 3600.0
 RECONNECT_DELAY_S: Final = 1.0
 
 
@@ -76,17 +75,23 @@ async def deliver_round(
     return len(deliveries), next_due
 
 
-async def _wait_for_work(listener: psycopg.AsyncConnection[Any], timeout_s: float) -> None:
-    """Returns at the first NOTIFY or after timeout_s."""
+async def _wait_for_work(listener: psycopg.AsyncConnection[Any] | None, timeout_s: float) -> None:
+    """Returns at the first NOTIFY or after timeout_s (just the latter
+    without a listener)."""
+    if listener is None:
+        await asyncio.sleep(timeout_s)
+        return
     gen = listener.notifies(timeout=timeout_s, stop_after=1)
     async for _ in gen:
         pass
 
 
-async def _prune(conn: psycopg.AsyncConnection[Any], settings: Settings) -> None:
-    async with conn.transaction():
-        await conn.execute(PRUNE_SQL, {
-            "events": settings.event_retention_days, "deliveries": settings.delivery_retention_days})
+async def _connect(settings: Settings, autocommit: bool = False) -> psycopg.AsyncConnection[Any]:
+    assert settings.database_url is not None
+    if settings.database_pooler == "pgbouncer":
+        return await psycopg.AsyncConnection.connect(
+            settings.database_url, autocommit=autocommit, prepare_threshold=None)
+    return await psycopg.AsyncConnection.connect(settings.database_url, autocommit=autocommit)
 
 
 async def run_worker(settings: Settings, stop: asyncio.Event | None = None) -> None:
@@ -96,21 +101,20 @@ async def run_worker(settings: Settings, stop: asyncio.Event | None = None) -> N
     policy = url_policy(settings)
     poll_s = max(settings.webhook_poll_interval_ms, 10) / 1000
     stop = stop or asyncio.Event()
+    listen = settings.database_pooler != "pgbouncer"
     last_failure: str | None = None
-    next_prune = time.monotonic()
     async with new_client(settings.webhook_timeout_ms) as client:
         while not stop.is_set():
             try:
-                async with await psycopg.AsyncConnection.connect(settings.database_url) as conn, \
-                        await psycopg.AsyncConnection.connect(settings.database_url, autocommit=True) as listener:
-                    await listener.execute("LISTEN cycles_webhooks")
+                async with await _connect(settings) as conn, contextlib.AsyncExitStack() as stack:
+                    listener = None
+                    if listen:
+                        listener = await stack.enter_async_context(await _connect(settings, autocommit=True))
+                        await listener.execute("LISTEN cycles_webhooks")
                     if last_failure is not None:
                         logger.info("webhook worker reconnected")
                         last_failure = None
                     while not stop.is_set():
-                        if time.monotonic() >= next_prune:
-                            await _prune(conn, settings)
-                            next_prune = time.monotonic() + PRUNE_INTERVAL_S
                         sent, next_due_ms = await deliver_round(conn, client, policy)
                         if sent:
                             continue

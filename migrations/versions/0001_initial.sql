@@ -4782,9 +4782,41 @@ BEGIN
                                 ELSE '' END;
     END IF;
 
-    -- One statement for every sort: the sort key is '' for timestamp, so the
-    -- order is (key, created_at, seq) in the requested direction and the
-    -- cursor row's key continues it.
+    -- The default order (time) reads an index in order and stops after a
+    -- page; numbering every matching event first, as the general statement
+    -- below must, costs time in proportion to the whole stream. Planned per
+    -- call with the filters' values, so the plan fits the filters given.
+    IF v_sort_by = 'timestamp' THEN
+        EXECUTE format($sql$
+            SELECT coalesce(array_agg(page.e ORDER BY page.created_at %2$s, page.seq %2$s), '{}')
+            FROM (
+                SELECT e, e.created_at, e.seq
+                FROM cycles.events AS e
+                WHERE ($1 IS NULL OR e.tenant_id = $1)
+                  AND ($2 IS NULL OR e.category = ANY ($2))
+                  AND ($3 IS NULL OR e.event_type = $3)
+                  AND ($4 IS NULL OR e.category = $4)
+                  AND ($5 IS NULL OR left(e.scope, char_length($5)) = lower($5))
+                  AND ($6 IS NULL OR e.correlation_id = $6)
+                  AND ($7 IS NULL OR e.trace_id = $7)
+                  AND ($8 IS NULL OR e.request_id = $8)
+                  AND ($9 IS NULL OR e.created_at >= $9)
+                  AND ($10 IS NULL OR e.created_at <= $10)
+                  AND ($11 IS NULL OR strpos(lower(e.correlation_id), $11) > 0
+                       OR strpos(lower(e.scope), $11) > 0)
+                  AND ($12 IS NULL OR coalesce(cycles._scope_filter_allows($12, e.scope), false))
+                  AND ($13 IS NULL OR (e.created_at, e.seq) %1$s ($14, $15))
+                ORDER BY e.created_at %2$s, e.seq %2$s
+                LIMIT $16
+            ) AS page$sql$,
+            CASE WHEN v_desc THEN '<' ELSE '>' END, CASE WHEN v_desc THEN 'DESC' ELSE 'ASC' END)
+        INTO v_rows
+        USING p_tenant_id, p_categories, p_event_type, p_category, p_scope, p_correlation_id, p_trace_id,
+              p_request_id, p_from, p_to, v_search, v_filter, v_after.event_id, v_after.created_at, v_after.seq,
+              v_limit + 1;
+    ELSE
+    -- Any other sort: one statement; the order is (key, created_at, seq) in
+    -- the requested direction and the cursor row's key continues it.
     SELECT coalesce(array_agg(page.e ORDER BY page.o), '{}') INTO v_rows
     FROM (
         SELECT e, row_number() OVER (
@@ -4817,6 +4849,7 @@ BEGIN
         ORDER BY o
         LIMIT v_limit + 1
     ) AS page;
+    END IF;
 
     RETURN jsonb_strip_nulls(jsonb_build_object(
         'events', coalesce((SELECT jsonb_agg(cycles._event_json(v_rows[i]) ORDER BY i)
@@ -9360,13 +9393,16 @@ $$;
 --
 -- For the admin: every tenant; for a tenant key (admin:read): its own tenant,
 -- within its scope_filter. Counts of tenants, budgets (by status), active
--- reservations; today's charged amount (UTC day, per unit, counted once per
--- operation from the ledger's lead rows); the budgets over their limit or in
+-- reservations; the amount charged today and this month (UTC, per unit,
+-- counted once per operation from the ledger's lead rows) and the top 10
+-- agents (and, for the admin, tenants) of the month per unit, see
+-- cycles._dashboard_spend; the budgets over their limit or in
 -- debt (worst first, at most 20); reservation.denied and reservation.expired
 -- events of the last hour; webhook subscriptions failing (consecutive
 -- failures) or disabled. Audited as dashboardOverview.
--- Reads only. Errors: UNAUTHORIZED, KEY_REVOKED, TENANT_SUSPENDED,
--- TENANT_CLOSED, INSUFFICIENT_PERMISSIONS.
+-- Writes the spend summaries (cycles._dashboard_summarise_spend).
+-- Errors: UNAUTHORIZED, KEY_REVOKED, TENANT_SUSPENDED, TENANT_CLOSED,
+-- INSUFFICIENT_PERMISSIONS.
 CREATE FUNCTION cycles.dashboard_overview(p_ctx jsonb DEFAULT '{}') RETURNS jsonb
 LANGUAGE plpgsql
 AS $$
@@ -9374,8 +9410,13 @@ DECLARE
     v_ctx    jsonb := cycles._admin_principal(p_ctx, ARRAY['admin:read']);
     v_tenant text := v_ctx ->> 'principal_tenant_id';
     v_filter jsonb := v_ctx -> 'scope_filter';
-    v_day    timestamptz := date_trunc('day', clock_timestamp() AT TIME ZONE 'UTC') AT TIME ZONE 'UTC';
-    v_result jsonb;
+    -- No filter to apply: skips a function call per row (10,000 budgets).
+    v_all      boolean := v_filter IS NULL OR jsonb_typeof(v_filter) <> 'array' OR jsonb_array_length(v_filter) = 0;
+    -- A value, not clock_timestamp() in the query, so the (event_type,
+    -- created_at) index bounds the scan.
+    v_hour_ago timestamptz := clock_timestamp() - interval '1 hour';
+    v_result   jsonb;
+    v_spend    jsonb;
 BEGIN
     SELECT jsonb_build_object(
         'tenants', (SELECT count(*) FROM cycles.tenants AS t
@@ -9388,26 +9429,17 @@ BEGIN
                         'in_debt', count(*) FILTER (WHERE b.debt > 0))
                     FROM cycles.budgets AS b
                     WHERE (v_tenant IS NULL OR b.tenant_id = v_tenant)
-                      AND cycles._scope_filter_allows(v_filter, b.scope)),
+                      AND (v_all OR cycles._scope_filter_allows(v_filter, b.scope))),
         'active_reservations', (SELECT count(*) FROM cycles.reservations AS r
                                 WHERE r.status = 'ACTIVE'
                                   AND (v_tenant IS NULL OR r.tenant_id = v_tenant)
-                                  AND cycles._scope_filter_allows(v_filter, r.scope_path)),
-        'charged_today', (SELECT coalesce(jsonb_agg(jsonb_build_object('unit', d.unit, 'amount', d.amount)
-                                                    ORDER BY d.unit), '[]'::jsonb)
-                          FROM (SELECT l.unit, sum(l.spent_delta + l.debt_delta) AS amount
-                                FROM cycles.ledger_entries AS l
-                                WHERE l.operation_lead AND l.operation IN ('COMMIT', 'EVENT')
-                                  AND l.created_at >= v_day
-                                  AND (v_tenant IS NULL OR l.tenant_id = v_tenant)
-                                  AND cycles._scope_filter_allows(v_filter, l.scope)
-                                GROUP BY l.unit) AS d),
+                                  AND (v_all OR cycles._scope_filter_allows(v_filter, r.scope_path))),
         'attention', (SELECT coalesce(jsonb_agg(cycles._budget_json(w) ORDER BY w.debt DESC, w.scope COLLATE "C"),
                                       '[]'::jsonb)
                       FROM (SELECT b.* FROM cycles.budgets AS b
                             WHERE (b.is_over_limit OR b.debt > 0)
                               AND (v_tenant IS NULL OR b.tenant_id = v_tenant)
-                              AND cycles._scope_filter_allows(v_filter, b.scope)
+                              AND (v_all OR cycles._scope_filter_allows(v_filter, b.scope))
                             ORDER BY b.debt DESC, b.scope COLLATE "C"
                             LIMIT 20) AS w),
         'last_hour', (SELECT jsonb_build_object(
@@ -9415,14 +9447,19 @@ BEGIN
                           'expiries', count(*) FILTER (WHERE e.event_type = 'reservation.expired'))
                       FROM cycles.events AS e
                       WHERE e.event_type IN ('reservation.denied', 'reservation.expired')
-                        AND e.created_at >= clock_timestamp() - interval '1 hour'
+                        AND e.created_at >= v_hour_ago
                         AND (v_tenant IS NULL OR e.tenant_id = v_tenant)
-                        AND cycles._scope_filter_allows(v_filter, coalesce(e.scope, 'tenant:' || e.tenant_id))),
+                        AND (v_all OR cycles._scope_filter_allows(v_filter, coalesce(e.scope, 'tenant:' || e.tenant_id)))),
         'failing_webhooks', (SELECT count(*) FROM cycles.webhook_subscriptions AS w
                              WHERE (w.consecutive_failures > 0 OR w.status = 'DISABLED')
                                AND (v_tenant IS NULL OR w.tenant_id = v_tenant)),
         'as_of', cycles._iso8601(clock_timestamp()))
     INTO v_result;
+    v_spend := cycles._dashboard_spend(v_tenant, v_filter);
+    v_result := v_result || jsonb_strip_nulls(jsonb_build_object(
+        'charged_today', v_spend -> 'today', 'charged_month', v_spend -> 'month',
+        'top_agents', v_spend -> 'top_agents', 'top_tenants', v_spend -> 'top_tenants',
+        'summarised_to', v_spend -> 'summarised_to'));
     PERFORM cycles._audit(v_ctx, 'dashboardOverview', NULL, NULL, 200, v_tenant);
     RETURN v_result;
 END;
@@ -9495,6 +9532,755 @@ BEGIN
                           v_budget.tenant_id);
     RETURN jsonb_build_object('budget', cycles._budget_json(v_budget), 'bucket', p_bucket,
                               'series', coalesce(v_series, '[]'::jsonb));
+END;
+$$;
+
+-- Spend summaries for the overview ---------------------------------------------
+--
+-- (The ledger is read tenant by tenant, a LATERAL subquery kept from being
+-- flattened by OFFSET 0, so that each read is a range of the (tenant_id,
+-- operation_lead, created_at) index rather than a scan of all of it.)
+--
+-- "Charged this month" and the top spenders would otherwise add up a month of
+-- ledger rows on every overview (a million rows at the scale the dashboard
+-- is measured at). Instead the ledger's lead COMMIT and EVENT rows (so an
+-- operation counts once however many budgets it touched) are added up once,
+-- hour by closed UTC hour, into two summaries:
+--   cycles.dashboard_spend_hours   per hour, tenant and unit (today's figure;
+--                                  kept two days);
+--   cycles.dashboard_spend_months  per month, tenant, unit and level: one
+--                                  'tenant' row (agent '') with the tenant's
+--                                  total, and one 'agent' row per agent the
+--                                  month's operations named (the top
+--                                  spenders; kept two months).
+-- The overview reads the summaries plus the ledger rows after the last
+-- summarised hour. An hour is summarised two minutes after it ends, so that
+-- the reserve, commit and event transactions that wrote its rows (single
+-- short function calls) have committed.
+
+CREATE TABLE cycles.dashboard_spend_hours (
+    hour_start timestamptz NOT NULL,
+    tenant_id  text        NOT NULL,
+    unit       text        NOT NULL,
+    charged    numeric     NOT NULL,
+    charges    bigint      NOT NULL,
+    CONSTRAINT dashboard_spend_hours_pkey PRIMARY KEY (hour_start, tenant_id, unit)
+);
+
+CREATE TABLE cycles.dashboard_spend_months (
+    month_start timestamptz NOT NULL,
+    level       text        NOT NULL,
+    tenant_id   text        NOT NULL,
+    unit        text        NOT NULL,
+    agent       text        NOT NULL,
+    charged     numeric     NOT NULL,
+    charges     bigint      NOT NULL,
+    CONSTRAINT dashboard_spend_months_pkey PRIMARY KEY (month_start, level, tenant_id, unit, agent)
+);
+
+-- The largest spenders of a month first, per level and unit (read 10 at a time).
+CREATE INDEX dashboard_spend_months_top_idx
+    ON cycles.dashboard_spend_months (month_start, level, unit, charged DESC);
+CREATE INDEX dashboard_spend_months_tenant_top_idx
+    ON cycles.dashboard_spend_months (tenant_id, month_start, level, unit, charged DESC);
+
+-- How far the hours are summarised (one row, name 'spend').
+CREATE TABLE cycles.dashboard_summary_state (
+    name          text        NOT NULL,
+    summarised_to timestamptz NOT NULL,
+    CONSTRAINT dashboard_summary_state_pkey PRIMARY KEY (name)
+);
+
+-- cycles._dashboard_summarise_spend: brings the summaries towards the last
+-- hour that ended at least two minutes ago, five minutes of ledger at a time,
+-- for at most
+-- about p_budget_ms of work (an overview must stay fast even when a month
+-- of ledger rows waits to be summarised, e.g. after an upgrade: each call
+-- then does its share), and returns the time up to which they are complete.
+-- Hours without ledger rows are skipped at once. The first call starts at
+-- the current month. Locks: the state row FOR UPDATE SKIP LOCKED (a
+-- concurrent call that holds it is summarising: this one returns the
+-- previous point instead of waiting). Reads the ledger per tenant by
+-- (tenant_id, operation_lead, created_at). Errors: none.
+CREATE FUNCTION cycles._dashboard_summarise_spend(p_budget_ms integer DEFAULT 300) RETURNS timestamptz
+LANGUAGE plpgsql
+SET jit = off
+AS $$
+DECLARE
+    v_started timestamptz := clock_timestamp();
+    v_target  timestamptz := date_trunc('hour', clock_timestamp() - interval '2 minutes', 'UTC');
+    v_from    timestamptz;
+    v_next    timestamptz;
+    v_first   timestamptz;
+BEGIN
+    SELECT s.summarised_to INTO v_from FROM cycles.dashboard_summary_state AS s WHERE s.name = 'spend';
+    IF v_from IS NULL THEN
+        INSERT INTO cycles.dashboard_summary_state (name, summarised_to)
+        VALUES ('spend', date_trunc('month', clock_timestamp(), 'UTC'))
+        ON CONFLICT ON CONSTRAINT dashboard_summary_state_pkey DO NOTHING;
+    ELSIF v_from >= v_target THEN
+        RETURN v_from;
+    END IF;
+    SELECT s.summarised_to INTO v_from FROM cycles.dashboard_summary_state AS s
+    WHERE s.name = 'spend' FOR UPDATE SKIP LOCKED;
+    IF NOT FOUND THEN
+        SELECT s.summarised_to INTO v_from FROM cycles.dashboard_summary_state AS s WHERE s.name = 'spend';
+        RETURN coalesce(v_from, date_trunc('month', clock_timestamp(), 'UTC'));
+    END IF;
+    WHILE v_from < v_target LOOP
+        -- The next hour that has a ledger row to summarise, if any.
+        SELECT min(f.created_at) INTO v_first
+        FROM cycles.tenants AS t
+        CROSS JOIN LATERAL (
+            SELECT e.created_at FROM cycles.ledger_entries AS e
+            WHERE e.tenant_id = t.tenant_id AND e.operation_lead
+              AND e.created_at >= v_from AND e.created_at < v_target
+            ORDER BY e.created_at LIMIT 1) AS f;
+        IF v_first IS NULL THEN
+            v_from := v_target;
+            EXIT;
+        END IF;
+        v_from := greatest(v_from, date_trunc('hour', v_first, 'UTC'));
+        -- Five minutes at a time (within one hour): a busy hour is summarised
+        -- over several calls rather than in one long statement.
+        v_next := least(v_target, v_from + interval '5 minutes', date_trunc('hour', v_from, 'UTC') + interval '1 hour');
+        -- One statement: both summaries are written from the same reading of the ledger.
+        WITH new_spend AS (
+            SELECT t.tenant_id, l.unit, coalesce(l.subject_agent, '') AS agent,
+                   sum(l.spent_delta + l.debt_delta) AS charged, count(*) AS charges
+            FROM cycles.tenants AS t
+            CROSS JOIN LATERAL (
+                SELECT e.unit, e.subject_agent, e.spent_delta, e.debt_delta
+                FROM cycles.ledger_entries AS e
+                WHERE e.tenant_id = t.tenant_id AND e.operation_lead
+                  AND e.created_at >= v_from AND e.created_at < v_next
+                  AND e.operation IN ('COMMIT', 'EVENT')
+                OFFSET 0) AS l
+            GROUP BY 1, 2, 3
+        ),
+        hours AS (
+            INSERT INTO cycles.dashboard_spend_hours AS h (hour_start, tenant_id, unit, charged, charges)
+            SELECT date_trunc('hour', v_from, 'UTC'), n.tenant_id, n.unit, sum(n.charged), sum(n.charges)
+            FROM new_spend AS n
+            WHERE v_from >= date_trunc('day', v_target, 'UTC') - interval '1 day'
+            GROUP BY 2, 3
+            ON CONFLICT ON CONSTRAINT dashboard_spend_hours_pkey
+            DO UPDATE SET charged = h.charged + excluded.charged, charges = h.charges + excluded.charges
+            RETURNING 1
+        )
+        INSERT INTO cycles.dashboard_spend_months AS m (month_start, level, tenant_id, unit, agent, charged, charges)
+        SELECT date_trunc('month', v_from, 'UTC'), v.level, n.tenant_id, n.unit, v.agent, sum(n.charged),
+               sum(n.charges)
+        FROM new_spend AS n
+        CROSS JOIN LATERAL (VALUES ('tenant', ''), ('agent', n.agent)) AS v(level, agent)
+        WHERE v.level = 'tenant' OR n.agent <> ''
+        GROUP BY 2, 3, 4, 5
+        ON CONFLICT ON CONSTRAINT dashboard_spend_months_pkey
+        DO UPDATE SET charged = m.charged + excluded.charged, charges = m.charges + excluded.charges;
+        v_from := v_next;
+        EXIT WHEN clock_timestamp() - v_started > make_interval(secs => p_budget_ms / 1000.0);
+    END LOOP;
+    DELETE FROM cycles.dashboard_spend_hours AS h
+    WHERE h.hour_start < date_trunc('day', v_target, 'UTC') - interval '1 day';
+    DELETE FROM cycles.dashboard_spend_months AS m
+    WHERE m.month_start < date_trunc('month', v_target, 'UTC') - interval '1 month';
+    UPDATE cycles.dashboard_summary_state AS s SET summarised_to = v_from WHERE s.name = 'spend';
+    RETURN v_from;
+END;
+$$;
+
+-- cycles._dashboard_spend: the overview's spend figures for every tenant
+-- (p_tenant NULL) or one, within a key's scope filter: {today: [{unit,
+-- amount}], month: [{unit, amount}] (UTC), top_agents: [{unit, tenant_id,
+-- agent, charged, charges}] (the month's 10 largest per unit; an agent is
+-- per tenant), top_tenants: (the same per tenant; every-tenant view only)}.
+-- Unfiltered callers read the summaries plus the ledger after them; the top
+-- 10 are exact: an agent in the final 10 either spent after the summaries
+-- (all of those are ranked) or is among the summaries' own 10 largest. For
+-- a key with a scope filter the summaries (which carry no scope) cannot be
+-- used: it gets today's figure only, from its tenant's ledger rows of the
+-- day that the filter allows. While the summaries lag more than an hour
+-- behind (a month of ledger rows to catch up on), only {summarised_to} is
+-- returned: the figures appear once a few overviews have caught up.
+-- Locks: see cycles._dashboard_summarise_spend.
+-- Errors: none.
+CREATE FUNCTION cycles._dashboard_spend(p_tenant text, p_filter jsonb) RETURNS jsonb
+LANGUAGE plpgsql
+-- The planner's row guesses for the ledger tail are large enough to start
+-- JIT compilation, which costs seconds here and saves nothing.
+SET jit = off
+AS $$
+DECLARE
+    v_month    timestamptz := date_trunc('month', clock_timestamp(), 'UTC');
+    v_day      timestamptz := date_trunc('day', clock_timestamp(), 'UTC');
+    v_filtered boolean := p_tenant IS NOT NULL AND jsonb_typeof(p_filter) = 'array'
+                          AND jsonb_array_length(p_filter) > 0;
+    v_from     timestamptz := v_day;
+    v_result   jsonb;
+BEGIN
+    IF NOT v_filtered THEN
+        v_from := cycles._dashboard_summarise_spend();
+        IF v_from < date_trunc('hour', clock_timestamp() - interval '2 minutes', 'UTC') - interval '1 hour' THEN
+            -- Still catching up: the ledger after the summaries is too much to
+            -- add up here; the figures appear once the summaries are current.
+            RETURN jsonb_build_object('summarised_to', cycles._iso8601(v_from));
+        END IF;
+        v_from := greatest(v_from, v_month);
+    END IF;
+    WITH tail AS (
+        -- The ledger after the summaries (today's for a filtered key).
+        SELECT l.created_at AS at, t.tenant_id, l.unit, coalesce(l.subject_agent, '') AS agent,
+               l.spent_delta + l.debt_delta AS charged
+        FROM cycles.tenants AS t
+        CROSS JOIN LATERAL (
+            SELECT e.created_at, e.unit, e.subject_agent, e.spent_delta, e.debt_delta
+            FROM cycles.ledger_entries AS e
+            WHERE e.tenant_id = t.tenant_id AND e.operation_lead AND e.created_at >= v_from
+              AND e.operation IN ('COMMIT', 'EVENT')
+              AND (NOT v_filtered OR cycles._scope_filter_allows(p_filter, e.scope))
+            OFFSET 0) AS l
+        WHERE p_tenant IS NULL OR t.tenant_id = p_tenant
+    ),
+    summarised AS (
+        -- The summaries' rows (none for a filtered key): tenant totals...
+        SELECT m.tenant_id, m.unit, m.charged, m.charges FROM cycles.dashboard_spend_months AS m
+        WHERE NOT v_filtered AND m.month_start = v_month AND m.level = 'tenant' AND v_from > v_month
+          AND (p_tenant IS NULL OR m.tenant_id = p_tenant)
+    ),
+    units AS (
+        SELECT DISTINCT u.unit FROM (SELECT s.unit FROM summarised AS s UNION SELECT t.unit FROM tail AS t) AS u
+    ),
+    tail_agents AS (
+        SELECT t.tenant_id, t.unit, t.agent, sum(t.charged) AS charged, count(*) AS charges
+        FROM tail AS t WHERE t.agent <> '' GROUP BY t.tenant_id, t.unit, t.agent
+    ),
+    agent_candidates AS (
+        -- ...each unit's 10 largest agents, and every agent of the tail.
+        SELECT top.tenant_id, top.unit, top.agent
+        FROM units AS u
+        CROSS JOIN LATERAL (
+            SELECT m.tenant_id, m.unit, m.agent FROM cycles.dashboard_spend_months AS m
+            WHERE NOT v_filtered AND v_from > v_month AND m.month_start = v_month AND m.level = 'agent'
+              AND m.unit = u.unit AND (p_tenant IS NULL OR m.tenant_id = p_tenant)
+            ORDER BY m.charged DESC LIMIT 10) AS top
+        UNION
+        SELECT a.tenant_id, a.unit, a.agent FROM tail_agents AS a
+    ),
+    agents AS (
+        SELECT c.unit, c.tenant_id, c.agent,
+               coalesce(m.charged, 0) + coalesce(x.charged, 0) AS charged,
+               coalesce(m.charges, 0) + coalesce(x.charges, 0) AS charges
+        FROM agent_candidates AS c
+        LEFT JOIN tail_agents AS x ON x.tenant_id = c.tenant_id AND x.unit = c.unit AND x.agent = c.agent
+        LEFT JOIN LATERAL (
+            SELECT s.charged, s.charges FROM cycles.dashboard_spend_months AS s
+            WHERE NOT v_filtered AND s.month_start = v_month AND s.level = 'agent'
+              AND s.tenant_id = c.tenant_id AND s.unit = c.unit AND s.agent = c.agent
+            OFFSET 0) AS m ON true
+    ),
+    ranked_agents AS (
+        SELECT a.*, row_number() OVER (PARTITION BY a.unit ORDER BY a.charged DESC, a.tenant_id, a.agent) AS rank
+        FROM agents AS a
+    ),
+    tenants AS (
+        SELECT b.unit, b.tenant_id, sum(b.charged) AS charged, sum(b.charges) AS charges,
+               row_number() OVER (PARTITION BY b.unit ORDER BY sum(b.charged) DESC, b.tenant_id) AS rank
+        FROM (SELECT s.tenant_id, s.unit, s.charged, s.charges FROM summarised AS s
+              UNION ALL
+              SELECT t.tenant_id, t.unit, t.charged, 1 FROM tail AS t) AS b
+        GROUP BY b.unit, b.tenant_id
+    ),
+    today AS (
+        SELECT h.unit, h.charged FROM cycles.dashboard_spend_hours AS h
+        WHERE NOT v_filtered AND h.hour_start >= v_day AND h.hour_start < v_from
+          AND (p_tenant IS NULL OR h.tenant_id = p_tenant)
+        UNION ALL
+        SELECT t.unit, t.charged FROM tail AS t WHERE t.at >= v_day
+    )
+    SELECT jsonb_build_object(
+        'month', (SELECT coalesce(jsonb_agg(jsonb_build_object('unit', m.unit, 'amount', m.amount) ORDER BY m.unit),
+                                  '[]'::jsonb)
+                  FROM (SELECT s.unit, sum(s.charged) AS amount FROM tenants AS s GROUP BY s.unit) AS m),
+        'today', (SELECT coalesce(jsonb_agg(jsonb_build_object('unit', d.unit, 'amount', d.amount) ORDER BY d.unit),
+                                  '[]'::jsonb)
+                  FROM (SELECT y.unit, sum(y.charged) AS amount FROM today AS y GROUP BY y.unit) AS d),
+        'top_agents', (SELECT coalesce(jsonb_agg(jsonb_build_object(
+                                 'unit', a.unit, 'tenant_id', a.tenant_id, 'agent', a.agent, 'charged', a.charged,
+                                 'charges', a.charges) ORDER BY a.unit, a.rank), '[]'::jsonb)
+                       FROM ranked_agents AS a WHERE a.rank <= 10),
+        'top_tenants', (SELECT coalesce(jsonb_agg(jsonb_build_object(
+                                  'unit', s.unit, 'tenant_id', s.tenant_id, 'charged', s.charged,
+                                  'charges', s.charges) ORDER BY s.unit, s.rank), '[]'::jsonb)
+                        FROM tenants AS s WHERE p_tenant IS NULL AND s.rank <= 10))
+    INTO v_result;
+    IF v_filtered THEN
+        RETURN jsonb_build_object('today', v_result -> 'today');
+    END IF;
+    RETURN v_result;
+END;
+$$;
+
+-- cycles.dashboard_reservation_history: what the reservation detail page
+-- shows besides cycles.get_reservation: the reservation as a list row shows
+-- it (also when it has expired, which get_reservation answers with
+-- RESERVATION_EXPIRED), the ledger rows it wrote (reserve, commit, release,
+-- expiry: one per budget of its scope path, oldest first, at most 200), and
+-- the events that name it (at most 50, oldest first, searched among its
+-- tenant's events from its creation to a minute after it ended).
+-- For the admin any reservation; for a tenant key (admin:read) only one of
+-- its tenant within its scope_filter (NOT_FOUND otherwise, so another
+-- tenant's ids are not revealed). Audited as dashboardReservationHistory.
+-- Reads only (the ledger by reservation_id, the events by tenant and time).
+-- Errors: UNAUTHORIZED, KEY_REVOKED, TENANT_SUSPENDED, TENANT_CLOSED,
+-- INSUFFICIENT_PERMISSIONS, NOT_FOUND.
+CREATE FUNCTION cycles.dashboard_reservation_history(p_reservation_id text, p_ctx jsonb DEFAULT '{}')
+RETURNS jsonb
+LANGUAGE plpgsql
+AS $$
+DECLARE
+    v_ctx    jsonb := cycles._admin_principal(p_ctx, ARRAY['admin:read']);
+    v_tenant text := v_ctx ->> 'principal_tenant_id';
+    v_row    cycles.reservations;
+    v_ledger jsonb;
+    v_events jsonb;
+BEGIN
+    SELECT r.* INTO v_row FROM cycles.reservations AS r WHERE r.reservation_id = p_reservation_id;
+    IF v_row.reservation_id IS NULL
+       OR (v_tenant IS NOT NULL AND (v_row.tenant_id <> v_tenant
+                                     OR NOT cycles._scope_filter_allows(v_ctx -> 'scope_filter', v_row.scope_path))) THEN
+        PERFORM cycles._fail('NOT_FOUND', format('reservation %s not found', p_reservation_id),
+            jsonb_build_object('reservation_id', p_reservation_id));
+    END IF;
+    SELECT coalesce(jsonb_agg(jsonb_strip_nulls(jsonb_build_object(
+               'entry_id', l.entry_id, 'created_at', cycles._iso8601(l.created_at), 'operation', l.operation,
+               'scope', l.scope, 'unit', l.unit, 'spent_delta', l.spent_delta, 'reserved_delta', l.reserved_delta,
+               'debt_delta', l.debt_delta, 'remaining_after',
+               l.allocated_after - l.spent_after - l.reserved_after - l.debt_after,
+               'actor_type', l.actor_type, 'request_id', l.request_id)) ORDER BY l.entry_id), '[]'::jsonb)
+    INTO v_ledger
+    FROM (SELECT e.* FROM cycles.ledger_entries AS e
+          WHERE e.reservation_id = v_row.reservation_id
+          ORDER BY e.entry_id LIMIT 200) AS l;
+    SELECT coalesce(jsonb_agg(jsonb_strip_nulls(jsonb_build_object(
+               'event_id', e.event_id, 'event_type', e.event_type, 'created_at', cycles._iso8601(e.created_at),
+               'scope', e.scope, 'correlation_id', e.correlation_id, 'trace_id', e.trace_id))
+               ORDER BY e.created_at, e.seq), '[]'::jsonb)
+    INTO v_events
+    FROM (SELECT x.* FROM cycles.events AS x
+          WHERE x.tenant_id = v_row.tenant_id
+            AND x.created_at >= to_timestamp(v_row.created_at_ms / 1000.0) - interval '1 second'
+            AND x.created_at <= to_timestamp(coalesce(v_row.finalized_at_ms,
+                                                      v_row.expires_at_ms + v_row.grace_period_ms) / 1000.0)
+                                + interval '1 minute'
+            AND x.data ->> 'reservation_id' = v_row.reservation_id
+          ORDER BY x.created_at, x.seq LIMIT 50) AS e;
+    PERFORM cycles._audit(v_ctx, 'dashboardReservationHistory', 'reservation', v_row.reservation_id, 200,
+                          v_row.tenant_id);
+    RETURN jsonb_build_object('reservation', cycles._reservation_json(v_row, true, true),
+                              'ledger', v_ledger, 'events', v_events);
+END;
+$$;
+
+-- cycles.dashboard_audit_action: the audit row of a successful dashboard
+-- action whose function does not write one itself: sending a webhook test
+-- delivery (testWebhookSubscription) and queuing a replay
+-- (replayWebhookEvents); every other action is audited by its own function.
+-- Called by the dashboard right after the action succeeded, as the same
+-- principal (a tenant key is authenticated again and recorded with its key
+-- id). Only those two operations are accepted, so this cannot be used to
+-- write other entries. Returns the log_id.
+-- Errors: UNAUTHORIZED, KEY_REVOKED, TENANT_SUSPENDED, TENANT_CLOSED,
+-- INSUFFICIENT_PERMISSIONS, INVALID_REQUEST (another operation).
+CREATE FUNCTION cycles.dashboard_audit_action(
+    p_operation   text,
+    p_resource_id text,
+    p_tenant_id   text,
+    p_metadata    jsonb DEFAULT NULL,
+    p_ctx         jsonb DEFAULT '{}'
+) RETURNS jsonb
+LANGUAGE plpgsql
+AS $$
+DECLARE
+    v_ctx jsonb := cycles._admin_principal(p_ctx, ARRAY['admin:read']);
+BEGIN
+    IF p_operation IS NULL OR p_operation NOT IN ('testWebhookSubscription', 'replayWebhookEvents') THEN
+        PERFORM cycles._fail('INVALID_REQUEST', format('operation %L is audited by its own function', p_operation));
+    END IF;
+    RETURN jsonb_build_object('log_id', cycles._audit(
+        v_ctx, p_operation, 'webhook', left(p_resource_id, 128), 200,
+        coalesce(v_ctx ->> 'principal_tenant_id', p_tenant_id),
+        p_metadata => CASE WHEN jsonb_typeof(p_metadata) = 'object' THEN p_metadata END));
+END;
+$$;
+
+-- ==== 60_maintenance.sql ====
+
+-- Maintenance: retention of the tables that grow without bound, and the
+-- election of the one process that runs each maintenance job.
+--
+-- Every server process (and every `cycles worker`) runs the maintenance loop,
+-- so with several instances on one database N processes would prune N times.
+-- Instead each job is claimed per interval: cycles.maintenance_claim moves
+-- the job's next_due_at one interval ahead and succeeds for exactly one
+-- caller per interval (the row update serialises claimers, and the
+-- transaction-scoped advisory lock makes a concurrent claimer give up at once
+-- instead of queueing). The winner then prunes in small batches, each its own
+-- short transaction, and records the outcome with cycles.maintenance_finish.
+-- A runner that dies mid-job leaves the rest for the next interval, when any
+-- live process claims the job again: pruning is idempotent, so nothing is
+-- done twice and nothing is lost. Only transaction-scoped locks are used,
+-- which is what a transaction pooler (PgBouncer) can carry.
+--
+-- What is pruned (the ledger and the audit log never are; they are
+-- append-only):
+--   * idempotency records past their replay window (cycles.prune_idempotency_records);
+--   * settled webhook deliveries and finished replay requests
+--     (cycles.prune_webhook_deliveries);
+--   * events no open delivery needs any more (cycles.prune_events);
+--   * expired dashboard sessions (cycles.prune_dashboard_sessions).
+-- Each prune function deletes at most p_batch_size rows per table and returns
+-- {"deleted": n, "more": true|false}; "more" means a batch was full and the
+-- caller should call again. Rows are picked FOR UPDATE SKIP LOCKED, so two
+-- pruners (or a pruner and a request touching a row) never wait for each other.
+
+-- Tables ----------------------------------------------------------------------
+
+-- One row per job: when it may run next, and how its last run went.
+CREATE TABLE cycles.maintenance_jobs (
+    job              text        NOT NULL,
+    next_due_at      timestamptz NOT NULL,
+    runs             bigint      NOT NULL DEFAULT 0,
+    last_runner      text,
+    last_started_at  timestamptz,
+    last_finished_at timestamptz,
+    last_result      jsonb,
+    CONSTRAINT maintenance_jobs_pkey PRIMARY KEY (job),
+    CONSTRAINT maintenance_jobs_runs_nonnegative CHECK (runs >= 0)
+);
+
+-- One row per run, kept seven days: which process ran which job when, and
+-- what it deleted (operators read it to see that each job runs once per
+-- interval, whichever instance runs it).
+CREATE TABLE cycles.maintenance_runs (
+    job         text        NOT NULL,
+    run         bigint      NOT NULL,
+    runner      text,
+    started_at  timestamptz NOT NULL DEFAULT clock_timestamp(),
+    finished_at timestamptz,
+    result      jsonb,
+    CONSTRAINT maintenance_runs_pkey PRIMARY KEY (job, run),
+    CONSTRAINT maintenance_runs_job_fkey FOREIGN KEY (job) REFERENCES cycles.maintenance_jobs (job),
+    CONSTRAINT maintenance_runs_finished_after_start CHECK (finished_at IS NULL OR finished_at >= started_at)
+);
+
+CREATE INDEX maintenance_runs_started_idx ON cycles.maintenance_runs (job, started_at);
+
+-- Retention of settled deliveries scans by completion time.
+CREATE INDEX webhook_deliveries_settled_idx
+    ON cycles.webhook_deliveries (completed_at) WHERE status IN ('SUCCESS', 'FAILED');
+
+-- Private helpers ---------------------------------------------------------------
+
+-- Refuses a batch size outside 1..100000 (the bound cycles.expire_due uses).
+-- Errors: INVALID_REQUEST.
+CREATE FUNCTION cycles._require_batch_size(p_batch_size integer) RETURNS void
+LANGUAGE plpgsql
+AS $$
+BEGIN
+    IF p_batch_size IS NULL OR p_batch_size NOT BETWEEN 1 AND 100000 THEN
+        PERFORM cycles._fail('INVALID_REQUEST', 'batch size must be between 1 and 100000');
+    END IF;
+END;
+$$;
+
+-- Election ----------------------------------------------------------------------
+
+-- cycles.maintenance_claim: claims one run of job p_job for this interval.
+--
+-- Returns {"claimed": true, "run": n} to exactly one caller per p_interval_ms
+-- (the first to call once the job is due), {"claimed": false} to every other.
+-- The run is recorded in cycles.maintenance_runs with p_runner (who claimed
+-- it, e.g. host:pid); runs older than seven days are deleted on the way.
+--
+-- Locks: a transaction-scoped advisory lock on the job (try only: a
+-- concurrent claimer returns at once), then the job's row. Released at
+-- commit, or when the claimer's connection drops.
+--
+-- Errors, in precedence order: INVALID_REQUEST (job name not 1..64
+-- characters of a-z, 0-9 and _; interval outside 1 ms .. 7 days).
+--
+-- Invariant: two claims that succeed for one job start at least the
+-- interval apart.
+CREATE FUNCTION cycles.maintenance_claim(
+    p_job         text,
+    p_interval_ms bigint,
+    p_runner      text DEFAULT NULL,
+    p_ctx         jsonb DEFAULT '{}'
+) RETURNS jsonb
+LANGUAGE plpgsql
+AS $$
+DECLARE
+    v_now timestamptz := clock_timestamp();
+    v_run bigint;
+BEGIN
+    PERFORM cycles._admin_principal(p_ctx, NULL);
+    IF p_job IS NULL OR p_job !~ '^[a-z0-9_]{1,64}$' THEN
+        PERFORM cycles._fail('INVALID_REQUEST', 'job name must be 1 to 64 characters of a-z, 0-9 and _');
+    END IF;
+    IF p_interval_ms IS NULL OR p_interval_ms NOT BETWEEN 1 AND 604800000 THEN
+        PERFORM cycles._fail('INVALID_REQUEST', 'interval must be between 1 ms and 7 days');
+    END IF;
+    IF NOT pg_try_advisory_xact_lock(hashtextextended('cycles.maintenance:' || p_job, 0)) THEN
+        RETURN jsonb_build_object('claimed', false);
+    END IF;
+
+    INSERT INTO cycles.maintenance_jobs AS j (job, next_due_at) VALUES (p_job, '-infinity')
+    ON CONFLICT ON CONSTRAINT maintenance_jobs_pkey DO NOTHING;
+    UPDATE cycles.maintenance_jobs AS j SET
+        next_due_at = v_now + make_interval(secs => p_interval_ms / 1000.0),
+        runs = j.runs + 1,
+        last_runner = left(p_runner, 200),
+        last_started_at = v_now
+    WHERE j.job = p_job AND j.next_due_at <= v_now
+    RETURNING j.runs INTO v_run;
+    IF v_run IS NULL THEN
+        RETURN jsonb_build_object('claimed', false);
+    END IF;
+
+    INSERT INTO cycles.maintenance_runs (job, run, runner, started_at)
+    VALUES (p_job, v_run, left(p_runner, 200), v_now);
+    DELETE FROM cycles.maintenance_runs AS r
+    WHERE r.job = p_job AND r.started_at < v_now - interval '7 days';
+    RETURN jsonb_build_object('claimed', true, 'run', v_run);
+END;
+$$;
+
+-- cycles.maintenance_finish: records the outcome of a claimed run (what the
+-- runner deleted, or the error that stopped it). Finishing a run twice keeps
+-- the first outcome. Returns {}.
+-- Locks: the run's row, then the job's row.
+-- Errors: NOT_FOUND (no such run).
+CREATE FUNCTION cycles.maintenance_finish(
+    p_job    text,
+    p_run    bigint,
+    p_result jsonb DEFAULT '{}',
+    p_ctx    jsonb DEFAULT '{}'
+) RETURNS jsonb
+LANGUAGE plpgsql
+AS $$
+DECLARE
+    v_now     timestamptz := clock_timestamp();
+    v_started timestamptz;
+BEGIN
+    PERFORM cycles._admin_principal(p_ctx, NULL);
+    UPDATE cycles.maintenance_runs AS r SET finished_at = v_now, result = coalesce(p_result, '{}'::jsonb)
+    WHERE r.job = p_job AND r.run = p_run AND r.finished_at IS NULL
+    RETURNING r.started_at INTO v_started;
+    IF v_started IS NULL THEN
+        IF NOT EXISTS (SELECT FROM cycles.maintenance_runs AS r WHERE r.job = p_job AND r.run = p_run) THEN
+            PERFORM cycles._fail('NOT_FOUND', format('maintenance run %s of %L not found', p_run, p_job));
+        END IF;
+        RETURN '{}'::jsonb;
+    END IF;
+    UPDATE cycles.maintenance_jobs AS j SET last_finished_at = v_now, last_result = coalesce(p_result, '{}'::jsonb)
+    WHERE j.job = p_job AND j.runs = p_run;
+    RETURN '{}'::jsonb;
+END;
+$$;
+
+-- cycles.maintenance_status: every job with its schedule and last outcome,
+-- for operators: {"jobs": [{job, runs, next_due_at, last_runner,
+-- last_started_at, last_finished_at, last_result}]}. Takes no locks.
+CREATE FUNCTION cycles.maintenance_status(p_ctx jsonb DEFAULT '{}') RETURNS jsonb
+LANGUAGE plpgsql STABLE
+AS $$
+DECLARE
+    v_jobs jsonb;
+BEGIN
+    PERFORM cycles._admin_principal(p_ctx, NULL);
+    SELECT coalesce(jsonb_agg(jsonb_strip_nulls(jsonb_build_object(
+               'job', j.job, 'runs', j.runs,
+               'next_due_at', CASE WHEN isfinite(j.next_due_at) THEN cycles._iso8601(j.next_due_at) END,
+               'last_runner', j.last_runner,
+               'last_started_at', cycles._iso8601(j.last_started_at),
+               'last_finished_at', cycles._iso8601(j.last_finished_at),
+               'last_result', j.last_result)) ORDER BY j.job), '[]'::jsonb)
+    INTO v_jobs
+    FROM cycles.maintenance_jobs AS j;
+    RETURN jsonb_build_object('jobs', v_jobs);
+END;
+$$;
+
+-- Retention ---------------------------------------------------------------------
+
+-- cycles.prune_idempotency_records: deletes up to p_batch_size idempotency
+-- records that can no longer be replayed or are older than the replay window.
+--
+-- A record is deleted when its expires_at has passed (a replay would be
+-- refused anyway), or when it was written more than p_retention_hours ago --
+-- except the record of a reserve whose reservation is still ACTIVE: a replay
+-- of that reserve must keep naming the live reservation. Records are written
+-- with a 7-day expiry, so p_retention_hours can only shorten the window; the
+-- protocol asks for at least 24 hours.
+--
+-- Locks: the records deleted (FOR UPDATE SKIP LOCKED: a record being
+-- replayed or rewritten right now is left for the next batch).
+-- Errors: INVALID_REQUEST (retention outside 24..168 hours; batch size
+-- outside 1..100000).
+CREATE FUNCTION cycles.prune_idempotency_records(
+    p_retention_hours integer DEFAULT 168,
+    p_batch_size      integer DEFAULT 1000,
+    p_ctx             jsonb DEFAULT '{}'
+) RETURNS jsonb
+LANGUAGE plpgsql
+AS $$
+DECLARE
+    v_now     timestamptz := clock_timestamp();
+    v_deleted integer;
+BEGIN
+    PERFORM cycles._admin_principal(p_ctx, NULL);
+    IF p_retention_hours IS NULL OR p_retention_hours NOT BETWEEN 24 AND 168 THEN
+        PERFORM cycles._fail('INVALID_REQUEST', 'idempotency retention must be between 24 and 168 hours');
+    END IF;
+    PERFORM cycles._require_batch_size(p_batch_size);
+    -- A record written with the default 7-day expiry and older than the
+    -- window expires before now + (168h - window): that bound lets the
+    -- expiry index find the candidates. Records kept longer for a live
+    -- reservation lie beyond it, and are kept anyway.
+    DELETE FROM cycles.idempotency_records AS i
+    WHERE (i.tenant_id, i.endpoint, i.idempotency_key) IN (
+        SELECT o.tenant_id, o.endpoint, o.idempotency_key
+        FROM cycles.idempotency_records AS o
+        WHERE o.expires_at < v_now + make_interval(hours => 168 - p_retention_hours)
+          AND (o.expires_at <= v_now
+               OR (o.created_at < v_now - make_interval(hours => p_retention_hours)
+                   AND NOT EXISTS (
+                       SELECT FROM cycles.reservations AS r
+                       WHERE o.endpoint = 'reserve' AND r.reservation_id = o.reservation_id
+                         AND r.status = 'ACTIVE')))
+        ORDER BY o.expires_at
+        LIMIT p_batch_size
+        FOR UPDATE OF o SKIP LOCKED);
+    GET DIAGNOSTICS v_deleted = ROW_COUNT;
+    RETURN jsonb_build_object('deleted', v_deleted, 'more', v_deleted >= p_batch_size);
+END;
+$$;
+
+-- cycles.prune_webhook_deliveries: deletes up to p_batch_size settled
+-- deliveries (SUCCESS or FAILED) completed more than p_retention_days ago,
+-- and up to p_batch_size replay requests as old with no delivery still open.
+-- Pending and retrying deliveries are never deleted.
+-- Locks: the rows deleted (FOR UPDATE SKIP LOCKED).
+-- Errors: INVALID_REQUEST (retention outside 1..36500 days; batch size
+-- outside 1..100000).
+CREATE FUNCTION cycles.prune_webhook_deliveries(
+    p_retention_days integer DEFAULT 14,
+    p_batch_size     integer DEFAULT 1000,
+    p_ctx            jsonb DEFAULT '{}'
+) RETURNS jsonb
+LANGUAGE plpgsql
+AS $$
+DECLARE
+    v_cutoff     timestamptz;
+    v_deliveries integer;
+    v_replays    integer;
+BEGIN
+    PERFORM cycles._admin_principal(p_ctx, NULL);
+    IF p_retention_days IS NULL OR p_retention_days NOT BETWEEN 1 AND 36500 THEN
+        PERFORM cycles._fail('INVALID_REQUEST', 'delivery retention must be between 1 and 36500 days');
+    END IF;
+    PERFORM cycles._require_batch_size(p_batch_size);
+    v_cutoff := clock_timestamp() - make_interval(days => p_retention_days);
+    DELETE FROM cycles.webhook_deliveries AS d
+    WHERE d.delivery_id IN (
+        SELECT o.delivery_id
+        FROM cycles.webhook_deliveries AS o
+        WHERE o.status IN ('SUCCESS', 'FAILED') AND o.completed_at < v_cutoff
+        ORDER BY o.completed_at
+        LIMIT p_batch_size
+        FOR UPDATE SKIP LOCKED);
+    GET DIAGNOSTICS v_deliveries = ROW_COUNT;
+    DELETE FROM cycles.webhook_replays AS r
+    WHERE r.replay_id IN (
+        SELECT o.replay_id
+        FROM cycles.webhook_replays AS o
+        WHERE o.created_at < v_cutoff
+          AND NOT EXISTS (
+              SELECT FROM cycles.webhook_deliveries AS d
+              WHERE d.replay_id = o.replay_id AND d.status IN ('PENDING', 'RETRYING'))
+        ORDER BY o.created_at
+        LIMIT p_batch_size
+        FOR UPDATE SKIP LOCKED);
+    GET DIAGNOSTICS v_replays = ROW_COUNT;
+    RETURN jsonb_build_object(
+        'deleted', v_deliveries + v_replays,
+        'more', v_deliveries >= p_batch_size OR v_replays >= p_batch_size);
+END;
+$$;
+
+-- cycles.prune_events: deletes up to p_batch_size events older than
+-- p_retention_days that no open (PENDING or RETRYING) delivery still needs.
+-- The ledger keeps every balance change whatever happens to events.
+-- Locks: the events deleted (FOR UPDATE SKIP LOCKED).
+-- Errors: INVALID_REQUEST (retention outside 1..36500 days; batch size
+-- outside 1..100000).
+CREATE FUNCTION cycles.prune_events(
+    p_retention_days integer DEFAULT 90,
+    p_batch_size     integer DEFAULT 1000,
+    p_ctx            jsonb DEFAULT '{}'
+) RETURNS jsonb
+LANGUAGE plpgsql
+AS $$
+DECLARE
+    v_deleted integer;
+BEGIN
+    PERFORM cycles._admin_principal(p_ctx, NULL);
+    IF p_retention_days IS NULL OR p_retention_days NOT BETWEEN 1 AND 36500 THEN
+        PERFORM cycles._fail('INVALID_REQUEST', 'event retention must be between 1 and 36500 days');
+    END IF;
+    PERFORM cycles._require_batch_size(p_batch_size);
+    DELETE FROM cycles.events AS e
+    WHERE e.seq IN (
+        SELECT o.seq
+        FROM cycles.events AS o
+        WHERE o.created_at < clock_timestamp() - make_interval(days => p_retention_days)
+          AND NOT EXISTS (
+              SELECT FROM cycles.webhook_deliveries AS d
+              WHERE d.event_seq = o.seq AND d.status IN ('PENDING', 'RETRYING'))
+        ORDER BY o.created_at
+        LIMIT p_batch_size
+        FOR UPDATE SKIP LOCKED);
+    GET DIAGNOSTICS v_deleted = ROW_COUNT;
+    RETURN jsonb_build_object('deleted', v_deleted, 'more', v_deleted >= p_batch_size);
+END;
+$$;
+
+-- cycles.prune_dashboard_sessions: deletes up to p_batch_size dashboard
+-- sessions past their expiry (a login also removes them, but a dashboard
+-- nobody logs into again would keep them forever).
+-- Locks: the sessions deleted (FOR UPDATE SKIP LOCKED).
+-- Errors: INVALID_REQUEST (batch size outside 1..100000).
+CREATE FUNCTION cycles.prune_dashboard_sessions(
+    p_batch_size integer DEFAULT 1000,
+    p_ctx        jsonb DEFAULT '{}'
+) RETURNS jsonb
+LANGUAGE plpgsql
+AS $$
+DECLARE
+    v_deleted integer;
+BEGIN
+    PERFORM cycles._admin_principal(p_ctx, NULL);
+    PERFORM cycles._require_batch_size(p_batch_size);
+    DELETE FROM cycles.dashboard_sessions AS s
+    WHERE s.session_hash IN (
+        SELECT o.session_hash
+        FROM cycles.dashboard_sessions AS o
+        WHERE o.expires_at <= clock_timestamp()
+        ORDER BY o.expires_at
+        LIMIT p_batch_size
+        FOR UPDATE SKIP LOCKED);
+    GET DIAGNOSTICS v_deleted = ROW_COUNT;
+    RETURN jsonb_build_object('deleted', v_deleted, 'more', v_deleted >= p_batch_size);
 END;
 $$;
 

@@ -178,3 +178,120 @@ def test_budget_spend_refuses_bad_buckets(db: Conn, two_tenants: Any, bucket: st
     with pytest.raises(psycopg.Error) as caught:
         _spend(db, "tenant:acme", bucket, buckets)
     assert caught.value.sqlstate == "CY400"
+
+
+def _backdated_commits(conn: Conn, tenant_id: str, minutes_ago: int, amounts: dict[str, int]) -> None:
+    """Lead COMMIT ledger rows `minutes_ago` minutes back on the tenant's
+    budget, one per agent (straight inserts, as the scale benchmark does:
+    the hash chain is not what is tested here)."""
+    for agent, amount in amounts.items():
+        conn.execute("""
+            INSERT INTO cycles.ledger_entries (
+                tenant_id, budget_id, scope, unit, operation, spent_delta, actor_type, created_at, subject_agent,
+                operation_lead, allocated_after, spent_after, reserved_after, debt_after, entry_hash)
+            SELECT b.tenant_id, b.budget_id, b.scope, b.unit, 'COMMIT', %(amount)s, 'api_key',
+                   clock_timestamp() - make_interval(mins => %(minutes)s) - random() * interval '1 second',
+                   %(agent)s, true, b.allocated, 0, 0, 0, sha256(convert_to(%(agent)s || random(), 'UTF8'))
+            FROM cycles.budgets AS b WHERE b.scope = 'tenant:' || %(tenant)s""",
+                     {"amount": amount, "minutes": minutes_ago, "agent": agent, "tenant": tenant_id})
+
+
+def _minutes_into_month(conn: Conn) -> int:
+    row = conn.execute(
+        "SELECT extract(epoch FROM clock_timestamp() - date_trunc('month', clock_timestamp(), 'UTC')) / 60").fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def _expected_spend(conn: Conn) -> tuple[list[dict[str, Any]], list[tuple[str, str, int]]]:
+    """This month's charges and agent ranking, straight from the ledger."""
+    month = conn.execute("""
+        SELECT l.unit, sum(l.spent_delta + l.debt_delta) FROM cycles.ledger_entries l
+        WHERE l.operation_lead AND l.operation IN ('COMMIT', 'EVENT')
+          AND l.created_at >= date_trunc('month', clock_timestamp(), 'UTC') GROUP BY 1 ORDER BY 1""").fetchall()
+    agents = conn.execute("""
+        SELECT l.tenant_id, l.subject_agent, sum(l.spent_delta + l.debt_delta) AS charged
+        FROM cycles.ledger_entries l
+        WHERE l.operation_lead AND l.operation IN ('COMMIT', 'EVENT') AND l.subject_agent IS NOT NULL
+          AND l.created_at >= date_trunc('month', clock_timestamp(), 'UTC')
+        GROUP BY 1, 2 ORDER BY charged DESC, 1, 2 LIMIT 10""").fetchall()
+    return [{"unit": unit, "amount": amount} for unit, amount in month], [tuple(row) for row in agents]
+
+
+def test_month_spend_and_top_agents_match_the_ledger_with_and_without_summaries(
+    db: Conn, two_tenants: Any,
+) -> None:
+    # Rows in earlier hours of the month (when the month has them), which the
+    # summaries hold, and rows of this hour, read from the ledger directly.
+    minutes = _minutes_into_month(db)
+    for minutes_ago in (m for m in (1, 150, 190) if m < minutes):
+        _backdated_commits(db, "acme", minutes_ago, {f"a{i}": 100 * i + minutes_ago for i in range(1, 14)})
+    _backdated_commits(db, "beta", 1, {"a13": 5_000})  # the same agent name in another tenant
+    month, agents = _expected_spend(db)
+    for _ in range(2):  # the first call summarises, the second reads the summaries
+        figures = _overview(db)
+        assert figures["charged_month"] == month
+        assert [(a["tenant_id"], a["agent"], a["charged"]) for a in figures["top_agents"]] == agents
+        assert {t["tenant_id"] for t in figures["top_tenants"]} == {"acme", "beta"}
+    state = db.execute("SELECT summarised_to FROM cycles.dashboard_summary_state WHERE name = 'spend'").fetchone()
+    assert state is not None
+
+
+def test_summaries_catch_up_a_slice_at_a_time(db: Conn, two_tenants: Any) -> None:
+    minutes = _minutes_into_month(db)
+    if minutes < 200:
+        pytest.skip("the month has not had three closed hours yet")
+    for minutes_ago in (70, 130, 190):
+        _backdated_commits(db, "acme", minutes_ago, {"x": minutes_ago})
+    month, agents = _expected_spend(db)
+    calls = 0
+    target = db.execute("SELECT date_trunc('hour', clock_timestamp() - interval '2 minutes', 'UTC')").fetchone()
+    while True:
+        calls += 1
+        reached = db.execute("SELECT cycles._dashboard_summarise_spend(p_budget_ms => 0)").fetchone()
+        assert reached is not None and calls < 50
+        if target is not None and reached[0] >= target[0]:
+            break
+    assert calls >= 3  # one five-minute slice with rows per call
+    figures = _overview(db)
+    assert figures["charged_month"] == month
+    assert [(a["tenant_id"], a["agent"], a["charged"]) for a in figures["top_agents"]] == agents
+
+
+def test_a_scope_filtered_key_gets_todays_figure_only(db: Conn, two_tenants: Any) -> None:
+    scoped = db.execute("SELECT cycles.create_api_key(p_tenant_id => 'acme', p_name => 'k',"
+                        " p_permissions => ARRAY['admin:read'], p_options => %s::jsonb) ->> 'key_secret'",
+                        (json.dumps({"scope_filter": ["tenant:acme"]}),)).fetchone()
+    assert scoped is not None
+    figures = _overview(db, {"api_key": scoped[0], "actor_type": "api_key"})
+    assert "charged_month" not in figures and "top_agents" not in figures
+    assert figures["charged_today"] == [{"unit": USD, "amount": 800}]
+
+
+def test_audit_action_accepts_only_the_operations_that_audit_nothing_themselves(db: Conn) -> None:
+    _tenant(db, "acme")
+    reader = _key(db, "acme", ["admin:read"])
+    ctx = json.dumps({"api_key": reader, "actor_type": "api_key"})
+    row = db.execute("SELECT cycles.dashboard_audit_action('replayWebhookEvents', 'whsub_1', 'other', NULL, %s::jsonb)",
+                     (ctx,)).fetchone()
+    assert row is not None
+    logged = db.execute("SELECT operation, tenant_id, actor_type, status FROM cycles.audit_logs WHERE log_id = %s",
+                        (row[0]["log_id"],)).fetchone()
+    assert logged == ("replayWebhookEvents", "acme", "api_key", 200)  # the key's tenant, not the one named
+    with pytest.raises(psycopg.Error) as caught:
+        db.execute("SELECT cycles.dashboard_audit_action('freezeBudget', 'x', 'acme', NULL, %s::jsonb)", (ctx,))
+    assert caught.value.sqlstate == "CY400"
+
+
+def test_reservation_history_is_confined_to_the_keys_tenant(db: Conn, two_tenants: Any) -> None:
+    reservation = db.execute("SELECT reservation_id FROM cycles.reservations WHERE tenant_id = 'acme' LIMIT 1").fetchone()
+    assert reservation is not None
+    history = db.execute("SELECT cycles.dashboard_reservation_history(%s)", (reservation[0],)).fetchone()
+    assert history is not None
+    assert [row["operation"] for row in history[0]["ledger"]] == ["RESERVE", "RESERVE", "COMMIT", "COMMIT"]
+    assert history[0]["reservation"]["status"] == "COMMITTED"
+    reader = _key(db, "beta", ["admin:read"])
+    with pytest.raises(psycopg.Error) as caught:
+        db.execute("SELECT cycles.dashboard_reservation_history(%s, %s::jsonb)",
+                   (reservation[0], json.dumps({"api_key": reader, "actor_type": "api_key"})))
+    assert caught.value.sqlstate == "CY404"

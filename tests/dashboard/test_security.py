@@ -16,11 +16,14 @@ from tests.server import ApiServer
 Conn = psycopg.Connection[Any]
 
 PAGES = ["/dashboard/", "/dashboard/budgets", "/dashboard/budgets/detail", "/dashboard/reservations",
-         "/dashboard/api-keys",
+         "/dashboard/reservations/detail", "/dashboard/tenants", "/dashboard/tenants/detail", "/dashboard/policies",
+         "/dashboard/webhooks", "/dashboard/webhooks/detail", "/dashboard/events", "/dashboard/api-keys",
          "/dashboard/audit", "/dashboard/audit/export.json", "/dashboard/audit/export.csv"]
 ACTIONS = ["/dashboard/budgets/fund", "/dashboard/budgets/freeze", "/dashboard/budgets/unfreeze",
            "/dashboard/reservations/release", "/dashboard/api-keys/create", "/dashboard/api-keys/revoke",
-           "/dashboard/logout"]
+           "/dashboard/budgets/overdraft", "/dashboard/tenants/create", "/dashboard/tenants/status",
+           "/dashboard/policies/create", "/dashboard/policies/update", "/dashboard/webhooks/status",
+           "/dashboard/webhooks/test", "/dashboard/webhooks/replay", "/dashboard/logout"]
 
 
 @pytest.fixture

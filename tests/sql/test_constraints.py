@@ -187,6 +187,12 @@ VIOLATIONS: dict[str, str] = {
     "dashboard_sessions_csrf_length": _SESSION_INSERT.format(**{**_SESSION_OK, "csrf": "'short'"}),
     "dashboard_sessions_expiry_after_creation": _SESSION_INSERT.format(
         **{**_SESSION_OK, "expires": "now() - interval '1 hour'"}),
+    "maintenance_jobs_runs_nonnegative":
+        "INSERT INTO cycles.maintenance_jobs (job, next_due_at, runs) VALUES ('prune_x', now(), -1)",
+    "maintenance_runs_finished_after_start": (
+        "WITH j AS (INSERT INTO cycles.maintenance_jobs (job, next_due_at) VALUES ('prune_x', now()))"
+        " INSERT INTO cycles.maintenance_runs (job, run, started_at, finished_at)"
+        " VALUES ('prune_x', 1, now(), now() - interval '1 second')"),
 }
 
 
