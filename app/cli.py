@@ -8,12 +8,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import json
 import os
 import shutil
 import signal
 import subprocess
 import sys
 from importlib import metadata
+from typing import Any
 
 import alembic.util
 import click
@@ -21,7 +23,8 @@ import psycopg
 import sqlalchemy.exc
 
 from app import cli_admin, cli_mcp, cli_policies, cli_report, migrate, server
-from app.config import Settings
+from app.config import ConfigError, Settings
+from app.config_doc import reference_markdown
 from app.demos.cli import demo
 from app.pgcluster import PostgresNotInstalled, find_bindir
 
@@ -55,9 +58,11 @@ def serve(host: str | None, port: int | None) -> None:
 @cli.command()
 def worker() -> None:
     """Run the webhook delivery worker and the maintenance jobs (the database must be migrated; any number may run at once)."""
+    from app.logs import configure as configure_logs
     from app.maintenance import run_worker_process
 
     settings = _settings()
+    configure_logs(settings)
     # Migrating is the server's job; the worker only needs the schema to exist.
     with server.open_database(settings, migrate_to_head=False) as database:
         settings = dataclasses.replace(settings, database_url=database.url)
@@ -118,6 +123,33 @@ def psql(psql_args: tuple[str, ...]) -> None:
     sys.exit(result.returncode)
 
 
+@cli.command(name="config")
+@click.option("--format", "output", type=click.Choice(["table", "json", "reference"]), default="table",
+              show_default=True, help="Output format; reference: every setting documented, as Markdown.")
+def config_command(output: str) -> None:
+    """Print the effective server configuration (secrets masked); fails on a bad value."""
+    if output == "reference":
+        click.echo(reference_markdown(), nl=False)
+        return
+    settings = _settings()
+    rows: list[dict[str, Any]] = []
+    for entry, shown in settings.effective():
+        value = getattr(settings, entry.name)
+        rows.append({
+            "variable": entry.spec.env, "shown": shown,
+            "value": value if isinstance(value, bool | int) and not entry.spec.secret else (
+                None if value is None else shown),
+            "source": "environment" if os.environ.get(entry.spec.env, "").strip() else "default",
+            "secret": entry.spec.secret})
+    if output == "json":
+        click.echo(json.dumps([{key: row[key] for key in ("variable", "value", "source", "secret")}
+                               for row in rows], indent=2))
+        return
+    width = max(len(row["variable"]) for row in rows)
+    for row in rows:
+        click.echo(f"{row['variable']:<{width}}  {row['shown']}{'  (set)' if row['source'] == 'environment' else ''}")
+
+
 @cli.command()
 def version() -> None:
     """Print the version of the server and of its database schema."""
@@ -145,7 +177,7 @@ def _describe(exc: Exception) -> str | None:
     """One line for the failures an operator can act on; None for real bugs."""
     if isinstance(exc, sqlalchemy.exc.DBAPIError) and exc.orig is not None:
         exc = exc.orig  # migrations run through SQLAlchemy: report the driver's error
-    if isinstance(exc, PostgresNotInstalled | server.ServeError):
+    if isinstance(exc, PostgresNotInstalled | server.ServeError | ConfigError):
         return str(exc)
     if isinstance(exc, psycopg.OperationalError):
         return f"cannot reach the database: {_first_line(exc)}"

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 from collections.abc import AsyncIterator
 from typing import Final
 
@@ -39,7 +38,9 @@ from app.config import Settings
 from app.dashboard import routes as dashboard
 from app.db import Database, Timeouts
 from app.errors import EXCEPTION_HANDLERS
+from app.logs import configure as configure_logs
 from app.maintenance import run_maintenance
+from app.observability.setup import install as install_observability
 from app.reserve_batcher import ReserveBatcher
 from app.sweeper import run_sweeper
 from app.tracing import add_id_headers
@@ -50,19 +51,11 @@ from app.webhooks.worker import run_worker, url_policy
 MAX_REQUEST_BODY_BYTES: Final = 64 * 1024
 
 
-def _configure_logging(level: str) -> None:
-    root = logging.getLogger()
-    if not root.handlers:
-        logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    known = logging.getLevelNamesMapping()
-    logging.getLogger("cycles").setLevel(known.get(level.upper(), logging.INFO))
-
-
 def create_app(settings: Settings | None = None) -> Litestar:
     settings = settings or Settings.from_env()
     if not settings.database_url:
         raise SystemExit("CYCLES_DATABASE_URL must be set to serve the API")
-    _configure_logging(settings.log_level)
+    configure_logs(settings)
     database = Database(
         settings.database_url, settings.pool_min_size, settings.pool_max_size,
         Timeouts(lock_ms=settings.lock_timeout_ms, statement_ms=settings.statement_timeout_ms),
@@ -94,7 +87,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
                 await reserve_batcher.aclose()
             await database.close()
 
-    return Litestar(
+    app = Litestar(
         route_handlers=[
             *reservations.ROUTES, *decide.ROUTES, *events.ROUTES, *balances.ROUTES, *auth.ROUTES,
             *webhooks_admin.ROUTES, *webhooks_tenant.ROUTES,
@@ -113,3 +106,5 @@ def create_app(settings: Settings | None = None) -> Litestar:
         openapi_config=None,
         logging_config=None,
     )
+    install_observability(app, settings, database)
+    return app

@@ -23,8 +23,9 @@ from urllib.parse import quote
 import psycopg
 from psycopg import sql
 
-from app import migrate
+from app import logs, migrate
 from app.config import Settings
+from app.observability import metrics_dir, otel
 from app.pgcluster import Cluster
 
 DATABASE_NAME = "cycles"
@@ -187,8 +188,15 @@ def run_http(settings: Settings) -> None:
         factory=True,
         workers=max(1, settings.workers),
         log_level=log_level,
+        log_dictconfig=logs.granian_config(settings),
     )
-    server.serve()
+    # Before the workers start: they sum their metrics through this directory.
+    directory = metrics_dir.prepare() if settings.metrics_enabled else None
+    try:
+        server.serve()
+    finally:
+        if directory is not None:
+            metrics_dir.remove(directory)
 
 
 class _Terminated(Exception):
@@ -201,6 +209,7 @@ def _on_sigterm(signum: int, frame: FrameType | None) -> None:
 
 def serve(settings: Settings) -> None:
     """Run the server until interrupted; return normally after a clean stop."""
+    otel.check_available(settings)
     check_port_free(settings.host, settings.port)
     # Until granian installs its own handlers, SIGTERM unwinds through the
     # finally blocks below, so an embedded cluster is never left running.

@@ -16,6 +16,7 @@ import asyncio
 import logging
 
 from app.db import Database
+from app.observability.metrics import record_expired
 
 logger = logging.getLogger("cycles.sweeper")
 
@@ -36,8 +37,11 @@ async def run_sweeper(database: Database, interval_ms: int) -> None:
     while True:
         await asyncio.sleep(interval_s)
         try:
-            while await database.fetch_int(EXPIRE_DUE_SQL) >= BATCH_SIZE:
-                pass
+            while True:
+                expired = await database.fetch_int(EXPIRE_DUE_SQL)
+                record_expired(expired)
+                if expired < BATCH_SIZE:
+                    break
         except asyncio.CancelledError:
             raise
         except Exception as exc:

@@ -28,6 +28,7 @@ import msgspec
 import psycopg
 
 from app.config import Settings
+from app.observability.metrics import record_webhook_delivery
 from app.webhooks.sender import Outcome, new_client, send
 from app.webhooks.url_policy import UrlPolicy
 
@@ -62,8 +63,14 @@ async def deliver_round(
         claimed: dict[str, Any] = msgspec.json.decode(row[0])
         deliveries: list[dict[str, Any]] = claimed["deliveries"]
         outcomes = await asyncio.gather(*(send(client, claim, policy) for claim in deliveries))
+        settled: list[str | None] = []
         for claim, outcome in zip(deliveries, outcomes, strict=True):
-            await conn.execute(COMPLETE_SQL, outcome_params(claim["delivery_id"], outcome))
+            cursor = await conn.execute(COMPLETE_SQL, outcome_params(claim["delivery_id"], outcome))
+            completed = await cursor.fetchone()
+            settled.append(completed[0].get("status") if completed and completed[0] else None)
+    # Counted once committed: a round that rolls back is delivered again.
+    for status in settled:
+        record_webhook_delivery(status)
     next_due: int | None = claimed.get("next_due_ms")
     return len(deliveries), next_due
 

@@ -153,6 +153,10 @@ def _operation(method: str, path: str) -> dict[str, Any]:
             "5XX": {"description": "unavailable", "content": {"application/json": {"schema": ERROR_RESPONSE}}},
         },
     }
+    if (method, path) == ("GET", "/metrics"):
+        # The Prometheus exposition format, not JSON (docs/operations.md).
+        operation["responses"]["2XX"] = {
+            "description": "metrics", "content": {"text/plain": {"schema": {"type": "string"}}}}
     struct = RUNTIME_BODIES.get((method, path))
     body = {"$ref": REF.format(name=struct.__name__)} if struct else ADMIN_BODIES.get((method, path))
     if body is None and method in ("POST", "PATCH"):

@@ -26,7 +26,9 @@ from tests.reliability.openapi_document import _routes
 from tests.server import ApiServer
 
 ALL = ALL_PERMISSIONS
-PUBLIC = {("GET", "/health"), ("GET", "/ready")}
+# /metrics is open unless CYCLES_METRICS_TOKEN is set; without a token it
+# carries no tenant data (the tenant label needs one: docs/operations.md).
+PUBLIC = {("GET", "/health"), ("GET", "/ready"), ("GET", "/metrics")}
 # A public address literal: checking it needs no DNS lookup.
 HOOK_URL = "https://93.184.216.34/hook"
 
