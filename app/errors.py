@@ -71,8 +71,12 @@ _STATUS_ERRORS: Final[Mapping[int, str]] = {
 }
 
 
-# SQLSTATEs (or their class prefixes) that mean "retry later": 503.
-_UNAVAILABLE_SQLSTATES: Final = ("08", "57P", "53", "55P03", "57014")
+# SQLSTATEs (or their class prefixes) that mean "retry later": 503. The
+# database is away or busy, not wrong, and the transaction rolled back.
+UNAVAILABLE_SQLSTATES: Final = ("08", "57P", "53", "55P03", "57014")
+# A serialization failure or a deadlock between concurrent requests: also
+# rolled back and safe to retry (503), never a 500.
+_CONFLICT_SQLSTATES: Final = ("40001", "40P01")
 
 
 class ApiError(Exception):
@@ -146,28 +150,36 @@ def handle_api_error(request: Request[Any, Any, Any], exc: ApiError) -> Response
 
 def handle_database_error(request: Request[Any, Any, Any], exc: psycopg.Error) -> Response[bytes]:
     sqlstate = exc.sqlstate
-    mapped = SQLSTATE_ERRORS.get(sqlstate) if sqlstate else None
-    if mapped is None:
+    refused = refusal(sqlstate, exc.diag.message_primary, exc.diag.message_detail) if sqlstate else None
+    if refused is None:
         # No SQLSTATE at all, connection exceptions (08), operator intervention
         # (57P: shutdown, crash recovery), out of connections or resources
-        # (53), a lock held too long (55P03, lock_timeout) or a statement
-        # cancelled at statement_timeout (57014): the database is away or
-        # busy, not wrong, and the transaction rolled back, so a retry is safe.
-        if sqlstate is None or sqlstate.startswith(_UNAVAILABLE_SQLSTATES):
+        # (53), a lock held too long (55P03, lock_timeout), a statement
+        # cancelled at statement_timeout (57014), or concurrent requests in
+        # conflict (40001, 40P01): a retry is safe.
+        if sqlstate is None or sqlstate.startswith(UNAVAILABLE_SQLSTATES + _CONFLICT_SQLSTATES):
             return _unavailable(request, exc)
         return _internal_error(request, exc)
+    return handle_api_error(request, refused)
+
+
+def refusal(sqlstate: str, message: str | None, detail: str | None) -> ApiError | None:
+    """The client error a cycles.* function raised (its SQLSTATE, message and
+    JSON DETAIL), or None when the SQLSTATE is not one of the protocol's."""
+    mapped = SQLSTATE_ERRORS.get(sqlstate)
+    if mapped is None:
+        return None
     status, error = mapped
     details: dict[str, Any] | None = None
-    raw_detail = exc.diag.message_detail
-    if raw_detail:
+    if detail:
         try:
-            detail = _detail_decoder.decode(raw_detail)
+            decoded = _detail_decoder.decode(detail)
         except msgspec.DecodeError:
-            logger.warning("unreadable DETAIL on %s: %r", sqlstate, raw_detail)
+            logger.warning("unreadable DETAIL on %s: %r", sqlstate, detail)
         else:
-            error = detail.error or error
-            details = detail.details
-    return error_response(request, status, error, exc.diag.message_primary or error, details)
+            error = decoded.error or error
+            details = decoded.details
+    return ApiError(status, error, message or error, details)
 
 
 def handle_pool_timeout(request: Request[Any, Any, Any], exc: PoolTimeout) -> Response[bytes]:

@@ -21,12 +21,11 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-import msgspec
 import psycopg
 from psycopg_pool import PoolTimeout
 
 from app.db import Database
-from app.errors import SQLSTATE_ERRORS, ApiError
+from app.errors import UNAVAILABLE_SQLSTATES, ApiError, refusal
 
 logger = logging.getLogger("cycles.api")
 
@@ -49,42 +48,20 @@ RESERVE_BATCH_SQL: Final = (
 # each would have got alone: the database is away or busy (503 in
 # app.errors). Any other failure rolled the batch back, so its requests are
 # made again one by one, each getting exactly its own outcome.
-_BATCH_WIDE_SQLSTATES: Final = ("08", "57P", "53", "55P03", "57014")
 
 
-class _Detail(msgspec.Struct):
-    """The JSON DETAIL of a cycles._fail error (as app.errors reads it)."""
-
-    error: str | None = None
-    details: dict[str, Any] | None = None
-
-
-_detail_decoder: Final = msgspec.json.Decoder(_Detail)
-
-
-def refusal(sqlstate: str, message: str | None, detail: str | None) -> ApiError:
-    """The error a refused item of a batch answers with: the same status,
-    code, message and details app.errors makes of the same SQLSTATE and
-    DETAIL raised by a single call."""
-    mapped = SQLSTATE_ERRORS.get(sqlstate)
-    if mapped is None:
+def item_refusal(sqlstate: str, message: str | None, detail: str | None) -> ApiError:
+    """The error a refused item of a batch answers with: exactly what
+    app.errors makes of the same SQLSTATE and DETAIL raised by a single call."""
+    refused = refusal(sqlstate, message, detail)
+    if refused is None:
         logger.error("internal error: unknown SQLSTATE %s from cycles.reserve_batch: %s", sqlstate, message)
         return ApiError(500, "INTERNAL_ERROR", "internal server error")
-    status, error = mapped
-    details: dict[str, Any] | None = None
-    if detail:
-        try:
-            decoded = _detail_decoder.decode(detail)
-        except msgspec.DecodeError:
-            logger.warning("unreadable DETAIL on %s: %r", sqlstate, detail)
-        else:
-            error = decoded.error or error
-            details = decoded.details
-    return ApiError(status, error, message or error, details)
+    return refused
 
 
 def _fails_batch_wide(exc: psycopg.Error) -> bool:
-    return exc.sqlstate is None or exc.sqlstate.startswith(_BATCH_WIDE_SQLSTATES)
+    return exc.sqlstate is None or exc.sqlstate.startswith(UNAVAILABLE_SQLSTATES)
 
 
 def _text(value: Any) -> str | None:
@@ -198,7 +175,7 @@ class ReserveBatcher:
             if response is not None:
                 _settle(item, body=bytes(response))
             else:
-                _settle(item, exc=refusal(_text(sqlstate) or "", _text(message), _text(detail)))
+                _settle(item, exc=item_refusal(_text(sqlstate) or "", _text(message), _text(detail)))
 
     async def _one_by_one(self, api_key: str, batch: list[_Item]) -> None:
         for item in batch:

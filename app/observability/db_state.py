@@ -1,14 +1,9 @@
-"""Gauges read from the database when /metrics is scraped: one statement.
-
-Every figure comes from an index or a small table: live reservations and
-the overdue ones (the sweeper's partial index), budgets over their limit or
-in debt (one row per budget), open webhook deliveries (a partial index) and
-failed ones (bounded by delivery retention). Totals of settled reservations
-are not counted here (the table only grows); the request and sweeper
-counters say how many became COMMITTED, RELEASED or EXPIRED.
-
-The statement reads tables, so the server's role needs SELECT on them (a
-role with only cycles_app's EXECUTE rights reports cycles_db_state_up 0).
+"""Gauges read from the database when /metrics is scraped: one call of
+cycles.metrics_snapshot() (sql/70_metrics.sql says what each figure reads;
+being a function, it works for a server connecting as cycles_app). Totals
+of settled reservations are not among them (the table only grows); the
+request and sweeper counters say how many became COMMITTED, RELEASED or
+EXPIRED.
 """
 
 from __future__ import annotations
@@ -26,26 +21,7 @@ logger = logging.getLogger("cycles.metrics")
 
 TIMEOUT_S: Final = 2.0
 
-STATE_SQL: Final = """
-WITH v_now AS (
-    SELECT (extract(epoch FROM clock_timestamp()) * 1000)::bigint AS now_ms
-), v_open AS (
-    SELECT count(*) FILTER (WHERE d.status = 'PENDING') AS pending,
-           count(*) FILTER (WHERE d.status = 'RETRYING') AS retrying,
-           coalesce(extract(epoch FROM clock_timestamp() - min(d.created_at)), 0)::float8 AS lag_s
-    FROM cycles.webhook_deliveries AS d
-    WHERE d.status IN ('PENDING', 'RETRYING')
-)
-SELECT
-    (SELECT count(*) FROM cycles.reservations AS r WHERE r.status = 'ACTIVE') AS active,
-    (SELECT count(*) FROM cycles.reservations AS r, v_now
-     WHERE r.status = 'ACTIVE' AND r.expires_at_ms + r.grace_period_ms < v_now.now_ms) AS overdue,
-    (SELECT count(*) FROM cycles.budgets AS b WHERE b.is_over_limit) AS over_limit,
-    (SELECT count(*) FROM cycles.budgets AS b WHERE b.debt > 0) AS in_debt,
-    v_open.pending, v_open.retrying, v_open.lag_s,
-    (SELECT count(*) FROM cycles.webhook_deliveries AS d WHERE d.status = 'FAILED') AS failed
-FROM v_open
-"""
+STATE_SQL: Final = "SELECT * FROM cycles.metrics_snapshot()"
 
 
 def _gauge(name: str, documentation: str, value: float) -> GaugeMetricFamily:

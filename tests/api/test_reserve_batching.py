@@ -20,7 +20,7 @@ import psycopg
 import pytest
 from runcycles import BudgetExceededError, CyclesClient, CyclesConfig, cycles
 
-from app.config import Settings
+from app.config import ConfigError, Settings
 from app.pgcluster import Cluster
 from tests.api.checks import CREATE_KEYS, assert_error, assert_ok
 from tests.api.provision import Tenant, budget, create_budget, new_tenant, reserve_body, unique
@@ -313,5 +313,5 @@ def test_the_setting(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("CYCLES_RESERVE_BATCHING", "false")
     assert Settings.from_env().reserve_batching is False
     monkeypatch.setenv("CYCLES_RESERVE_BATCHING", "maybe")
-    with pytest.raises(SystemExit):
+    with pytest.raises(ConfigError, match="CYCLES_RESERVE_BATCHING"):
         Settings.from_env()

@@ -8,6 +8,7 @@ from typing import Any
 
 import httpx
 import psycopg
+import pytest
 from litestar.testing import TestClient
 
 from app.config import Settings
@@ -191,3 +192,16 @@ def test_metrics_can_be_turned_off() -> None:
         assert client.get("/health").status_code == 200
         response = client.get("/metrics")
         assert response.status_code == 404 and response.json()["error"] == "NOT_FOUND"
+
+
+def test_state_gauges_need_only_the_app_roles_rights(ops_conn: psycopg.Connection[Any]) -> None:
+    """A server connecting as cycles_app (EXECUTE on the cycles.* functions,
+    no table access) can read the gauges' figures: they come from a function."""
+    with ops_conn.transaction():
+        expected = ops_conn.execute(
+            "SELECT count(*) FILTER (WHERE status = 'ACTIVE') FROM cycles.reservations").fetchone()
+        ops_conn.execute("SET LOCAL ROLE cycles_app")
+        snapshot = ops_conn.execute("SELECT o_reservations_active FROM cycles.metrics_snapshot()").fetchone()
+        assert snapshot == expected
+        with pytest.raises(psycopg.errors.InsufficientPrivilege), ops_conn.transaction():
+            ops_conn.execute("SELECT count(*) FROM cycles.reservations")

@@ -8,6 +8,7 @@ database is back, without a restart.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -170,3 +171,33 @@ def test_database_down_is_a_503_within_5_seconds(
             assert_error(response, 503, "INTERNAL_ERROR")
     finally:
         running_pg.cluster.start()
+
+
+def test_a_deadlock_with_another_transaction_is_a_503_that_did_nothing(
+        running_pg: PrivatePg, server: ServerProcess, hierarchy: Hierarchy) -> None:
+    """A client of the database that takes the budget rows in the opposite
+    order deadlocks with a reserve; PostgreSQL aborts the reserve's
+    transaction (its backend waited first, so its deadlock check runs first):
+    a 503 that did nothing, never a 500."""
+    holder = psycopg.connect(running_pg.conninfo)
+    holder.execute("SET deadlock_timeout = '60s'")
+    holder.execute("SELECT 1 FROM cycles.budgets WHERE scope = %s FOR UPDATE", (hierarchy.scope(2),))
+    body = reserve_body(hierarchy, 2, 100, POLICY)
+    outcome: list[httpx.Response] = []
+    request = threading.Thread(target=lambda: outcome.append(_reserve(server, hierarchy, body)))
+    try:
+        request.start()
+        # The reserve holds the tenant row and waits for the workspace row.
+        with psycopg.connect(running_pg.conninfo, autocommit=True) as watcher:
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline and not watcher.execute(
+                    "SELECT 1 FROM pg_catalog.pg_locks WHERE NOT granted AND locktype = 'transactionid'").fetchone():
+                time.sleep(0.02)
+        holder.execute("SELECT 1 FROM cycles.budgets WHERE scope = %s FOR UPDATE", (hierarchy.tenant.scope,))
+        request.join(CLIENT_TIMEOUT_S)
+    finally:
+        holder.rollback()
+        holder.close()
+    [response] = outcome
+    assert_error(response, 503, "INTERNAL_ERROR")
+    assert _reservations_with_key(running_pg, body["idempotency_key"]) == 0
