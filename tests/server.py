@@ -107,3 +107,52 @@ def running_server(conninfo: str, **env: str) -> Iterator[ApiServer]:
         shutil.rmtree(log_dir, ignore_errors=True)
     if "internal error" in log_text:
         pytest.fail(f"the server logged internal errors:\n{log_text}")
+
+
+class ServerProcess:
+    """The real server (granian with `workers` worker processes, as `cycles
+    serve` runs it) in a process group of its own, so that it can be stopped,
+    restarted, or SIGKILLed whole. Webhook delivery is off unless `env` turns
+    it on."""
+
+    def __init__(self, conninfo: str, log_file: Path, admin_key: str | None = None, workers: int = 1,
+                 **env: str) -> None:
+        self.port = free_port()
+        self.base_url = f"http://127.0.0.1:{self.port}"
+        self.admin_key = admin_key or "admin-" + secrets.token_hex(16)
+        self.log_file = log_file
+        self.workers = workers
+        self.environment = {
+            **os.environ, "CYCLES_DATABASE_URL": conninfo, "CYCLES_ADMIN_API_KEY": self.admin_key,
+            "CYCLES_WEBHOOKS_DISABLED": "true", **env}
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        with self.log_file.open("ab") as log:
+            self.process = subprocess.Popen(
+                [str(GRANIAN), "--interface", "asgi", "--factory", "app.main:create_app",
+                 "--host", "127.0.0.1", "--port", str(self.port), "--workers", str(self.workers)],
+                cwd=ROOT, env=self.environment, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        wait_until_healthy(self.process, self.base_url, self.log_file)
+
+    @property
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def kill(self) -> None:
+        """SIGKILL the whole process group (granian and every worker)."""
+        assert self.process is not None
+        os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait()
+
+    def stop(self) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        os.killpg(self.process.pid, signal.SIGTERM)
+        try:
+            self.process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            self.kill()
+
+    def log(self) -> str:
+        return self.log_file.read_text(errors="replace")

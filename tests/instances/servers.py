@@ -5,11 +5,8 @@ over the instances that are still up."""
 
 from __future__ import annotations
 
-import os
 import random
 import secrets
-import signal
-import subprocess
 import threading
 import time
 from collections import Counter
@@ -20,51 +17,16 @@ from typing import Any
 import httpx
 
 from tests.api.provision import Tenant, reserve_body
-from tests.server import GRANIAN, ROOT, free_port, wait_until_healthy
+from tests.server import ServerProcess
 
 
-class Instance:
-    """One server instance: granian with `workers` worker processes."""
+class Instance(ServerProcess):
+    """One server instance: granian with `workers` worker processes and a
+    small pool each."""
 
     def __init__(self, conninfo: str, log_file: Path, admin_key: str, workers: int = 2, **env: str) -> None:
-        self.port = free_port()
-        self.base_url = f"http://127.0.0.1:{self.port}"
-        self.log_file = log_file
-        self.workers = workers
-        self.environment = {
-            **os.environ, "CYCLES_DATABASE_URL": conninfo, "CYCLES_ADMIN_API_KEY": admin_key,
-            "CYCLES_POOL_MIN_SIZE": "1", "CYCLES_POOL_MAX_SIZE": "4", "CYCLES_WEBHOOKS_DISABLED": "true", **env}
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        with self.log_file.open("ab") as log:
-            self.process = subprocess.Popen(
-                [str(GRANIAN), "--interface", "asgi", "--factory", "app.main:create_app",
-                 "--host", "127.0.0.1", "--port", str(self.port), "--workers", str(self.workers)],
-                cwd=ROOT, env=self.environment, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        wait_until_healthy(self.process, self.base_url, self.log_file)
-
-    @property
-    def alive(self) -> bool:
-        return self.process is not None and self.process.poll() is None
-
-    def kill(self) -> None:
-        """SIGKILL the whole instance at once (granian and every worker)."""
-        assert self.process is not None
-        os.killpg(self.process.pid, signal.SIGKILL)
-        self.process.wait()
-
-    def stop(self) -> None:
-        if self.process is None or self.process.poll() is not None:
-            return
-        os.killpg(self.process.pid, signal.SIGTERM)
-        try:
-            self.process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            self.kill()
-
-    def log(self) -> str:
-        return self.log_file.read_text(errors="replace")
+        super().__init__(conninfo, log_file, admin_key, workers, **{
+            "CYCLES_POOL_MIN_SIZE": "1", "CYCLES_POOL_MAX_SIZE": "4", **env})
 
 
 def new_admin_key() -> str:

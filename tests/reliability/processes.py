@@ -6,9 +6,7 @@ from __future__ import annotations
 
 import json
 import os
-import secrets
 import signal
-import subprocess
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
@@ -16,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from app.pgcluster import Cluster
-from tests.server import GRANIAN, ROOT, free_port, wait_until_healthy
+from tests import server
 
 
 def _children(pid: int) -> list[int]:
@@ -70,7 +68,7 @@ def private_cluster(base: Path) -> Iterator[Cluster]:
     defaults (unlike the session cluster, which trades durability for speed)."""
     base.mkdir(parents=True, exist_ok=True)
     base.chmod(0o755)
-    cluster = Cluster(base / "cluster", port=free_port())
+    cluster = Cluster(base / "cluster", port=server.free_port())
     cluster.start(os.environ.get("CYCLES_CRASH_PG_OPTIONS", ""))
     try:
         yield cluster
@@ -78,45 +76,13 @@ def private_cluster(base: Path) -> Iterator[Cluster]:
         cluster.stop("immediate")
 
 
-class ServerProcess:
-    """The real server (granian, one worker) on a fixed port, restartable."""
+class ServerProcess(server.ServerProcess):
+    """The real server (one worker) on a fixed port, restartable; sweeping
+    every 200 ms."""
 
     def __init__(self, conninfo: str, log_file: Path, **env: str) -> None:
-        self.port = free_port()
-        self.base_url = f"http://127.0.0.1:{self.port}"
-        self.admin_key = "admin-" + secrets.token_hex(16)
-        self.log_file = log_file
-        self.environment = {
-            **os.environ, "CYCLES_DATABASE_URL": conninfo, "CYCLES_ADMIN_API_KEY": self.admin_key,
-            "CYCLES_SWEEP_INTERVAL_MS": "200", "CYCLES_POOL_MIN_SIZE": "2", "CYCLES_POOL_MAX_SIZE": "8",
-            "CYCLES_WEBHOOKS_DISABLED": "true", **env}
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        with self.log_file.open("ab") as log:
-            self.process = subprocess.Popen(
-                [str(GRANIAN), "--interface", "asgi", "--factory", "app.main:create_app",
-                 "--host", "127.0.0.1", "--port", str(self.port), "--workers", "1"],
-                cwd=ROOT, env=self.environment, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        wait_until_healthy(self.process, self.base_url, self.log_file)
-
-    def kill(self) -> None:
-        """SIGKILL the server's whole process group (granian and its worker)."""
-        assert self.process is not None
-        os.killpg(self.process.pid, signal.SIGKILL)
-        self.process.wait()
-
-    def stop(self) -> None:
-        if self.process is None or self.process.poll() is not None:
-            return
-        os.killpg(self.process.pid, signal.SIGTERM)
-        try:
-            self.process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            self.kill()
-
-    def log(self) -> str:
-        return self.log_file.read_text(errors="replace")
+        super().__init__(conninfo, log_file, **{
+            "CYCLES_SWEEP_INTERVAL_MS": "200", "CYCLES_POOL_MIN_SIZE": "2", "CYCLES_POOL_MAX_SIZE": "8", **env})
 
 
 def report(name: str, figures: dict[str, Any]) -> None:
