@@ -154,7 +154,6 @@ DECLARE
     v_before      cycles.budgets[];
     v_after       cycles.budgets[];
     v_row         cycles.budgets;
-    v_denial      record;
     v_message     text;
     v_detail      text;
     v_befores     cycles.budgets[];
@@ -280,13 +279,7 @@ BEGIN
             END IF;
         END LOOP;
         BEGIN
-            IF v_before IS NULL THEN
-                PERFORM cycles._fail_no_budget(v_parsed.affected_scopes, v_parsed.unit, v_parsed.scope_path);
-            END IF;
-            v_denial := cycles._reserve_denial(v_before, v_parsed.estimate);
-            IF v_denial.o_reason IS NOT NULL THEN
-                PERFORM cycles._fail_denial(v_denial.o_reason, v_denial.o_row, v_parsed.estimate);
-            END IF;
+            PERFORM cycles._require_reservable(v_before, v_parsed);
         EXCEPTION WHEN OTHERS THEN
             IF left(SQLSTATE, 2) <> 'CY' THEN
                 RAISE;

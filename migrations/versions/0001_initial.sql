@@ -6101,6 +6101,27 @@ BEGIN
 END;
 $$;
 
+-- The refusal of a live reserve whose budget rows (locked, or as a batch
+-- left them) cannot take its estimate: BUDGET_NOT_FOUND / UNIT_MISMATCH when
+-- there are none, else the 409 of the first failing per-scope check of
+-- cycles._reserve_denial. Returns when the rows can take it.
+CREATE FUNCTION cycles._require_reservable(p_rows cycles.budgets[], p_parsed cycles.reserve_request)
+RETURNS void
+LANGUAGE plpgsql
+AS $$
+DECLARE
+    v_denial record;
+BEGIN
+    IF p_rows IS NULL THEN
+        PERFORM cycles._fail_no_budget(p_parsed.affected_scopes, p_parsed.unit, p_parsed.scope_path);
+    END IF;
+    v_denial := cycles._reserve_denial(p_rows, p_parsed.estimate);
+    IF v_denial.o_reason IS NOT NULL THEN
+        PERFORM cycles._fail_denial(v_denial.o_reason, v_denial.o_row, p_parsed.estimate);
+    END IF;
+END;
+$$;
+
 -- A DENY of dry_run or decide is recorded as a reservation.denied event.
 CREATE FUNCTION cycles._emit_denied(
     p_tenant_id text,
@@ -6237,13 +6258,7 @@ BEGIN
                  v_tenant.default_reservation_ttl_ms),
         coalesce((v_match.reservation_ttl_override ->> 'max_ttl_ms')::bigint, v_tenant.max_reservation_ttl_ms));
     v_before := cycles._lock_budgets(v_parsed.affected_scopes, v_parsed.unit);
-    IF v_before IS NULL THEN
-        PERFORM cycles._fail_no_budget(v_parsed.affected_scopes, v_parsed.unit, v_parsed.scope_path);
-    END IF;
-    v_denial := cycles._reserve_denial(v_before, v_parsed.estimate);
-    IF v_denial.o_reason IS NOT NULL THEN
-        PERFORM cycles._fail_denial(v_denial.o_reason, v_denial.o_row, v_parsed.estimate);
-    END IF;
+    PERFORM cycles._require_reservable(v_before, v_parsed);
     v_after := cycles._hold_reserved(v_before, v_parsed.estimate);
 
     -- Overage policy: the request's, else the matching policy's, else the
@@ -7630,7 +7645,6 @@ DECLARE
     v_before      cycles.budgets[];
     v_after       cycles.budgets[];
     v_row         cycles.budgets;
-    v_denial      record;
     v_message     text;
     v_detail      text;
     v_befores     cycles.budgets[];
@@ -7756,13 +7770,7 @@ BEGIN
             END IF;
         END LOOP;
         BEGIN
-            IF v_before IS NULL THEN
-                PERFORM cycles._fail_no_budget(v_parsed.affected_scopes, v_parsed.unit, v_parsed.scope_path);
-            END IF;
-            v_denial := cycles._reserve_denial(v_before, v_parsed.estimate);
-            IF v_denial.o_reason IS NOT NULL THEN
-                PERFORM cycles._fail_denial(v_denial.o_reason, v_denial.o_row, v_parsed.estimate);
-            END IF;
+            PERFORM cycles._require_reservable(v_before, v_parsed);
         EXCEPTION WHEN OTHERS THEN
             IF left(SQLSTATE, 2) <> 'CY' THEN
                 RAISE;
