@@ -31,6 +31,8 @@ from psycopg.abc import Buffer
 from psycopg.adapt import Loader
 from psycopg_pool import AsyncConnectionPool
 
+from app.config import Settings
+
 logger = logging.getLogger("cycles.db")
 
 
@@ -123,6 +125,19 @@ class Database:
         self.database_url = database_url
         self.pool_timeout_s = pool_timeout_s
         self.pool = create_pool(database_url, min_size, max_size, timeouts, transaction_pooler)
+
+    @classmethod
+    def from_settings(cls, settings: Settings, min_size: int | None = None,
+                      max_size: int | None = None) -> Database:
+        """The pool the settings describe (their pool sizes unless given)."""
+        assert settings.database_url is not None
+        return cls(
+            settings.database_url,
+            settings.pool_min_size if min_size is None else min_size,
+            settings.pool_max_size if max_size is None else max_size,
+            Timeouts(lock_ms=settings.lock_timeout_ms, statement_ms=settings.statement_timeout_ms),
+            pool_timeout_s=settings.pool_timeout_ms / 1000,
+            transaction_pooler=settings.database_pooler == "pgbouncer")
 
     async def open(self) -> None:
         # Do not wait for the database: the process must come up (and /health

@@ -36,7 +36,7 @@ from app.api.admin import policies as admin_policies
 from app.api.admin import tenants as admin_tenants
 from app.config import Settings
 from app.dashboard import routes as dashboard
-from app.db import Database, Timeouts
+from app.db import Database
 from app.errors import EXCEPTION_HANDLERS
 from app.logs import configure as configure_logs
 from app.maintenance import run_maintenance
@@ -56,11 +56,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
     if not settings.database_url:
         raise SystemExit("CYCLES_DATABASE_URL must be set to serve the API")
     configure_logs(settings)
-    database = Database(
-        settings.database_url, settings.pool_min_size, settings.pool_max_size,
-        Timeouts(lock_ms=settings.lock_timeout_ms, statement_ms=settings.statement_timeout_ms),
-        pool_timeout_s=settings.pool_timeout_ms / 1000,
-        transaction_pooler=settings.database_pooler == "pgbouncer")
+    database = Database.from_settings(settings)
     reserve_batcher = ReserveBatcher(database, reservations.RESERVE_SQL) if settings.reserve_batching else None
 
     @contextlib.asynccontextmanager

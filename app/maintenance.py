@@ -36,7 +36,7 @@ from typing import Any, Final
 import msgspec
 
 from app.config import Settings
-from app.db import Database, Timeouts
+from app.db import Database
 
 logger = logging.getLogger("cycles.maintenance")
 
@@ -145,12 +145,7 @@ async def run_worker_process(settings: Settings) -> None:
     with CYCLES_WEBHOOKS_DISABLED)."""
     from app.webhooks.worker import run_worker
 
-    assert settings.database_url is not None
-    database = Database(
-        settings.database_url, 1, 2,
-        Timeouts(lock_ms=settings.lock_timeout_ms, statement_ms=settings.statement_timeout_ms),
-        pool_timeout_s=settings.pool_timeout_ms / 1000,
-        transaction_pooler=settings.database_pooler == "pgbouncer")
+    database = Database.from_settings(settings, min_size=1, max_size=2)
     await database.open()
     try:
         await asyncio.gather(run_worker(settings), run_maintenance(database, settings))
