@@ -17,70 +17,31 @@ import argparse
 import contextlib
 import json
 import os
-import signal
-import socket
 import statistics
-import subprocess
 import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
-
-from app.demos.sandbox import Target, throwaway_server
+from app.demos.sandbox import Target, cycles_serve, throwaway_server
 from bench.run import HTTP_AGENTS, Stack, ledger_mismatches, provision, say, wrk
 
-ROOT = Path(__file__).resolve().parent.parent
 # shape/connections[/mode]; AB_CELLS=shared/200,independent/50/lifecycle picks others.
 CELLS = tuple((parts[0], int(parts[1]), parts[2] if len(parts) > 2 else "reserve")
               for parts in (cell.split("/") for cell in os.environ.get(
                   "AB_CELLS", "shared/50,independent/50,shared/1").split(",")))
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def wait_until_healthy(process: subprocess.Popen[bytes], base_url: str, log: Path) -> None:
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise SystemExit(f"the server exited:\n{log.read_text()}")
-        with contextlib.suppress(httpx.TransportError):
-            if httpx.get(f"{base_url}/health", timeout=1).status_code == 200:
-                return
-        time.sleep(0.1)
-    raise SystemExit(f"the server did not come up:\n{log.read_text()}")
-
-
 @contextlib.contextmanager
 def extra_server(stack: Stack, batching: bool, workers: int) -> Iterator[Stack]:
     """`cycles serve` on the stack's database (no embedded cluster of its own)."""
-    port = free_port()
-    base_url = f"http://127.0.0.1:{port}"
-    env = {**os.environ, "CYCLES_DATABASE_URL": stack.conninfo, "CYCLES_PORT": str(port),
-           "CYCLES_HOST": "127.0.0.1", "CYCLES_WORKERS": str(workers), "CYCLES_LOG_LEVEL": "warning",
-           "CYCLES_ADMIN_API_KEY": stack.target.admin_key,
+    env = {**os.environ, "CYCLES_DATABASE_URL": stack.conninfo, "CYCLES_WORKERS": str(workers),
+           "CYCLES_LOG_LEVEL": "warning", "CYCLES_ADMIN_API_KEY": stack.target.admin_key,
            "CYCLES_RESERVE_BATCHING": "true" if batching else "false"}
-    log = stack.base_dir / f"server-{'on' if batching else 'off'}.log"
-    with log.open("wb") as out:
-        process = subprocess.Popen([str(ROOT / ".venv" / "bin" / "cycles"), "serve"], env=env, stdout=out,
-                                   stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-    try:
-        wait_until_healthy(process, base_url, log)
-        yield Stack(Target(base_url, stack.target.admin_key, stack.target.data_dir, False, process.pid))
-    finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+    with cycles_serve(env, stack.base_dir / f"server-{'on' if batching else 'off'}-{time.monotonic_ns()}.log") as (
+            base_url, pid):
+        yield Stack(Target(base_url, stack.target.admin_key, stack.target.data_dir, False, pid))
 
 
 def cell(stack: Stack, keys: dict[str, str], shape: str, connections: int, seconds: int,
@@ -127,8 +88,8 @@ def main() -> None:
     print("\ncell | batching | req/s | p50 ms | p99 ms | db CPU ms/req | server CPU ms/req | non-2xx | mismatches")
     print("---|---|---|---|---|---|---|---|---")
     for name, runs in results.items():
-        shape, connections, variant = name.split("/")
-        print(f"{shape} x{connections} | {variant} | {summary(runs, 'rps')} | {summary(runs, 'p50_us')} | "
+        cell_name, variant = name.rsplit("/", 1)
+        print(f"{cell_name} | {variant} | {summary(runs, 'rps')} | {summary(runs, 'p50_us')} | "
               f"{summary(runs, 'p99_us')} | {summary(runs, 'db_cpu_ms')} | {summary(runs, 'server_cpu_ms')} | "
               f"{sum(run['non_2xx'] for run in runs)} | {sum(run['ledger_mismatches'] for run in runs)}")
     print("\nmedian (min-max) over rounds", file=sys.stderr)

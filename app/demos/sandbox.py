@@ -85,6 +85,28 @@ def _wait_ready(process: subprocess.Popen[bytes], base_url: str, log: Path) -> N
 
 
 @contextmanager
+def cycles_serve(env: dict[str, str], log: Path) -> Iterator[tuple[str, int]]:
+    """`cycles serve` with `env` on a free port of 127.0.0.1, output to `log`;
+    yields (base URL, pid) once /ready answers, and stops it on exit."""
+    port = _free_port()
+    base_url = f"http://127.0.0.1:{port}"
+    with log.open("wb") as out:
+        process = subprocess.Popen([*_cycles_command(), "serve"], env={**env, "CYCLES_PORT": str(port),
+                                   "CYCLES_HOST": "127.0.0.1"}, stdout=out, stderr=subprocess.STDOUT,
+                                   stdin=subprocess.DEVNULL)
+    try:
+        _wait_ready(process, base_url, log)
+        yield base_url, process.pid
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+@contextmanager
 def throwaway_server(keep: bool = False, workers: int = 1) -> Iterator[Target]:
     """`cycles serve` on a new embedded cluster in a temporary directory,
     stopped (and, unless `keep`, deleted) on exit. Also what the benchmark
@@ -94,26 +116,14 @@ def throwaway_server(keep: bool = False, workers: int = 1) -> Iterator[Target]:
         # The cluster then runs as an unprivileged user, who must reach its files.
         base.chmod(0o755)
     data_dir = base / "data"
-    port = _free_port()
-    base_url = f"http://127.0.0.1:{port}"
     admin_key = "cyc_admin_" + secrets.token_urlsafe(32)
     env = {name: value for name, value in os.environ.items() if name != "CYCLES_DATABASE_URL"}
-    env.update(CYCLES_DATA_DIR=str(data_dir), CYCLES_PORT=str(port), CYCLES_HOST="127.0.0.1",
-               CYCLES_ADMIN_API_KEY=admin_key, CYCLES_WORKERS=str(workers), CYCLES_LOG_LEVEL="warning")
-    log = base / "server.log"
-    with log.open("wb") as out:
-        process = subprocess.Popen([*_cycles_command(), "serve"], env=env, stdout=out,
-                                   stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    env.update(CYCLES_DATA_DIR=str(data_dir), CYCLES_ADMIN_API_KEY=admin_key, CYCLES_WORKERS=str(workers),
+               CYCLES_LOG_LEVEL="warning")
     try:
-        _wait_ready(process, base_url, log)
-        yield Target(base_url, admin_key, data_dir, keep, process.pid)
+        with cycles_serve(env, base / "server.log") as (base_url, pid):
+            yield Target(base_url, admin_key, data_dir, keep, pid)
     finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
         cluster = Cluster(data_dir / "postgres")
         if (cluster.data_dir / "postmaster.pid").exists():
             cluster.stop("immediate")
