@@ -7506,6 +7506,38 @@ $$;
 -- sorts before one item 1 locked (sibling scopes of a tenant without a
 -- tenant-level budget) and deadlock with a transaction locking both in order.
 
+-- The budget rows of the pairs (p_scopes[i], p_units[i]) of one tenant,
+-- locked FOR UPDATE in the global lock order ((scope, unit) byte order), as
+-- an array in that order; NULL when none exists. One statement per pair on
+-- the unique (tenant_id, scope, unit) key, as cycles._lock_budgets does:
+-- a single statement over the pairs gets a generic plan that hashes every
+-- budget of the tenant, whose cost grows with the tenant, not the batch.
+CREATE FUNCTION cycles._lock_budget_pairs(p_tenant_id text, p_scopes text[], p_units text[])
+RETURNS cycles.budgets[]
+LANGUAGE plpgsql
+AS $$
+DECLARE
+    v_scope text;
+    v_unit  text;
+    v_row   cycles.budgets;
+    v_rows  cycles.budgets[];
+BEGIN
+    FOR v_scope, v_unit IN
+        SELECT p.scope, p.unit FROM unnest(p_scopes, p_units) AS p (scope, unit)
+        GROUP BY p.scope, p.unit
+        ORDER BY p.scope COLLATE "C", p.unit COLLATE "C"
+    LOOP
+        SELECT b.* INTO v_row FROM cycles.budgets AS b
+        WHERE b.tenant_id = p_tenant_id AND b.scope = v_scope AND b.unit = v_unit
+        FOR UPDATE;
+        IF FOUND THEN
+            v_rows := v_rows || v_row;
+        END IF;
+    END LOOP;
+    RETURN v_rows;
+END;
+$$;
+
 -- Every lock the items of a batch can take (see above); nothing for a key
 -- that does not authenticate. A request this cannot read fails in its own
 -- evaluation before locking anything.
@@ -7557,12 +7589,7 @@ BEGIN
     FOR v_key IN SELECT DISTINCT k.key COLLATE "C" FROM unnest(v_keys) AS k (key) ORDER BY 1 LOOP
         PERFORM cycles._idempotent_replay(v_tenant_id, 'reserve', v_key, NULL, true);
     END LOOP;
-    PERFORM
-    FROM cycles.budgets AS b
-    WHERE b.tenant_id = v_tenant_id
-      AND (b.scope, b.unit) IN (SELECT s.scope, s.unit FROM unnest(v_scopes, v_units) AS s (scope, unit))
-    ORDER BY b.scope COLLATE "C", b.unit COLLATE "C"
-    FOR UPDATE;
+    PERFORM cycles._lock_budget_pairs(v_tenant_id, v_scopes, v_units);
 END;
 $$;
 
@@ -7618,6 +7645,10 @@ $$;
 CREATE FUNCTION cycles._reserve_batch_together(p_api_key text, p_requests jsonb[], p_ctxs jsonb[])
 RETURNS TABLE (o_item integer, o_response jsonb, o_sqlstate text, o_message text, o_detail text)
 LANGUAGE plpgsql
+-- The plan cache would otherwise plan the UPDATE of the budgets (over an
+-- array of rows) again on every call; its generic plan is a primary-key
+-- lookup per row.
+SET plan_cache_mode = force_generic_plan
 AS $$
 DECLARE
     v_count       integer := cardinality(p_requests);
@@ -7640,6 +7671,8 @@ DECLARE
     v_messages    text[];
     v_details     text[];
     v_live        boolean[];
+    v_scopes      text[] := '{}';
+    v_units       text[] := '{}';
     v_current     cycles.budgets[];
     v_index       integer[];
     v_before      cycles.budgets[];
@@ -7745,17 +7778,12 @@ BEGIN
 
     -- The budget rows the items charge, locked in the global order, all
     -- before the first item is decided.
-    SELECT array_agg(l.b ORDER BY (l.b).scope COLLATE "C", (l.b).unit COLLATE "C") INTO v_current
-    FROM (
-        SELECT b
-        FROM cycles.budgets AS b
-        WHERE b.tenant_id = v_tenant.tenant_id AND (b.scope, b.unit) IN (
-            SELECT s.scope, (v_items[i]).unit
-            FROM generate_subscripts(p_requests, 1) AS i, unnest((v_items[i]).affected_scopes) AS s (scope)
-            WHERE v_live[i])
-        ORDER BY b.scope COLLATE "C", b.unit COLLATE "C"
-        FOR UPDATE
-    ) AS l;
+    FOR i IN 1 .. v_count LOOP
+        CONTINUE WHEN NOT v_live[i];
+        v_scopes := v_scopes || (v_items[i]).affected_scopes;
+        v_units := v_units || array_fill((v_items[i]).unit, ARRAY[cardinality((v_items[i]).affected_scopes)]);
+    END LOOP;
+    v_current := cycles._lock_budget_pairs(v_tenant.tenant_id, v_scopes, v_units);
 
     -- Each item against the balances the items before it left, in memory.
     FOR i IN 1 .. v_count LOOP
