@@ -688,10 +688,11 @@ $$;
 -- (previous row's plus the deltas); prev_hash and entry_hash. Then inserts
 -- all rows with one statement (PostgreSQL prepares a table's CHECK
 -- constraints once per statement, not per row).
--- The chain head is read with an index scan on (tenant_id, budget_id,
--- created_at) backwards, first in the current month's partition alone (the
--- others are pruned when the statement starts), else over every partition
--- (a budget's first row of the month). A row of a later month cannot exist
+-- The chain heads of all the budgets of p_rows are read with one statement,
+-- an index scan on (tenant_id, budget_id, created_at) backwards per budget,
+-- in the current month's partition alone (the others are pruned when the
+-- statement starts); a budget without a row there (its first row of the
+-- month) is then read over every partition. A row of a later month cannot exist
 -- unless the clock stepped back across the month's end, or rows written 1
 -- microsecond apart ran ahead of it: so the one-partition lookup is used
 -- only until an hour before the month ends. The generic plan is forced: a
@@ -717,34 +718,41 @@ DECLARE
     v_next  timestamptz := v_month + interval '1 month';
     v_safe  boolean := clock_timestamp() < v_next - interval '1 hour';
     v_row   cycles.ledger_entries;
-    v_prev  record;
+    v_prev  cycles.ledger_entries;
     v_out   cycles.ledger_entries[];
     v_seen  bigint[] := '{}';
     v_group text;
     v_last  text := current_setting('cycles.ledger_operation', true);
     v_now   timestamptz;
+    v_head_ids bigint[];
+    v_heads    cycles.ledger_entries[];
+    v_at       integer;
 BEGIN
+    -- This month's chain head of every budget in p_rows, with one statement
+    -- (a batch of reserves writes a row for each of many budgets).
+    SELECT array_agg((h.head).budget_id), array_agg(h.head) INTO v_head_ids, v_heads
+    FROM (SELECT DISTINCT r.tenant_id, r.budget_id FROM unnest(p_rows) AS r) AS k
+    CROSS JOIN LATERAL (
+        SELECT l AS head
+        FROM cycles.ledger_entries AS l
+        WHERE l.tenant_id = k.tenant_id AND l.budget_id = k.budget_id
+          AND l.created_at >= v_month AND l.created_at < v_next AND v_safe
+        ORDER BY l.created_at DESC
+        LIMIT 1) AS h;
     FOREACH v_row IN ARRAY p_rows LOOP
         IF v_row.budget_id = ANY (v_seen) THEN
             FOR i IN REVERSE cardinality(v_out) .. 1 LOOP
                 IF v_out[i].budget_id = v_row.budget_id THEN
-                    SELECT v_out[i].created_at, v_out[i].allocated_after, v_out[i].spent_after,
-                           v_out[i].reserved_after, v_out[i].debt_after, v_out[i].entry_hash
-                    INTO v_prev;
+                    v_prev := v_out[i];
                     EXIT;
                 END IF;
             END LOOP;
         ELSE
-            SELECT l.created_at, l.allocated_after, l.spent_after, l.reserved_after, l.debt_after, l.entry_hash
-            INTO v_prev
-            FROM cycles.ledger_entries AS l
-            WHERE l.tenant_id = v_row.tenant_id AND l.budget_id = v_row.budget_id
-              AND l.created_at >= v_month AND l.created_at < v_next AND v_safe
-            ORDER BY l.created_at DESC
-            LIMIT 1;
-            IF NOT FOUND THEN
-                SELECT l.created_at, l.allocated_after, l.spent_after, l.reserved_after, l.debt_after, l.entry_hash
-                INTO v_prev
+            v_at := array_position(v_head_ids, v_row.budget_id);
+            IF v_at IS NOT NULL THEN
+                v_prev := v_heads[v_at];
+            ELSE
+                SELECT l.* INTO v_prev
                 FROM cycles.ledger_entries AS l
                 WHERE l.tenant_id = v_row.tenant_id AND l.budget_id = v_row.budget_id
                 ORDER BY l.created_at DESC
