@@ -507,6 +507,22 @@ BEGIN
 END;
 $$;
 
+-- The overage policy of the deepest of p_rows (in scope order, as locked)
+-- that sets one; NULL when none does. A loop of expressions: it runs for
+-- every reserve, where a query over the rows costs its executor start-up.
+CREATE FUNCTION cycles._deepest_overage_policy(p_rows cycles.budgets[]) RETURNS text
+LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE
+AS $$
+DECLARE
+    v_policy text;
+BEGIN
+    FOR i IN 1 .. coalesce(cardinality(p_rows), 0) LOOP
+        v_policy := coalesce(p_rows[i].commit_overage_policy, v_policy);
+    END LOOP;
+    RETURN v_policy;
+END;
+$$;
+
 -- The same rows without locks, for read-only evaluations and snapshots.
 CREATE FUNCTION cycles._read_budgets(p_scopes text[], p_unit text) RETURNS cycles.budgets[]
 LANGUAGE plpgsql STABLE

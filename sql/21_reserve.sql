@@ -239,8 +239,7 @@ BEGIN
     v_policy := coalesce(
         v_policy,
         v_match.commit_overage_policy,
-        (SELECT b.commit_overage_policy FROM unnest(v_before) AS b
-         WHERE b.commit_overage_policy IS NOT NULL ORDER BY b.scope COLLATE "C" DESC LIMIT 1),
+        cycles._deepest_overage_policy(v_before),
         v_tenant.default_commit_overage_policy,
         'ALLOW_IF_AVAILABLE');
 

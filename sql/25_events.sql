@@ -75,8 +75,7 @@ BEGIN
     v_policy := coalesce(
         v_policy,
         (cycles._match_policy(v_tenant.tenant_id, v_scopes.o_scope_path)).commit_overage_policy,
-        (SELECT b.commit_overage_policy FROM unnest(v_before) AS b
-         WHERE b.commit_overage_policy IS NOT NULL ORDER BY b.scope COLLATE "C" DESC LIMIT 1),
+        cycles._deepest_overage_policy(v_before),
         v_tenant.default_commit_overage_policy,
         'ALLOW_IF_AVAILABLE');
     IF v_policy = 'REJECT' THEN

@@ -183,6 +183,8 @@ DECLARE
     v_scopes      text[] := '{}';
     v_units       text[] := '{}';
     v_current     cycles.budgets[];
+    v_budgeted    text[];
+    v_signals     boolean[];
     v_index       integer[];
     v_before      cycles.budgets[];
     v_after       cycles.budgets[];
@@ -321,7 +323,12 @@ BEGIN
         END;
 
         -- The hold (cycles._hold_reserved's arithmetic, applied in memory).
+        -- The rows are in scope order: the loop also gathers the budgeted
+        -- scopes and whether a budget may signal, instead of a query over
+        -- the rows for each.
         v_after := NULL;
+        v_budgeted := '{}';
+        v_signals[i] := false;
         FOR k IN 1 .. cardinality(v_before) LOOP
             v_row := v_before[k];
             v_row.reserved := v_row.reserved + v_parsed.estimate;
@@ -329,6 +336,10 @@ BEGIN
             v_row.updated_at := clock_timestamp();
             v_after := v_after || v_row;
             v_current[v_index[k]] := v_row;
+            v_budgeted := v_budgeted || v_row.scope;
+            v_signals[i] := v_signals[i] OR v_row.remaining <= 0
+                OR (v_row.allocated > 0
+                    AND (v_row.spent + v_row.reserved + v_row.debt)::numeric >= 0.80 * v_row.allocated);
         END LOOP;
         v_changed := true;
         -- Kept for the ledger rows: item i's rows are from v_first[i] on.
@@ -350,14 +361,13 @@ BEGIN
         v_reservation.estimate := v_parsed.estimate;
         v_reservation.scope_path := v_parsed.scope_path;
         v_reservation.affected_scopes := v_parsed.affected_scopes;
-        v_reservation.budgeted_scopes := ARRAY(SELECT r.scope FROM unnest(v_after) AS r ORDER BY r.scope COLLATE "C");
+        v_reservation.budgeted_scopes := v_budgeted;
         -- Overage policy: the request's, else the matching policy's, else
         -- the deepest budget's, else the tenant's.
         v_reservation.overage_policy := coalesce(
             v_policies[i],
             v_match_pols[i],
-            (SELECT b.commit_overage_policy FROM unnest(v_before) AS b
-             WHERE b.commit_overage_policy IS NOT NULL ORDER BY b.scope COLLATE "C" DESC LIMIT 1),
+            cycles._deepest_overage_policy(v_before),
             v_tenant.default_commit_overage_policy,
             'ALLOW_IF_AVAILABLE');
         v_reservation.status := 'ACTIVE';
@@ -418,10 +428,7 @@ BEGIN
             v_before := v_befores[v_first[i] : v_last[i]];
             v_after := v_afters[v_first[i] : v_last[i]];
             v_actor := cycles._runtime_actor(p_ctxs[i], v_principal.o_key_id);
-            IF EXISTS (SELECT FROM unnest(v_after) AS a
-                       WHERE a.remaining <= 0
-                          OR (a.allocated > 0
-                              AND (a.spent + a.reserved + a.debt)::numeric >= 0.80 * a.allocated)) THEN
+            IF v_signals[i] THEN
                 IF v_ledger IS NOT NULL THEN
                     PERFORM cycles._append_ledger_rows(v_ledger);
                     v_ledger := NULL;
