@@ -183,6 +183,9 @@ DECLARE
     v_scopes      text[] := '{}';
     v_units       text[] := '{}';
     v_current     cycles.budgets[];
+    v_keys        text[];
+    v_scope       text;
+    v_pos         integer;
     v_budgeted    text[];
     v_signals     boolean[];
     v_index       integer[];
@@ -295,6 +298,9 @@ BEGIN
         v_units := v_units || array_fill((v_items[i]).unit, ARRAY[cardinality((v_items[i]).affected_scopes)]);
     END LOOP;
     v_current := cycles._lock_budget_pairs(v_tenant.tenant_id, v_scopes, v_units);
+    FOR j IN 1 .. coalesce(cardinality(v_current), 0) LOOP
+        v_keys[j] := (v_current[j]).scope || chr(31) || (v_current[j]).unit;
+    END LOOP;
 
     -- Each item against the balances the items before it left, in memory.
     FOR i IN 1 .. v_count LOOP
@@ -302,10 +308,14 @@ BEGIN
         v_parsed := v_items[i];
         v_before := NULL;
         v_index := '{}';
-        FOR j IN 1 .. coalesce(cardinality(v_current), 0) LOOP
-            IF (v_current[j]).unit = v_parsed.unit AND (v_current[j]).scope = ANY (v_parsed.affected_scopes) THEN
-                v_before := v_before || v_current[j];
-                v_index := v_index || j;
+        -- The item's rows by key, in its scopes' (hierarchy) order, which is
+        -- their order in v_current: not by a pass over every locked row per
+        -- item, whose cost grows with the square of the batch.
+        FOREACH v_scope IN ARRAY v_parsed.affected_scopes LOOP
+            v_pos := array_position(v_keys, v_scope || chr(31) || v_parsed.unit);
+            IF v_pos IS NOT NULL THEN
+                v_before := v_before || v_current[v_pos];
+                v_index := v_index || v_pos;
             END IF;
         END LOOP;
         BEGIN
