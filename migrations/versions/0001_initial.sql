@@ -7245,27 +7245,30 @@ $$;
 -- idempotency key and each subject level it names (lower-cased, as the
 -- filters compare them), as name:value tokens. One GIN index on them serves
 -- every combination of those filters; a btree per filter would cost every
--- reserve six more index entries.
+-- reserve six more index entries. One SQL expression, so that PostgreSQL
+-- inlines it: the index computes it for every reservation written, and
+-- again whenever a reservation's status changes.
 CREATE FUNCTION cycles._reservation_tokens(
     p_tenant_id       text,
     p_status          text,
     p_idempotency_key text,
     p_subject         jsonb
 ) RETURNS text[]
-LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
 AS $$
-DECLARE
-    v_tokens text[] := ARRAY['tenant:' || p_tenant_id, 'status:' || p_status,
-                             'idempotency_key:' || p_idempotency_key];
-    v_level  text;
-BEGIN
-    FOREACH v_level IN ARRAY ARRAY['workspace', 'app', 'workflow', 'agent', 'toolset'] LOOP
-        IF jsonb_typeof(p_subject -> v_level) = 'string' THEN
-            v_tokens := v_tokens || (v_level || ':' || lower(p_subject ->> v_level));
-        END IF;
-    END LOOP;
-    RETURN v_tokens;
-END;
+    SELECT array_remove(ARRAY[
+        'tenant:' || p_tenant_id,
+        'status:' || p_status,
+        'idempotency_key:' || p_idempotency_key,
+        CASE WHEN jsonb_typeof(p_subject -> 'workspace') = 'string'
+             THEN 'workspace:' || lower(p_subject ->> 'workspace') END,
+        CASE WHEN jsonb_typeof(p_subject -> 'app') = 'string' THEN 'app:' || lower(p_subject ->> 'app') END,
+        CASE WHEN jsonb_typeof(p_subject -> 'workflow') = 'string'
+             THEN 'workflow:' || lower(p_subject ->> 'workflow') END,
+        CASE WHEN jsonb_typeof(p_subject -> 'agent') = 'string' THEN 'agent:' || lower(p_subject ->> 'agent') END,
+        CASE WHEN jsonb_typeof(p_subject -> 'toolset') = 'string'
+             THEN 'toolset:' || lower(p_subject ->> 'toolset') END],
+        NULL)
 $$;
 
 CREATE INDEX reservations_filter_tokens_idx
