@@ -36,8 +36,10 @@ $$;
 -- (cycles._scope_filter_allows: an entry level:value or level:* must appear
 -- in the scope path, or the path must equal or descend from an entry that is
 -- a full scope). Checked on the reservation's scope path (its deepest scope).
+-- Returns p_scope_path, so that hot paths call it as an expression (an
+-- assignment), which costs less than PERFORM's query.
 -- Errors: FORBIDDEN.
-CREATE FUNCTION cycles._require_scope_in_filter(p_scope_filter text[], p_scope_path text) RETURNS void
+CREATE FUNCTION cycles._require_scope_in_filter(p_scope_filter text[], p_scope_path text) RETURNS text
 LANGUAGE plpgsql
 AS $$
 BEGIN
@@ -46,6 +48,7 @@ BEGIN
         PERFORM cycles._fail('FORBIDDEN', format('API key''s scope_filter does not allow scope %s', p_scope_path),
             jsonb_build_object('scope', p_scope_path, 'scope_filter', to_jsonb(p_scope_filter)));
     END IF;
+    RETURN p_scope_path;
 END;
 $$;
 
@@ -759,7 +762,8 @@ $$;
 -- Tenant status guard for operations that persist something. CLOSED refuses
 -- everything (TENANT_CLOSED); SUSPENDED refuses new reservations and events
 -- (p_new_work) with FORBIDDEN, but lets existing reservations settle.
-CREATE FUNCTION cycles._require_tenant_open(p_tenant cycles.tenants, p_new_work boolean) RETURNS void
+-- Returns p_tenant (hot paths assign it: see cycles._require_scope_in_filter).
+CREATE FUNCTION cycles._require_tenant_open(p_tenant cycles.tenants, p_new_work boolean) RETURNS cycles.tenants
 LANGUAGE plpgsql
 AS $$
 BEGIN
@@ -771,6 +775,7 @@ BEGIN
         PERFORM cycles._fail('FORBIDDEN', format('tenant %s is suspended', p_tenant.tenant_id),
             jsonb_build_object('reason', 'TENANT_SUSPENDED', 'tenant_id', p_tenant.tenant_id));
     END IF;
+    RETURN p_tenant;
 END;
 $$;
 

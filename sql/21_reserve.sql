@@ -77,9 +77,10 @@ $$;
 -- The refusal of a live reserve whose budget rows (locked, or as a batch
 -- left them) cannot take its estimate: BUDGET_NOT_FOUND / UNIT_MISMATCH when
 -- there are none, else the 409 of the first failing per-scope check of
--- cycles._reserve_denial. Returns when the rows can take it.
+-- cycles._reserve_denial. Returns p_rows when they can take it (hot paths
+-- assign it: see cycles._require_scope_in_filter).
 CREATE FUNCTION cycles._require_reservable(p_rows cycles.budgets[], p_parsed cycles.reserve_request)
-RETURNS void
+RETURNS cycles.budgets[]
 LANGUAGE plpgsql
 AS $$
 DECLARE
@@ -92,6 +93,7 @@ BEGIN
     IF v_denial.o_reason IS NOT NULL THEN
         PERFORM cycles._fail_denial(v_denial.o_reason, v_denial.o_row, p_parsed.estimate);
     END IF;
+    RETURN p_rows;
 END;
 $$;
 
@@ -178,7 +180,7 @@ BEGIN
     v_principal := cycles._runtime_principal(p_api_key, 'reservations:create');
     v_tenant := v_principal.o_tenant;
     v_parsed := cycles._parse_reserve_request(p_request, v_tenant.tenant_id);
-    PERFORM cycles._require_scope_in_filter(v_principal.o_scope_filter, v_parsed.scope_path);
+    v_parsed.scope_path := cycles._require_scope_in_filter(v_principal.o_scope_filter, v_parsed.scope_path);
     IF p_request ? 'dry_run' AND jsonb_typeof(p_request -> 'dry_run') NOT IN ('boolean', 'null') THEN
         PERFORM cycles._fail('INVALID_REQUEST', 'dry_run must be a boolean');
     END IF;
@@ -221,7 +223,7 @@ BEGIN
         RETURN v_response;
     END IF;
 
-    PERFORM cycles._require_tenant_open(v_tenant, true);
+    v_tenant := cycles._require_tenant_open(v_tenant, true);
     -- Everything that does not depend on the budget rows comes before their
     -- locks: a shared budget's row is held from here to the commit.
     v_match := cycles._match_policy(v_tenant.tenant_id, v_parsed.scope_path);
@@ -231,7 +233,7 @@ BEGIN
                  v_tenant.default_reservation_ttl_ms),
         coalesce((v_match.reservation_ttl_override ->> 'max_ttl_ms')::bigint, v_tenant.max_reservation_ttl_ms));
     v_before := cycles._lock_budgets(v_parsed.affected_scopes, v_parsed.unit);
-    PERFORM cycles._require_reservable(v_before, v_parsed);
+    v_before := cycles._require_reservable(v_before, v_parsed);
     v_after := cycles._hold_reserved(v_before, v_parsed.estimate);
 
     -- Overage policy: the request's, else the matching policy's, else the
@@ -310,7 +312,7 @@ BEGIN
     v_principal := cycles._runtime_principal(p_api_key, 'reservations:create');
     v_tenant := v_principal.o_tenant;
     v_parsed := cycles._parse_reserve_request(p_request, v_tenant.tenant_id);
-    PERFORM cycles._require_scope_in_filter(v_principal.o_scope_filter, v_parsed.scope_path);
+    v_parsed.scope_path := cycles._require_scope_in_filter(v_principal.o_scope_filter, v_parsed.scope_path);
 
     v_hash := cycles._request_hash(p_request);
     v_response := cycles._idempotent_replay(v_tenant.tenant_id, 'decide', v_parsed.idempotency_key, v_hash, true);

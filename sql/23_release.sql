@@ -53,7 +53,7 @@ BEGIN
 
     v_locked := cycles._lock_reservation(p_reservation_id, v_tenant_id);
     v_reservation := v_locked.o_reservation;
-    PERFORM cycles._require_scope_in_filter(v_filter, v_reservation.scope_path);
+    v_reservation.scope_path := cycles._require_scope_in_filter(v_filter, v_reservation.scope_path);
 
     v_hash := cycles._request_hash(p_request, p_reservation_id);
     v_response := cycles._idempotent_replay(v_reservation.tenant_id, 'release:' || p_reservation_id, v_key,
@@ -64,7 +64,7 @@ BEGIN
         RETURN v_response;
     END IF;
 
-    PERFORM cycles._require_tenant_open(v_locked.o_tenant, false);
+    v_locked.o_tenant := cycles._require_tenant_open(v_locked.o_tenant, false);
     PERFORM cycles._require_settleable(v_reservation, true);
 
     v_before := cycles._lock_budgets(v_reservation.budgeted_scopes, v_reservation.unit);

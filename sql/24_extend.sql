@@ -44,7 +44,8 @@ BEGIN
 
     v_locked := cycles._lock_reservation(p_reservation_id, (v_principal.o_tenant).tenant_id);
     v_reservation := v_locked.o_reservation;
-    PERFORM cycles._require_scope_in_filter(v_principal.o_scope_filter, v_reservation.scope_path);
+    v_reservation.scope_path :=
+        cycles._require_scope_in_filter(v_principal.o_scope_filter, v_reservation.scope_path);
 
     v_hash := cycles._request_hash(p_request, p_reservation_id);
     v_response := cycles._idempotent_replay(v_reservation.tenant_id, 'extend:' || p_reservation_id, v_key,
@@ -53,7 +54,7 @@ BEGIN
         RETURN v_response;
     END IF;
 
-    PERFORM cycles._require_tenant_open(v_locked.o_tenant, false);
+    v_locked.o_tenant := cycles._require_tenant_open(v_locked.o_tenant, false);
     PERFORM cycles._require_settleable(v_reservation, false);
     IF v_reservation.extension_count >= v_reservation.max_extensions THEN
         PERFORM cycles._fail('MAX_EXTENSIONS_EXCEEDED',

@@ -53,7 +53,8 @@ BEGIN
     PERFORM cycles._request_object(p_request, 'metadata');
     PERFORM cycles._json_int(p_request, 'client_time_ms', 0, 9223372036854775807, NULL);
     v_scopes := cycles._derive_scopes(p_request -> 'subject', v_tenant.tenant_id);
-    PERFORM cycles._require_scope_in_filter(v_principal.o_scope_filter, v_scopes.o_scope_path);
+    v_scopes.o_scope_path :=
+        cycles._require_scope_in_filter(v_principal.o_scope_filter, v_scopes.o_scope_path);
 
     v_hash := cycles._request_hash(p_request);
     v_response := cycles._idempotent_replay(v_tenant.tenant_id, 'event', v_key, v_hash, true);
@@ -61,7 +62,7 @@ BEGIN
         RETURN v_response;
     END IF;
 
-    PERFORM cycles._require_tenant_open(v_tenant, true);
+    v_tenant := cycles._require_tenant_open(v_tenant, true);
     v_before := cycles._lock_budgets(v_scopes.o_affected_scopes, v_amount.o_unit);
     IF v_before IS NULL THEN
         PERFORM cycles._fail_no_budget(v_scopes.o_affected_scopes, v_amount.o_unit, v_scopes.o_scope_path);

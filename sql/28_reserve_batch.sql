@@ -83,7 +83,8 @@ BEGIN
         CONTINUE WHEN v_unit IS NULL;
         BEGIN
             v_derived := cycles._derive_scopes(v_request -> 'subject', v_tenant_id);
-            PERFORM cycles._require_scope_in_filter(v_principal.o_scope_filter, v_derived.o_scope_path);
+            v_derived.o_scope_path :=
+                cycles._require_scope_in_filter(v_principal.o_scope_filter, v_derived.o_scope_path);
         EXCEPTION WHEN OTHERS THEN
             IF left(SQLSTATE, 2) <> 'CY' THEN
                 RAISE;
@@ -232,7 +233,8 @@ BEGIN
         v_request := p_requests[i];
         BEGIN
             v_parsed := cycles._parse_reserve_request(v_request, v_tenant.tenant_id);
-            PERFORM cycles._require_scope_in_filter(v_principal.o_scope_filter, v_parsed.scope_path);
+            v_parsed.scope_path :=
+                cycles._require_scope_in_filter(v_principal.o_scope_filter, v_parsed.scope_path);
             IF v_request ? 'dry_run' AND jsonb_typeof(v_request -> 'dry_run') NOT IN ('boolean', 'null') THEN
                 PERFORM cycles._fail('INVALID_REQUEST', 'dry_run must be a boolean');
             END IF;
@@ -264,7 +266,7 @@ BEGIN
             v_responses[v_at] := cycles._idempotent_replay(
                 v_tenant.tenant_id, 'reserve', v_parsed.idempotency_key, v_hashes[v_at], true);
             IF v_responses[v_at] IS NULL THEN
-                PERFORM cycles._require_tenant_open(v_tenant, true);
+                v_tenant := cycles._require_tenant_open(v_tenant, true);
                 v_match := cycles._match_policy(v_tenant.tenant_id, v_parsed.scope_path);
                 v_caps[v_at] := cycles._policy_caps(v_match);
                 v_ttls[v_at] := least(
@@ -319,7 +321,7 @@ BEGIN
             END IF;
         END LOOP;
         BEGIN
-            PERFORM cycles._require_reservable(v_before, v_parsed);
+            v_before := cycles._require_reservable(v_before, v_parsed);
         EXCEPTION WHEN OTHERS THEN
             IF left(SQLSTATE, 2) <> 'CY' THEN
                 RAISE;

@@ -5258,8 +5258,10 @@ $$;
 -- (cycles._scope_filter_allows: an entry level:value or level:* must appear
 -- in the scope path, or the path must equal or descend from an entry that is
 -- a full scope). Checked on the reservation's scope path (its deepest scope).
+-- Returns p_scope_path, so that hot paths call it as an expression (an
+-- assignment), which costs less than PERFORM's query.
 -- Errors: FORBIDDEN.
-CREATE FUNCTION cycles._require_scope_in_filter(p_scope_filter text[], p_scope_path text) RETURNS void
+CREATE FUNCTION cycles._require_scope_in_filter(p_scope_filter text[], p_scope_path text) RETURNS text
 LANGUAGE plpgsql
 AS $$
 BEGIN
@@ -5268,6 +5270,7 @@ BEGIN
         PERFORM cycles._fail('FORBIDDEN', format('API key''s scope_filter does not allow scope %s', p_scope_path),
             jsonb_build_object('scope', p_scope_path, 'scope_filter', to_jsonb(p_scope_filter)));
     END IF;
+    RETURN p_scope_path;
 END;
 $$;
 
@@ -5981,7 +5984,8 @@ $$;
 -- Tenant status guard for operations that persist something. CLOSED refuses
 -- everything (TENANT_CLOSED); SUSPENDED refuses new reservations and events
 -- (p_new_work) with FORBIDDEN, but lets existing reservations settle.
-CREATE FUNCTION cycles._require_tenant_open(p_tenant cycles.tenants, p_new_work boolean) RETURNS void
+-- Returns p_tenant (hot paths assign it: see cycles._require_scope_in_filter).
+CREATE FUNCTION cycles._require_tenant_open(p_tenant cycles.tenants, p_new_work boolean) RETURNS cycles.tenants
 LANGUAGE plpgsql
 AS $$
 BEGIN
@@ -5993,6 +5997,7 @@ BEGIN
         PERFORM cycles._fail('FORBIDDEN', format('tenant %s is suspended', p_tenant.tenant_id),
             jsonb_build_object('reason', 'TENANT_SUSPENDED', 'tenant_id', p_tenant.tenant_id));
     END IF;
+    RETURN p_tenant;
 END;
 $$;
 
@@ -6141,9 +6146,10 @@ $$;
 -- The refusal of a live reserve whose budget rows (locked, or as a batch
 -- left them) cannot take its estimate: BUDGET_NOT_FOUND / UNIT_MISMATCH when
 -- there are none, else the 409 of the first failing per-scope check of
--- cycles._reserve_denial. Returns when the rows can take it.
+-- cycles._reserve_denial. Returns p_rows when they can take it (hot paths
+-- assign it: see cycles._require_scope_in_filter).
 CREATE FUNCTION cycles._require_reservable(p_rows cycles.budgets[], p_parsed cycles.reserve_request)
-RETURNS void
+RETURNS cycles.budgets[]
 LANGUAGE plpgsql
 AS $$
 DECLARE
@@ -6156,6 +6162,7 @@ BEGIN
     IF v_denial.o_reason IS NOT NULL THEN
         PERFORM cycles._fail_denial(v_denial.o_reason, v_denial.o_row, p_parsed.estimate);
     END IF;
+    RETURN p_rows;
 END;
 $$;
 
@@ -6242,7 +6249,7 @@ BEGIN
     v_principal := cycles._runtime_principal(p_api_key, 'reservations:create');
     v_tenant := v_principal.o_tenant;
     v_parsed := cycles._parse_reserve_request(p_request, v_tenant.tenant_id);
-    PERFORM cycles._require_scope_in_filter(v_principal.o_scope_filter, v_parsed.scope_path);
+    v_parsed.scope_path := cycles._require_scope_in_filter(v_principal.o_scope_filter, v_parsed.scope_path);
     IF p_request ? 'dry_run' AND jsonb_typeof(p_request -> 'dry_run') NOT IN ('boolean', 'null') THEN
         PERFORM cycles._fail('INVALID_REQUEST', 'dry_run must be a boolean');
     END IF;
@@ -6285,7 +6292,7 @@ BEGIN
         RETURN v_response;
     END IF;
 
-    PERFORM cycles._require_tenant_open(v_tenant, true);
+    v_tenant := cycles._require_tenant_open(v_tenant, true);
     -- Everything that does not depend on the budget rows comes before their
     -- locks: a shared budget's row is held from here to the commit.
     v_match := cycles._match_policy(v_tenant.tenant_id, v_parsed.scope_path);
@@ -6295,7 +6302,7 @@ BEGIN
                  v_tenant.default_reservation_ttl_ms),
         coalesce((v_match.reservation_ttl_override ->> 'max_ttl_ms')::bigint, v_tenant.max_reservation_ttl_ms));
     v_before := cycles._lock_budgets(v_parsed.affected_scopes, v_parsed.unit);
-    PERFORM cycles._require_reservable(v_before, v_parsed);
+    v_before := cycles._require_reservable(v_before, v_parsed);
     v_after := cycles._hold_reserved(v_before, v_parsed.estimate);
 
     -- Overage policy: the request's, else the matching policy's, else the
@@ -6374,7 +6381,7 @@ BEGIN
     v_principal := cycles._runtime_principal(p_api_key, 'reservations:create');
     v_tenant := v_principal.o_tenant;
     v_parsed := cycles._parse_reserve_request(p_request, v_tenant.tenant_id);
-    PERFORM cycles._require_scope_in_filter(v_principal.o_scope_filter, v_parsed.scope_path);
+    v_parsed.scope_path := cycles._require_scope_in_filter(v_principal.o_scope_filter, v_parsed.scope_path);
 
     v_hash := cycles._request_hash(p_request);
     v_response := cycles._idempotent_replay(v_tenant.tenant_id, 'decide', v_parsed.idempotency_key, v_hash, true);
@@ -6463,7 +6470,8 @@ BEGIN
 
     v_locked := cycles._lock_reservation(p_reservation_id, (v_principal.o_tenant).tenant_id);
     v_reservation := v_locked.o_reservation;
-    PERFORM cycles._require_scope_in_filter(v_principal.o_scope_filter, v_reservation.scope_path);
+    v_reservation.scope_path :=
+        cycles._require_scope_in_filter(v_principal.o_scope_filter, v_reservation.scope_path);
 
     v_hash := cycles._request_hash(p_request, p_reservation_id);
     v_response := cycles._idempotent_replay(v_reservation.tenant_id, 'commit:' || p_reservation_id, v_key,
@@ -6472,7 +6480,7 @@ BEGIN
         RETURN v_response;
     END IF;
 
-    PERFORM cycles._require_tenant_open(v_locked.o_tenant, false);
+    v_locked.o_tenant := cycles._require_tenant_open(v_locked.o_tenant, false);
     IF v_reservation.status <> 'ACTIVE' THEN
         PERFORM cycles._require_settleable(v_reservation, true);
     END IF;
@@ -6608,7 +6616,7 @@ BEGIN
 
     v_locked := cycles._lock_reservation(p_reservation_id, v_tenant_id);
     v_reservation := v_locked.o_reservation;
-    PERFORM cycles._require_scope_in_filter(v_filter, v_reservation.scope_path);
+    v_reservation.scope_path := cycles._require_scope_in_filter(v_filter, v_reservation.scope_path);
 
     v_hash := cycles._request_hash(p_request, p_reservation_id);
     v_response := cycles._idempotent_replay(v_reservation.tenant_id, 'release:' || p_reservation_id, v_key,
@@ -6619,7 +6627,7 @@ BEGIN
         RETURN v_response;
     END IF;
 
-    PERFORM cycles._require_tenant_open(v_locked.o_tenant, false);
+    v_locked.o_tenant := cycles._require_tenant_open(v_locked.o_tenant, false);
     PERFORM cycles._require_settleable(v_reservation, true);
 
     v_before := cycles._lock_budgets(v_reservation.budgeted_scopes, v_reservation.unit);
@@ -6696,7 +6704,8 @@ BEGIN
 
     v_locked := cycles._lock_reservation(p_reservation_id, (v_principal.o_tenant).tenant_id);
     v_reservation := v_locked.o_reservation;
-    PERFORM cycles._require_scope_in_filter(v_principal.o_scope_filter, v_reservation.scope_path);
+    v_reservation.scope_path :=
+        cycles._require_scope_in_filter(v_principal.o_scope_filter, v_reservation.scope_path);
 
     v_hash := cycles._request_hash(p_request, p_reservation_id);
     v_response := cycles._idempotent_replay(v_reservation.tenant_id, 'extend:' || p_reservation_id, v_key,
@@ -6705,7 +6714,7 @@ BEGIN
         RETURN v_response;
     END IF;
 
-    PERFORM cycles._require_tenant_open(v_locked.o_tenant, false);
+    v_locked.o_tenant := cycles._require_tenant_open(v_locked.o_tenant, false);
     PERFORM cycles._require_settleable(v_reservation, false);
     IF v_reservation.extension_count >= v_reservation.max_extensions THEN
         PERFORM cycles._fail('MAX_EXTENSIONS_EXCEEDED',
@@ -6803,7 +6812,8 @@ BEGIN
     PERFORM cycles._request_object(p_request, 'metadata');
     PERFORM cycles._json_int(p_request, 'client_time_ms', 0, 9223372036854775807, NULL);
     v_scopes := cycles._derive_scopes(p_request -> 'subject', v_tenant.tenant_id);
-    PERFORM cycles._require_scope_in_filter(v_principal.o_scope_filter, v_scopes.o_scope_path);
+    v_scopes.o_scope_path :=
+        cycles._require_scope_in_filter(v_principal.o_scope_filter, v_scopes.o_scope_path);
 
     v_hash := cycles._request_hash(p_request);
     v_response := cycles._idempotent_replay(v_tenant.tenant_id, 'event', v_key, v_hash, true);
@@ -6811,7 +6821,7 @@ BEGIN
         RETURN v_response;
     END IF;
 
-    PERFORM cycles._require_tenant_open(v_tenant, true);
+    v_tenant := cycles._require_tenant_open(v_tenant, true);
     v_before := cycles._lock_budgets(v_scopes.o_affected_scopes, v_amount.o_unit);
     IF v_before IS NULL THEN
         PERFORM cycles._fail_no_budget(v_scopes.o_affected_scopes, v_amount.o_unit, v_scopes.o_scope_path);
@@ -7612,7 +7622,8 @@ BEGIN
         CONTINUE WHEN v_unit IS NULL;
         BEGIN
             v_derived := cycles._derive_scopes(v_request -> 'subject', v_tenant_id);
-            PERFORM cycles._require_scope_in_filter(v_principal.o_scope_filter, v_derived.o_scope_path);
+            v_derived.o_scope_path :=
+                cycles._require_scope_in_filter(v_principal.o_scope_filter, v_derived.o_scope_path);
         EXCEPTION WHEN OTHERS THEN
             IF left(SQLSTATE, 2) <> 'CY' THEN
                 RAISE;
@@ -7761,7 +7772,8 @@ BEGIN
         v_request := p_requests[i];
         BEGIN
             v_parsed := cycles._parse_reserve_request(v_request, v_tenant.tenant_id);
-            PERFORM cycles._require_scope_in_filter(v_principal.o_scope_filter, v_parsed.scope_path);
+            v_parsed.scope_path :=
+                cycles._require_scope_in_filter(v_principal.o_scope_filter, v_parsed.scope_path);
             IF v_request ? 'dry_run' AND jsonb_typeof(v_request -> 'dry_run') NOT IN ('boolean', 'null') THEN
                 PERFORM cycles._fail('INVALID_REQUEST', 'dry_run must be a boolean');
             END IF;
@@ -7793,7 +7805,7 @@ BEGIN
             v_responses[v_at] := cycles._idempotent_replay(
                 v_tenant.tenant_id, 'reserve', v_parsed.idempotency_key, v_hashes[v_at], true);
             IF v_responses[v_at] IS NULL THEN
-                PERFORM cycles._require_tenant_open(v_tenant, true);
+                v_tenant := cycles._require_tenant_open(v_tenant, true);
                 v_match := cycles._match_policy(v_tenant.tenant_id, v_parsed.scope_path);
                 v_caps[v_at] := cycles._policy_caps(v_match);
                 v_ttls[v_at] := least(
@@ -7848,7 +7860,7 @@ BEGIN
             END IF;
         END LOOP;
         BEGIN
-            PERFORM cycles._require_reservable(v_before, v_parsed);
+            v_before := cycles._require_reservable(v_before, v_parsed);
         EXCEPTION WHEN OTHERS THEN
             IF left(SQLSTATE, 2) <> 'CY' THEN
                 RAISE;
