@@ -173,6 +173,10 @@ class Settings:
         "CYCLES_RESERVE_BATCHING", True,
         "Apply concurrent live reserves made with one API key together, one transaction per batch, each with"
         " its own outcome (docs/performance-profile.md); false: one transaction per reserve.")
+    settle_batching: bool = setting(
+        "CYCLES_SETTLE_BATCHING", True,
+        "Apply concurrent commits and releases made with one API key together, one transaction per batch, each"
+        " with its own outcome (docs/performance-profile.md); false: one transaction per commit or release.")
     metrics_enabled: bool = setting(
         "CYCLES_METRICS_ENABLED", True, "Serve GET /metrics (Prometheus) and record request metrics.")
     metrics_token: str | None = setting(

@@ -42,6 +42,7 @@ from app.logs import configure as configure_logs
 from app.maintenance import run_maintenance
 from app.observability.setup import install as install_observability
 from app.reserve_batcher import ReserveBatcher
+from app.settle_batcher import SettleBatcher
 from app.sweeper import run_sweeper
 from app.tracing import add_id_headers
 from app.webhooks.worker import run_worker, url_policy
@@ -58,6 +59,8 @@ def create_app(settings: Settings | None = None) -> Litestar:
     configure_logs(settings)
     database = Database.from_settings(settings)
     reserve_batcher = ReserveBatcher(database, reservations.RESERVE_SQL) if settings.reserve_batching else None
+    settle_batcher = SettleBatcher(database, reservations.COMMIT_SQL, reservations.RELEASE_SQL) \
+        if settings.settle_batching else None
 
     @contextlib.asynccontextmanager
     async def lifespan(_: Litestar) -> AsyncIterator[None]:
@@ -81,6 +84,8 @@ def create_app(settings: Settings | None = None) -> Litestar:
                     await task
             if reserve_batcher is not None:
                 await reserve_batcher.aclose()
+            if settle_batcher is not None:
+                await settle_batcher.aclose()
             await database.close()
 
     app = Litestar(
@@ -95,7 +100,8 @@ def create_app(settings: Settings | None = None) -> Litestar:
         lifespan=[lifespan],
         state=State({
             "db": database, "admin_api_key": settings.admin_api_key,
-            "webhook_url_policy": url_policy(settings), "reserve_batcher": reserve_batcher}),
+            "webhook_url_policy": url_policy(settings), "reserve_batcher": reserve_batcher,
+            "settle_batcher": settle_batcher}),
         exception_handlers=EXCEPTION_HANDLERS,
         before_send=[add_id_headers],
         request_max_body_size=MAX_REQUEST_BODY_BYTES,

@@ -11,6 +11,9 @@ Per process and per key: a reserve that finds none of its key in flight is
 sent at once, alone, with the plain cycles.reserve call (no added latency at
 low concurrency); the ones that arrive while a call is in flight wait, and
 are sent together as soon as it returns (at most MAX_BATCH at a time).
+
+The machinery (Batcher) is not specific to reserves: app.settle_batcher
+groups commits and releases with it.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -55,7 +59,7 @@ def item_refusal(sqlstate: str, message: str | None, detail: str | None) -> ApiE
     app.errors makes of the same SQLSTATE and DETAIL raised by a single call."""
     refused = refusal(sqlstate, message, detail)
     if refused is None:
-        logger.error("internal error: unknown SQLSTATE %s from cycles.reserve_batch: %s", sqlstate, message)
+        logger.error("internal error: unknown SQLSTATE %s from a batch: %s", sqlstate, message)
         return ApiError(500, "INTERNAL_ERROR", "internal server error")
     return refused
 
@@ -73,50 +77,56 @@ def _text(value: Any) -> str | None:
 
 @dataclass
 class _Item:
-    request: str
-    ctx: str
+    sql: str  # the single call, made with params and the key
+    params: dict[str, str]
     future: asyncio.Future[bytes]
 
 
 @dataclass
 class _Lane:
-    """The reserves of one key: how many calls are in flight, and who waits."""
+    """The calls of one key: how many are in flight, and who waits."""
 
     flights: int = 0
     waiting: deque[_Item] = field(default_factory=deque)
 
 
-class ReserveBatcher:
-    """Per-process batcher of live reserves, keyed by API key secret (a key
-    belongs to exactly one tenant). At most ``max_flights`` calls of one key
-    are in flight at a time; whatever arrives meanwhile waits for the next."""
+class Batcher:
+    """Per-process group commit of one kind of call, keyed by API key secret
+    (a key belongs to exactly one tenant). At most ``max_flights`` calls of
+    one key are in flight at a time; whatever arrives meanwhile waits for the
+    next. A batch is ``batch_sql`` with the key as %(key)s and, for each name
+    in ``fields``, the items' params of that name as an array %(<name>s)s; it
+    answers one row per item as cycles.reserve_batch does."""
 
-    def __init__(self, database: Database, reserve_sql: str, max_batch: int = MAX_BATCH,
-                 max_flights: int = MAX_FLIGHTS) -> None:
+    def __init__(self, database: Database, batch_sql: str, fields: Sequence[str], kind: str,
+                 max_batch: int = MAX_BATCH, max_flights: int = MAX_FLIGHTS) -> None:
         self._database = database
-        self._reserve_sql = reserve_sql
+        self._batch_sql = batch_sql
+        self._fields = tuple(fields)
+        self._kind = kind
         self._max_batch = max(1, min(max_batch, 64))
         self._max_flights = max(1, max_flights)
         self._lanes: dict[str, _Lane] = {}
         self._flights: set[asyncio.Task[None]] = set()
 
-    async def reserve(self, api_key: str, request: str, ctx: str) -> bytes:
-        """The response body of cycles.reserve for this request; a refusal or
-        failure raises what the single call would (ApiError for a refusal
-        decided inside a batch, psycopg.Error or PoolTimeout otherwise)."""
+    async def call(self, api_key: str, sql: str, params: dict[str, str]) -> bytes:
+        """The response body of the single call ``sql`` with these params and
+        the key; a refusal or failure raises what the single call would
+        (ApiError for a refusal decided inside a batch, psycopg.Error or
+        PoolTimeout otherwise)."""
         lane = self._lanes.get(api_key)
         if lane is None:
             lane = self._lanes[api_key] = _Lane()
         if lane.flights < self._max_flights and not lane.waiting:
             lane.flights += 1
             try:
-                return await self._single(api_key, request, ctx)
+                return await self._single(api_key, sql, params)
             finally:
                 # Also when this request was cancelled: the ones that queued
                 # behind it are sent by a task of their own.
                 lane.flights -= 1
                 self._take_off(api_key, lane)
-        item = _Item(request, ctx, asyncio.get_running_loop().create_future())
+        item = _Item(sql, params, asyncio.get_running_loop().create_future())
         lane.waiting.append(item)
         return await item.future
 
@@ -130,7 +140,7 @@ class ReserveBatcher:
                     batch.append(item)
             if batch:
                 lane.flights += 1
-                task = asyncio.create_task(self._fly(api_key, lane, batch), name="cycles-reserve-batch")
+                task = asyncio.create_task(self._fly(api_key, lane, batch), name=f"cycles-{self._kind}-batch")
                 self._flights.add(task)
                 task.add_done_callback(self._flights.discard)
         if lane.flights == 0 and not lane.waiting:
@@ -143,8 +153,8 @@ class ReserveBatcher:
             lane.flights -= 1
             self._take_off(api_key, lane)
 
-    async def _single(self, api_key: str, request: str, ctx: str) -> bytes:
-        return await self._database.fetch_json(self._reserve_sql, {"key": api_key, "request": request, "ctx": ctx})
+    async def _single(self, api_key: str, sql: str, params: dict[str, str]) -> bytes:
+        return await self._database.fetch_json(sql, {**params, "key": api_key})
 
     async def _send(self, api_key: str, batch: list[_Item]) -> None:
         """Resolves every item of the batch; never raises but for cancellation."""
@@ -158,8 +168,8 @@ class ReserveBatcher:
                 for item in batch:
                     _settle(item, exc=exc)
                 return
-            logger.warning("reserve batch of %d failed (%s: %s); making its requests one by one",
-                           len(batch), exc.sqlstate, exc)
+            logger.warning("%s batch of %d failed (%s: %s); making its requests one by one",
+                           self._kind, len(batch), exc.sqlstate, exc)
             await self._one_by_one(api_key, batch)
             return
         except asyncio.CancelledError:
@@ -182,7 +192,7 @@ class ReserveBatcher:
             if item.future.done():
                 continue
             try:
-                body = await self._single(api_key, item.request, item.ctx)
+                body = await self._single(api_key, item.sql, item.params)
             except asyncio.CancelledError:
                 item.future.cancel()
                 raise
@@ -192,19 +202,32 @@ class ReserveBatcher:
                 _settle(item, body=body)
 
     async def _fetch_batch(self, api_key: str, batch: list[_Item]) -> list[tuple[Any, ...]]:
-        params = {"key": api_key, "requests": [item.request for item in batch],
-                  "ctxs": [item.ctx for item in batch]}
+        params: dict[str, Any] = {f"{name}s": [item.params[name] for item in batch] for name in self._fields}
+        params["key"] = api_key
         async with self._database.pool.connection(timeout=self._database.pool_timeout_s) as conn:
-            cursor = await conn.execute(RESERVE_BATCH_SQL, params)
+            cursor = await conn.execute(self._batch_sql, params)
             rows: list[tuple[Any, ...]] = await cursor.fetchall()
         if [row[0] for row in rows] != list(range(1, len(batch) + 1)):
-            raise RuntimeError(f"cycles.reserve_batch answered {len(rows)} rows for {len(batch)} requests")
+            raise RuntimeError(f"the {self._kind} batch answered {len(rows)} rows for {len(batch)} requests")
         return rows
 
     async def aclose(self) -> None:
         """Lets batches in flight finish (their requests are being answered)."""
         while self._flights:
             await asyncio.gather(*self._flights, return_exceptions=True)
+
+
+class ReserveBatcher(Batcher):
+    """Per-process batcher of live reserves (cycles.reserve_batch)."""
+
+    def __init__(self, database: Database, reserve_sql: str, max_batch: int = MAX_BATCH,
+                 max_flights: int = MAX_FLIGHTS) -> None:
+        super().__init__(database, RESERVE_BATCH_SQL, ("request", "ctx"), "reserve", max_batch, max_flights)
+        self._reserve_sql = reserve_sql
+
+    async def reserve(self, api_key: str, request: str, ctx: str) -> bytes:
+        """The response body of cycles.reserve for this request (see Batcher.call)."""
+        return await self.call(api_key, self._reserve_sql, {"request": request, "ctx": ctx})
 
 
 def _settle(item: _Item, body: bytes | None = None, exc: BaseException | None = None) -> None:

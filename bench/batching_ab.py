@@ -9,6 +9,10 @@ connections, and one connection for latency. Each cell reports requests per
 second, latency, the CPU time the database and the measured server spent per
 request, and the ledger check of bench.run. Prints a table per round and the
 median and range of each figure; --json writes the raw results.
+
+``--switch settle`` compares settle batching (CYCLES_SETTLE_BATCHING) instead,
+reserve batching on in both servers, on the lifecycle cells (a reserve, then
+its commit) at 50 connections.
 """
 
 from __future__ import annotations
@@ -28,17 +32,24 @@ from app.demos.sandbox import Target, cycles_serve, throwaway_server
 from bench.run import HTTP_AGENTS, Stack, ledger_mismatches, provision, say, wrk
 
 # shape/connections[/mode]; AB_CELLS=shared/200,independent/50/lifecycle picks others.
-CELLS = tuple((parts[0], int(parts[1]), parts[2] if len(parts) > 2 else "reserve")
-              for parts in (cell.split("/") for cell in os.environ.get(
-                  "AB_CELLS", "shared/50,independent/50,shared/1").split(",")))
+DEFAULT_CELLS = {"reserve": "shared/50,independent/50,shared/1",
+                 "settle": "shared/50/lifecycle,independent/50/lifecycle"}
+# The setting each --switch turns off and on.
+SWITCHES = {"reserve": "CYCLES_RESERVE_BATCHING", "settle": "CYCLES_SETTLE_BATCHING"}
+
+
+def cells(switch: str) -> tuple[tuple[str, int, str], ...]:
+    return tuple((parts[0], int(parts[1]), parts[2] if len(parts) > 2 else "reserve")
+                 for parts in (cell.split("/") for cell in os.environ.get(
+                     "AB_CELLS", DEFAULT_CELLS[switch]).split(",")))
 
 
 @contextlib.contextmanager
-def extra_server(stack: Stack, batching: bool, workers: int) -> Iterator[Stack]:
+def extra_server(stack: Stack, batching: bool, workers: int, switch: str = "reserve") -> Iterator[Stack]:
     """`cycles serve` on the stack's database (no embedded cluster of its own)."""
     env = {**os.environ, "CYCLES_DATABASE_URL": stack.conninfo, "CYCLES_WORKERS": str(workers),
            "CYCLES_LOG_LEVEL": "warning", "CYCLES_ADMIN_API_KEY": stack.target.admin_key,
-           "CYCLES_RESERVE_BATCHING": "true" if batching else "false"}
+           "CYCLES_RESERVE_BATCHING": "true", SWITCHES[switch]: "true" if batching else "false"}
     with cycles_serve(env, stack.base_dir / f"server-{'on' if batching else 'off'}-{time.monotonic_ns()}.log") as (
             base_url, pid):
         yield Stack(Target(base_url, stack.target.admin_key, stack.target.data_dir, False, pid))
@@ -66,16 +77,19 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--switch", choices=sorted(SWITCHES), default="reserve",
+                        help="the batching compared: reserves (default) or commits and releases")
     args = parser.parse_args()
     results: dict[str, list[dict[str, Any]]] = {}
     with throwaway_server(workers=1) as target:
         stack = Stack(target)
         keys = provision(stack)
-        with extra_server(stack, False, args.workers) as off, extra_server(stack, True, args.workers) as on:
+        with extra_server(stack, False, args.workers, args.switch) as off, \
+                extra_server(stack, True, args.workers, args.switch) as on:
             variants = {"off": off, "on": on}
             for round_number in range(args.rounds):
                 order = ["off", "on"] if round_number % 2 == 0 else ["on", "off"]
-                for shape, connections, mode in CELLS:
+                for shape, connections, mode in cells(args.switch):
                     for variant in order:
                         say(f"round {round_number + 1}: {mode} {shape} x{connections} batching {variant}")
                         result = cell(variants[variant], keys, shape, connections, args.seconds, mode)

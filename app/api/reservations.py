@@ -25,6 +25,7 @@ from app.api.request_parsing import (
 )
 from app.api.sql_call import respond
 from app.reserve_batcher import ReserveBatcher
+from app.settle_batcher import SettleBatcher
 from app.wire import CommitRequest, ReleaseRequest, ReservationCreateRequest, ReservationExtendRequest
 
 RESERVE_SQL: Final = (
@@ -102,8 +103,14 @@ async def commit_reservation(request: Request[Any, Any, Any], reservation_id: Fr
     path_id = checked_reservation_id(reservation_id)
     parsed, body = decode_body(raw, _commit_decoder)
     check_idempotency_header(request, parsed.idempotency_key)
-    return await respond(request, COMMIT_SQL, {
-        "key": caller.api_key, "id": path_id, "request": body, "ctx": context_json(request, caller)})
+    ctx = context_json(request, caller)
+    # Commits and releases of one key are applied in batches when several
+    # are in flight at once (app.settle_batcher).
+    batcher: SettleBatcher | None = request.app.state.get("settle_batcher")
+    if batcher is None or caller.api_key is None:
+        return await respond(request, COMMIT_SQL, {"key": caller.api_key, "id": path_id, "request": body, "ctx": ctx})
+    content = await batcher.commit(caller.api_key, path_id, body, ctx)
+    return Response(content=content, status_code=200, media_type=MediaType.JSON)
 
 
 @post("/v1/reservations/{reservation_id:str}/release")
@@ -114,8 +121,14 @@ async def release_reservation(request: Request[Any, Any, Any], reservation_id: F
         path_id = checked_reservation_id(reservation_id)
         parsed, body = decode_body(raw, _release_decoder)
         check_idempotency_header(request, parsed.idempotency_key)
-        return await respond(request, RELEASE_SQL, {
-            "key": caller.api_key, "id": path_id, "request": body, "ctx": context_json(request, caller)})
+        ctx = context_json(request, caller)
+        # An admin's release on a tenant's behalf goes alone.
+        batcher: SettleBatcher | None = request.app.state.get("settle_batcher")
+        if batcher is None or caller.api_key is None:
+            return await respond(request, RELEASE_SQL, {
+                "key": caller.api_key, "id": path_id, "request": body, "ctx": ctx})
+        content = await batcher.release(caller.api_key, path_id, body, ctx)
+        return Response(content=content, status_code=200, media_type=MediaType.JSON)
 
 
 @post("/v1/reservations/{reservation_id:str}/extend")

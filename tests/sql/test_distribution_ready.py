@@ -225,6 +225,13 @@ def hot_path_calls(db: psycopg.Connection) -> Iterator[tuple[str, tuple[Any, ...
     yield "SELECT * FROM cycles.reserve_batch(%s, %s, %s)", (key, small, [Jsonb({})] * 3)
     mixed = [*small[:1], req(subject=subject, action=action, estimate={"unit": "TOKENS", "amount": 3}, dry_run=True)]
     yield "SELECT * FROM cycles.reserve_batch(%s, %s, %s)", (key, mixed, [Jsonb({})] * 2)
+    # Batched settlements: a commit and a release.
+    batched = db.execute("SELECT array_agg(reservation_id ORDER BY reservation_id) FROM cycles.reservations"
+                         " WHERE tenant_id = 'acme' AND status = 'ACTIVE'").fetchone()
+    assert batched is not None and len(batched[0]) >= 2
+    yield "SELECT * FROM cycles.settle_batch(%s, %s, %s, %s, %s)", (
+        key, ["commit", "release"], batched[0][:2], [req(actual={"unit": "TOKENS", "amount": 2}), req()],
+        [Jsonb({})] * 2)
 
 
 def test_hot_path_statements_all_name_the_tenant(
