@@ -159,6 +159,9 @@ COMMENT ON VIEW cycles_reporting.ledger IS
 -- p_tenant_id, p_unit, p_scope_prefix (a canonical scope: the budget's scope
 -- by budget, the operation's path by operation, equal to it or below it).
 -- Columns not grouped by are NULL. Rows in bucket, then dimension order.
+-- Whole summarised hours that lie inside one bucket are read from the hourly
+-- summaries, everything else from the ledger; the result is the same
+-- (sql/39_reporting_summaries.sql).
 -- Reads only. Errors: INVALID_REQUEST (bad range, bucket, time zone,
 -- dimension, unit or scope).
 CREATE FUNCTION cycles_reporting.spend(
@@ -184,10 +187,13 @@ DECLARE
     v_by_scope boolean;
     v_prefix   text := CASE WHEN p_scope_prefix IS NOT NULL THEN cycles._canonical_scope(p_scope_prefix) END;
     v_select   text := '';
-    v_keys     text := '';
     v_dim      text;
     v_bucket   text := cycles._report_bucket(p_bucket);
     v_bucket_sql text;
+    v_hour_bucket_sql text;
+    v_filter   text;
+    v_summarised tstzmultirange;
+    v_raw      tstzmultirange;
 BEGIN
     PERFORM cycles._report_range(p_from, p_to, p_time_zone);
     IF p_unit IS NOT NULL THEN
@@ -202,43 +208,58 @@ BEGIN
     END LOOP;
     v_by_scope := 'scope' = ANY (v_group);
     FOREACH v_dim IN ARRAY v_dims LOOP
-        IF v_dim = ANY (v_group) THEN
-            v_select := v_select || ', ' || cycles._report_dimension(v_dim);
-            v_keys := v_keys || ', ' || cycles._report_dimension(v_dim);
-        ELSE
-            v_select := v_select || ', NULL::text';
-        END IF;
+        v_select := v_select || ', ' || CASE WHEN v_dim = ANY (v_group) THEN cycles._report_dimension(v_dim)
+                                             ELSE 'NULL::text' END
+                    || ' AS d' || array_position(v_dims, v_dim);
     END LOOP;
     v_bucket_sql := CASE WHEN v_bucket = 'total' THEN '$1'
                          ELSE format('date_trunc(%L, l.created_at, $6)', v_bucket) END;
+    v_hour_bucket_sql := CASE WHEN v_bucket = 'total' THEN '$1'
+                              ELSE format('date_trunc(%L, l.hour_start, $6)', v_bucket) END;
+    v_filter := CASE WHEN v_by_scope THEN 'AND l.operation_lead IN (true, false)' ELSE 'AND l.operation_lead' END
+        || CASE WHEN v_prefix IS NULL THEN ''
+                WHEN v_by_scope THEN ' AND (l.scope = $5 OR left(l.scope, char_length($5) + 1) = $5 || ''/'')'
+                ELSE format(' AND (%1$s = $5 OR left(%1$s, char_length($5) + 1) = $5 || ''/'')',
+                            cycles._report_operation_path_sql())
+           END;
+    -- Whole hours inside one bucket come from the summaries, the rest of the
+    -- range from the ledger (sql/39_reporting_summaries.sql).
+    v_summarised := cycles._report_summarised_hours(p_from, p_to, v_bucket, p_time_zone);
+    v_raw := tstzmultirange(tstzrange(p_from, p_to)) - v_summarised;
 
     RETURN QUERY EXECUTE format($q$
-        SELECT %1$s AS bucket_start %2$s,
-               sum(CASE WHEN l.operation IN ('COMMIT', 'EVENT') THEN l.spent_delta ELSE 0 END),
-               sum(CASE WHEN l.operation IN ('COMMIT', 'EVENT') THEN l.debt_delta ELSE 0 END),
-               sum(CASE WHEN l.operation IN ('COMMIT', 'EVENT') THEN l.spent_delta + l.debt_delta ELSE 0 END),
-               sum(CASE WHEN l.operation = 'RESERVE' THEN l.reserved_delta ELSE 0 END),
-               sum(CASE WHEN l.operation = 'RELEASE' THEN -l.reserved_delta ELSE 0 END),
-               sum(CASE WHEN l.operation = 'EXPIRE' THEN -l.reserved_delta ELSE 0 END),
-               count(*) FILTER (WHERE l.operation IN ('COMMIT', 'EVENT'))
-        FROM cycles.ledger_entries AS l
-        WHERE l.created_at >= $1 AND l.created_at < $2
-          AND l.operation IN ('RESERVE', 'COMMIT', 'RELEASE', 'EXPIRE', 'EVENT')
-          AND ($3::text IS NULL OR l.tenant_id = $3)
-          AND ($4::text IS NULL OR l.unit = $4)
-          %3$s %4$s
-        GROUP BY 1 %5$s
-        ORDER BY 1 %5$s
+        WITH parts AS (
+            SELECT %1$s AS bucket_start %3$s,
+                   CASE WHEN l.operation IN ('COMMIT', 'EVENT') THEN l.spent_delta ELSE 0 END::numeric AS spent,
+                   CASE WHEN l.operation IN ('COMMIT', 'EVENT') THEN l.debt_delta ELSE 0 END::numeric AS debt,
+                   CASE WHEN l.operation = 'RESERVE' THEN l.reserved_delta ELSE 0 END::numeric AS reserved,
+                   CASE WHEN l.operation = 'RELEASE' THEN -l.reserved_delta ELSE 0 END::numeric AS released,
+                   CASE WHEN l.operation = 'EXPIRE' THEN -l.reserved_delta ELSE 0 END::numeric AS expired,
+                   CASE WHEN l.operation IN ('COMMIT', 'EVENT') THEN 1 ELSE 0 END::bigint AS charges
+            FROM unnest($7::tstzmultirange) AS r(span)
+            JOIN cycles.ledger_entries AS l ON l.created_at >= lower(r.span) AND l.created_at < upper(r.span)
+            WHERE l.operation IN ('RESERVE', 'COMMIT', 'RELEASE', 'EXPIRE', 'EVENT')
+              AND ($3::text IS NULL OR l.tenant_id = $3)
+              AND ($4::text IS NULL OR l.unit = $4)
+              %4$s
+            UNION ALL
+            SELECT %2$s %3$s, l.spent, l.debt, l.reserved, l.released, l.expired, l.charges
+            FROM cycles.report_spend_hours AS l
+            WHERE l.hour_start >= lower($8::tstzmultirange) AND l.hour_start < upper($8::tstzmultirange)
+              AND l.hour_start <@ $8::tstzmultirange
+              AND ($3::text IS NULL OR l.tenant_id = $3)
+              AND ($4::text IS NULL OR l.unit = $4)
+              %4$s
+        )
+        SELECT p.bucket_start, p.d1, p.d2, p.d3, p.d4, p.d5, p.d6, p.d7, p.d8, p.d9, p.d10,
+               sum(p.spent), sum(p.debt), sum(p.spent + p.debt), sum(p.reserved), sum(p.released),
+               sum(p.expired), sum(p.charges)::bigint
+        FROM parts AS p
+        GROUP BY 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11
+        ORDER BY 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11
     $q$,
-        v_bucket_sql, v_select,
-        CASE WHEN v_by_scope THEN 'AND l.operation_lead IN (true, false)' ELSE 'AND l.operation_lead' END,
-        CASE WHEN v_prefix IS NULL THEN ''
-             WHEN v_by_scope THEN 'AND (l.scope = $5 OR left(l.scope, char_length($5) + 1) = $5 || ''/'')'
-             ELSE format('AND (%1$s = $5 OR left(%1$s, char_length($5) + 1) = $5 || ''/'')',
-                         cycles._report_operation_path_sql())
-        END,
-        v_keys)
-    USING p_from, p_to, p_tenant_id, p_unit, v_prefix, p_time_zone;
+        v_bucket_sql, v_hour_bucket_sql, v_select, v_filter)
+    USING p_from, p_to, p_tenant_id, p_unit, v_prefix, p_time_zone, v_raw, v_summarised;
 END;
 $$;
 
@@ -249,7 +270,8 @@ $$;
 -- counted once per operation. Keys are per tenant (agent "bot" of two
 -- tenants is two spenders); operations without that level are left out of
 -- the ranking but not of the unit's total, so share is of all charged in the
--- unit. Ties rank by key. Reads only.
+-- unit. Ties rank by key. Whole summarised hours are read from the hourly
+-- summaries, the rest from the ledger. Reads only.
 -- Errors: INVALID_REQUEST (bad range, dimension, limit outside 1..1000, unit).
 CREATE FUNCTION cycles_reporting.top_spenders(
     p_from      timestamptz,
@@ -264,7 +286,9 @@ RETURNS TABLE (unit text, rank bigint, tenant_id text, key text, charged numeric
 LANGUAGE plpgsql STABLE
 AS $$
 DECLARE
-    v_column text := cycles._report_dimension(p_dimension);
+    v_column     text := cycles._report_dimension(p_dimension);
+    v_summarised tstzmultirange;
+    v_raw        tstzmultirange;
 BEGIN
     PERFORM cycles._report_range(p_from, p_to, 'UTC');
     IF v_column IS NULL OR p_dimension = 'unit' THEN
@@ -278,12 +302,25 @@ BEGIN
     IF p_unit IS NOT NULL THEN
         PERFORM cycles._require_unit(p_unit);
     END IF;
+    -- Whole hours from the summaries, the rest from the ledger
+    -- (sql/39_reporting_summaries.sql).
+    v_summarised := cycles._report_summarised_hours(p_from, p_to, 'total', 'UTC');
+    v_raw := tstzmultirange(tstzrange(p_from, p_to)) - v_summarised;
     RETURN QUERY EXECUTE format($q$
         WITH charged AS (
-            SELECT l.unit, l.tenant_id, %1$s AS key, l.spent_delta + l.debt_delta AS amount
-            FROM cycles.ledger_entries AS l
-            WHERE l.created_at >= $1 AND l.created_at < $2
-              AND l.operation IN ('COMMIT', 'EVENT') %2$s
+            SELECT l.unit, l.tenant_id, %1$s AS key, (l.spent_delta + l.debt_delta)::numeric AS amount,
+                   1::bigint AS charges
+            FROM unnest($6::tstzmultirange) AS r(span)
+            JOIN cycles.ledger_entries AS l ON l.created_at >= lower(r.span) AND l.created_at < upper(r.span)
+            WHERE l.operation IN ('COMMIT', 'EVENT') %2$s
+              AND ($3::text IS NULL OR l.tenant_id = $3)
+              AND ($4::text IS NULL OR l.unit = $4)
+            UNION ALL
+            -- Groups with no COMMIT or EVENT row (holds only) are not spenders.
+            SELECT l.unit, l.tenant_id, %1$s, l.spent + l.debt, l.charges
+            FROM cycles.report_spend_hours AS l
+            WHERE l.hour_start >= lower($7::tstzmultirange) AND l.hour_start < upper($7::tstzmultirange)
+              AND l.hour_start <@ $7::tstzmultirange AND l.charges > 0 %2$s
               AND ($3::text IS NULL OR l.tenant_id = $3)
               AND ($4::text IS NULL OR l.unit = $4)
         ),
@@ -291,7 +328,7 @@ BEGIN
             SELECT c.unit, sum(c.amount) AS total FROM charged AS c GROUP BY c.unit
         ),
         ranked AS (
-            SELECT c.unit, c.tenant_id, c.key, sum(c.amount) AS charged, count(*) AS charges,
+            SELECT c.unit, c.tenant_id, c.key, sum(c.amount) AS charged, sum(c.charges)::bigint AS charges,
                    row_number() OVER (PARTITION BY c.unit ORDER BY sum(c.amount) DESC, c.tenant_id, c.key) AS rank
             FROM charged AS c
             WHERE c.key IS NOT NULL
@@ -305,7 +342,7 @@ BEGIN
         ORDER BY r.unit, r.rank
     $q$, v_column, CASE WHEN p_dimension = 'scope' THEN 'AND l.operation_lead IN (true, false)'
                         ELSE 'AND l.operation_lead' END)
-    USING p_from, p_to, p_tenant_id, p_unit, p_limit;
+    USING p_from, p_to, p_tenant_id, p_unit, p_limit, v_raw, v_summarised;
 END;
 $$;
 
