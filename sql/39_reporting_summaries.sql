@@ -45,6 +45,12 @@ CREATE TABLE cycles.report_spend_hours (
     subject_workflow  text,
     subject_agent     text,
     subject_toolset   text,
+    -- The operation's own scope path (what prefix filters by operation
+    -- match), in byte order so that a prefix is an index range.
+    operation_path    text        COLLATE "C" NOT NULL GENERATED ALWAYS AS (
+        'tenant:' || tenant_id || coalesce('/workspace:' || subject_workspace, '')
+        || coalesce('/app:' || subject_app, '') || coalesce('/workflow:' || subject_workflow, '')
+        || coalesce('/agent:' || subject_agent, '') || coalesce('/toolset:' || subject_toolset, '')) STORED,
     spent             numeric     NOT NULL,
     debt              numeric     NOT NULL,
     reserved          numeric     NOT NULL,
@@ -65,6 +71,13 @@ CREATE TABLE cycles.report_spend_hours (
 
 -- Reports across tenants, and pruning, read by hour.
 CREATE INDEX report_spend_hours_time_idx ON cycles.report_spend_hours (hour_start);
+-- Reports under a scope prefix: by operation (the operation's path), by
+-- budget (the budget's scope); both in byte order, so "equal to the prefix
+-- or below it" is one equality and one range.
+CREATE INDEX report_spend_hours_path_idx
+    ON cycles.report_spend_hours (tenant_id, operation_lead, operation_path, hour_start);
+CREATE INDEX report_spend_hours_scope_idx
+    ON cycles.report_spend_hours (tenant_id, (scope COLLATE "C"), hour_start);
 
 -- Which hours the summaries hold: one row, name 'spend'.
 CREATE TABLE cycles.report_summary_state (
@@ -233,5 +246,36 @@ BEGIN
     WHERE date_trunc(p_bucket, h.h, p_time_zone)
           = date_trunc(p_bucket, h.h + interval '1 hour' - interval '1 microsecond', p_time_zone);
     RETURN v_hours;
+END;
+$$;
+
+-- cycles._report_ranges_sql: the condition "p_column in one of p_ranges"
+-- as SQL text with the bounds written out, so that the planner sees each
+-- range (reads each through an index, estimates rows right); 'false' for
+-- no range; NULL for more than 64 ranges (the caller then reads the whole
+-- range from the ledger). Bounds are ISO 8601 in UTC, whatever the session's
+-- DateStyle. Errors: none.
+CREATE FUNCTION cycles._report_ranges_sql(p_ranges tstzmultirange, p_column text) RETURNS text
+LANGUAGE plpgsql STABLE
+AS $$
+DECLARE
+    v_parts text[];
+BEGIN
+    SELECT array_agg(format('(%1$s >= %2$L::timestamptz AND %1$s < %3$L::timestamptz)', p_column,
+                            CASE WHEN isfinite(lower(r.r)) THEN
+                                     to_char(lower(r.r) AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z" AD')
+                                 ELSE lower(r.r)::text END,
+                            CASE WHEN isfinite(upper(r.r)) THEN
+                                     to_char(upper(r.r) AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z" AD')
+                                 ELSE upper(r.r)::text END)
+                     ORDER BY lower(r.r))
+    INTO v_parts
+    FROM unnest(p_ranges) AS r(r);
+    IF v_parts IS NULL THEN
+        RETURN 'false';
+    ELSIF cardinality(v_parts) > 64 THEN
+        RETURN NULL;
+    END IF;
+    RETURN '(' || array_to_string(v_parts, ' OR ') || ')';
 END;
 $$;

@@ -9418,6 +9418,12 @@ CREATE TABLE cycles.report_spend_hours (
     subject_workflow  text,
     subject_agent     text,
     subject_toolset   text,
+    -- The operation's own scope path (what prefix filters by operation
+    -- match), in byte order so that a prefix is an index range.
+    operation_path    text        COLLATE "C" NOT NULL GENERATED ALWAYS AS (
+        'tenant:' || tenant_id || coalesce('/workspace:' || subject_workspace, '')
+        || coalesce('/app:' || subject_app, '') || coalesce('/workflow:' || subject_workflow, '')
+        || coalesce('/agent:' || subject_agent, '') || coalesce('/toolset:' || subject_toolset, '')) STORED,
     spent             numeric     NOT NULL,
     debt              numeric     NOT NULL,
     reserved          numeric     NOT NULL,
@@ -9438,6 +9444,13 @@ CREATE TABLE cycles.report_spend_hours (
 
 -- Reports across tenants, and pruning, read by hour.
 CREATE INDEX report_spend_hours_time_idx ON cycles.report_spend_hours (hour_start);
+-- Reports under a scope prefix: by operation (the operation's path), by
+-- budget (the budget's scope); both in byte order, so "equal to the prefix
+-- or below it" is one equality and one range.
+CREATE INDEX report_spend_hours_path_idx
+    ON cycles.report_spend_hours (tenant_id, operation_lead, operation_path, hour_start);
+CREATE INDEX report_spend_hours_scope_idx
+    ON cycles.report_spend_hours (tenant_id, (scope COLLATE "C"), hour_start);
 
 -- Which hours the summaries hold: one row, name 'spend'.
 CREATE TABLE cycles.report_summary_state (
@@ -9606,6 +9619,37 @@ BEGIN
     WHERE date_trunc(p_bucket, h.h, p_time_zone)
           = date_trunc(p_bucket, h.h + interval '1 hour' - interval '1 microsecond', p_time_zone);
     RETURN v_hours;
+END;
+$$;
+
+-- cycles._report_ranges_sql: the condition "p_column in one of p_ranges"
+-- as SQL text with the bounds written out, so that the planner sees each
+-- range (reads each through an index, estimates rows right); 'false' for
+-- no range; NULL for more than 64 ranges (the caller then reads the whole
+-- range from the ledger). Bounds are ISO 8601 in UTC, whatever the session's
+-- DateStyle. Errors: none.
+CREATE FUNCTION cycles._report_ranges_sql(p_ranges tstzmultirange, p_column text) RETURNS text
+LANGUAGE plpgsql STABLE
+AS $$
+DECLARE
+    v_parts text[];
+BEGIN
+    SELECT array_agg(format('(%1$s >= %2$L::timestamptz AND %1$s < %3$L::timestamptz)', p_column,
+                            CASE WHEN isfinite(lower(r.r)) THEN
+                                     to_char(lower(r.r) AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z" AD')
+                                 ELSE lower(r.r)::text END,
+                            CASE WHEN isfinite(upper(r.r)) THEN
+                                     to_char(upper(r.r) AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z" AD')
+                                 ELSE upper(r.r)::text END)
+                     ORDER BY lower(r.r))
+    INTO v_parts
+    FROM unnest(p_ranges) AS r(r);
+    IF v_parts IS NULL THEN
+        RETURN 'false';
+    ELSIF cardinality(v_parts) > 64 THEN
+        RETURN NULL;
+    END IF;
+    RETURN '(' || array_to_string(v_parts, ' OR ') || ')';
 END;
 $$;
 
@@ -9800,13 +9844,18 @@ DECLARE
     v_by_scope boolean;
     v_prefix   text := CASE WHEN p_scope_prefix IS NOT NULL THEN cycles._canonical_scope(p_scope_prefix) END;
     v_select   text := '';
+    v_keys     text := '';
+    v_outer    text := '';
     v_dim      text;
     v_bucket   text := cycles._report_bucket(p_bucket);
     v_bucket_sql text;
     v_hour_bucket_sql text;
+    v_lead     text;
     v_filter   text;
+    v_summary_filter text;
     v_summarised tstzmultirange;
-    v_raw      tstzmultirange;
+    v_raw      text;
+    v_summary  text;
 BEGIN
     PERFORM cycles._report_range(p_from, p_to, p_time_zone);
     IF p_unit IS NOT NULL THEN
@@ -9820,25 +9869,47 @@ BEGIN
         END IF;
     END LOOP;
     v_by_scope := 'scope' = ANY (v_group);
+    -- Only the grouped dimensions are carried, grouped and sorted (NULL
+    -- columns in the sort key cost as much as real ones); the others are
+    -- added as NULL after the sort.
     FOREACH v_dim IN ARRAY v_dims LOOP
-        v_select := v_select || ', ' || CASE WHEN v_dim = ANY (v_group) THEN cycles._report_dimension(v_dim)
-                                             ELSE 'NULL::text' END
-                    || ' AS d' || array_position(v_dims, v_dim);
+        IF v_dim = ANY (v_group) THEN
+            v_select := v_select || format(', %s AS d%s', cycles._report_dimension(v_dim),
+                                           array_position(v_dims, v_dim));
+            v_keys := v_keys || format(', x.d%s', array_position(v_dims, v_dim));
+            v_outer := v_outer || format(', x.d%s', array_position(v_dims, v_dim));
+        ELSE
+            v_outer := v_outer || ', NULL::text';
+        END IF;
     END LOOP;
     v_bucket_sql := CASE WHEN v_bucket = 'total' THEN '$1'
                          ELSE format('date_trunc(%L, l.created_at, $6)', v_bucket) END;
     v_hour_bucket_sql := CASE WHEN v_bucket = 'total' THEN '$1'
                               ELSE format('date_trunc(%L, l.hour_start, $6)', v_bucket) END;
-    v_filter := CASE WHEN v_by_scope THEN 'AND l.operation_lead IN (true, false)' ELSE 'AND l.operation_lead' END
+    v_lead := CASE WHEN v_by_scope THEN 'AND l.operation_lead IN (true, false)' ELSE 'AND l.operation_lead' END;
+    v_filter := v_lead
         || CASE WHEN v_prefix IS NULL THEN ''
                 WHEN v_by_scope THEN ' AND (l.scope = $5 OR left(l.scope, char_length($5) + 1) = $5 || ''/'')'
                 ELSE format(' AND (%1$s = $5 OR left(%1$s, char_length($5) + 1) = $5 || ''/'')',
                             cycles._report_operation_path_sql())
            END;
+    -- The same prefix on the summaries, as index ranges in byte order ('0'
+    -- follows '/').
+    v_summary_filter := v_lead
+        || CASE WHEN v_prefix IS NULL THEN ''
+                ELSE format(' AND (%1$s = $5 OR (%1$s >= $5 || ''/'' AND %1$s < $5 || ''0''))',
+                            CASE WHEN v_by_scope THEN '(l.scope COLLATE "C")' ELSE 'l.operation_path' END)
+           END;
     -- Whole hours inside one bucket come from the summaries, the rest of the
     -- range from the ledger (sql/39_reporting_summaries.sql).
     v_summarised := cycles._report_summarised_hours(p_from, p_to, v_bucket, p_time_zone);
-    v_raw := tstzmultirange(tstzrange(p_from, p_to)) - v_summarised;
+    v_raw := cycles._report_ranges_sql(tstzmultirange(tstzrange(p_from, p_to)) - v_summarised, 'l.created_at');
+    v_summary := cycles._report_ranges_sql(v_summarised, 'l.hour_start');
+    IF v_raw IS NULL THEN
+        -- Too many pieces (half-hour zones over a long range): all from the ledger.
+        v_summary := 'false';
+        v_raw := '(l.created_at >= $1 AND l.created_at < $2)';
+    END IF;
 
     RETURN QUERY EXECUTE format($q$
         WITH parts AS (
@@ -9849,30 +9920,32 @@ BEGIN
                    CASE WHEN l.operation = 'RELEASE' THEN -l.reserved_delta ELSE 0 END::numeric AS released,
                    CASE WHEN l.operation = 'EXPIRE' THEN -l.reserved_delta ELSE 0 END::numeric AS expired,
                    CASE WHEN l.operation IN ('COMMIT', 'EVENT') THEN 1 ELSE 0 END::bigint AS charges
-            FROM unnest($7::tstzmultirange) AS r(span)
-            JOIN cycles.ledger_entries AS l ON l.created_at >= lower(r.span) AND l.created_at < upper(r.span)
-            WHERE l.operation IN ('RESERVE', 'COMMIT', 'RELEASE', 'EXPIRE', 'EVENT')
+            FROM cycles.ledger_entries AS l
+            WHERE %5$s
+              AND l.operation IN ('RESERVE', 'COMMIT', 'RELEASE', 'EXPIRE', 'EVENT')
               AND ($3::text IS NULL OR l.tenant_id = $3)
               AND ($4::text IS NULL OR l.unit = $4)
               %4$s
             UNION ALL
             SELECT %2$s %3$s, l.spent, l.debt, l.reserved, l.released, l.expired, l.charges
             FROM cycles.report_spend_hours AS l
-            WHERE l.hour_start >= lower($8::tstzmultirange) AND l.hour_start < upper($8::tstzmultirange)
-              AND l.hour_start <@ $8::tstzmultirange
+            WHERE %7$s
               AND ($3::text IS NULL OR l.tenant_id = $3)
               AND ($4::text IS NULL OR l.unit = $4)
-              %4$s
+              %6$s
         )
-        SELECT p.bucket_start, p.d1, p.d2, p.d3, p.d4, p.d5, p.d6, p.d7, p.d8, p.d9, p.d10,
-               sum(p.spent), sum(p.debt), sum(p.spent + p.debt), sum(p.reserved), sum(p.released),
-               sum(p.expired), sum(p.charges)::bigint
-        FROM parts AS p
-        GROUP BY 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11
-        ORDER BY 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11
+        SELECT x.bucket_start %8$s, x.spent, x.debt, x.charged, x.reserved, x.released, x.expired, x.charges
+        FROM (SELECT p.bucket_start %9$s, sum(p.spent) AS spent, sum(p.debt) AS debt,
+                     sum(p.spent + p.debt) AS charged, sum(p.reserved) AS reserved, sum(p.released) AS released,
+                     sum(p.expired) AS expired, sum(p.charges)::bigint AS charges
+              FROM parts AS p
+              GROUP BY p.bucket_start %9$s
+              ORDER BY p.bucket_start %9$s) AS x
+        ORDER BY x.bucket_start %10$s
     $q$,
-        v_bucket_sql, v_hour_bucket_sql, v_select, v_filter)
-    USING p_from, p_to, p_tenant_id, p_unit, v_prefix, p_time_zone, v_raw, v_summarised;
+        v_bucket_sql, v_hour_bucket_sql, v_select, v_filter, v_raw, v_summary_filter, v_summary,
+        v_outer, replace(v_keys, 'x.', 'p.'), v_keys)
+    USING p_from, p_to, p_tenant_id, p_unit, v_prefix, p_time_zone;
 END;
 $$;
 
@@ -9901,7 +9974,8 @@ AS $$
 DECLARE
     v_column     text := cycles._report_dimension(p_dimension);
     v_summarised tstzmultirange;
-    v_raw        tstzmultirange;
+    v_raw        text;
+    v_summary    text;
 BEGIN
     PERFORM cycles._report_range(p_from, p_to, 'UTC');
     IF v_column IS NULL OR p_dimension = 'unit' THEN
@@ -9918,22 +9992,21 @@ BEGIN
     -- Whole hours from the summaries, the rest from the ledger
     -- (sql/39_reporting_summaries.sql).
     v_summarised := cycles._report_summarised_hours(p_from, p_to, 'total', 'UTC');
-    v_raw := tstzmultirange(tstzrange(p_from, p_to)) - v_summarised;
+    v_raw := cycles._report_ranges_sql(tstzmultirange(tstzrange(p_from, p_to)) - v_summarised, 'l.created_at');
+    v_summary := cycles._report_ranges_sql(v_summarised, 'l.hour_start');
     RETURN QUERY EXECUTE format($q$
         WITH charged AS (
             SELECT l.unit, l.tenant_id, %1$s AS key, (l.spent_delta + l.debt_delta)::numeric AS amount,
                    1::bigint AS charges
-            FROM unnest($6::tstzmultirange) AS r(span)
-            JOIN cycles.ledger_entries AS l ON l.created_at >= lower(r.span) AND l.created_at < upper(r.span)
-            WHERE l.operation IN ('COMMIT', 'EVENT') %2$s
+            FROM cycles.ledger_entries AS l
+            WHERE %3$s AND l.operation IN ('COMMIT', 'EVENT') %2$s
               AND ($3::text IS NULL OR l.tenant_id = $3)
               AND ($4::text IS NULL OR l.unit = $4)
             UNION ALL
             -- Groups with no COMMIT or EVENT row (holds only) are not spenders.
             SELECT l.unit, l.tenant_id, %1$s, l.spent + l.debt, l.charges
             FROM cycles.report_spend_hours AS l
-            WHERE l.hour_start >= lower($7::tstzmultirange) AND l.hour_start < upper($7::tstzmultirange)
-              AND l.hour_start <@ $7::tstzmultirange AND l.charges > 0 %2$s
+            WHERE %4$s AND l.charges > 0 %2$s
               AND ($3::text IS NULL OR l.tenant_id = $3)
               AND ($4::text IS NULL OR l.unit = $4)
         ),
@@ -9954,8 +10027,8 @@ BEGIN
         WHERE r.rank <= $5
         ORDER BY r.unit, r.rank
     $q$, v_column, CASE WHEN p_dimension = 'scope' THEN 'AND l.operation_lead IN (true, false)'
-                        ELSE 'AND l.operation_lead' END)
-    USING p_from, p_to, p_tenant_id, p_unit, p_limit, v_raw, v_summarised;
+                        ELSE 'AND l.operation_lead' END, v_raw, v_summary)
+    USING p_from, p_to, p_tenant_id, p_unit, p_limit;
 END;
 $$;
 
