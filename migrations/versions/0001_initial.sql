@@ -9856,6 +9856,7 @@ DECLARE
     v_summarised tstzmultirange;
     v_raw      text;
     v_summary  text;
+    v_presort  boolean := false;
 BEGIN
     PERFORM cycles._report_range(p_from, p_to, p_time_zone);
     IF p_unit IS NOT NULL THEN
@@ -9909,6 +9910,15 @@ BEGIN
         -- Too many pieces (half-hour zones over a long range): all from the ledger.
         v_summary := 'false';
         v_raw := '(l.created_at >= $1 AND l.created_at < $2)';
+    ELSE
+        -- The ledger rows to add are few when at most two hours of the
+        -- range after the summaries' start are not summarised (before it,
+        -- the ledger had no rows when the summaries began).
+        SELECT NOT isempty(v_summarised)
+               AND coalesce(sum(upper(r.r) - lower(r.r)), interval '0') <= interval '2 hours'
+        INTO v_presort
+        FROM unnest(tstzmultirange(tstzrange(p_from, p_to)) - v_summarised
+                    - tstzmultirange(tstzrange(NULL, lower(v_summarised)))) AS r(r);
     END IF;
 
     RETURN QUERY EXECUTE format($q$
@@ -9934,17 +9944,21 @@ BEGIN
               AND ($4::text IS NULL OR l.unit = $4)
               %6$s
         )
-        SELECT x.bucket_start %8$s, x.spent, x.debt, x.charged, x.reserved, x.released, x.expired, x.charges
+        SELECT x.bucket_start %8$s, x.spent, x.debt, x.spent + x.debt, x.reserved, x.released, x.expired, x.charges
         FROM (SELECT p.bucket_start %9$s, sum(p.spent) AS spent, sum(p.debt) AS debt,
-                     sum(p.spent + p.debt) AS charged, sum(p.reserved) AS reserved, sum(p.released) AS released,
+                     sum(p.reserved) AS reserved, sum(p.released) AS released,
                      sum(p.expired) AS expired, sum(p.charges)::bigint AS charges
-              FROM parts AS p
+              FROM %11$s
               GROUP BY p.bucket_start %9$s
               ORDER BY p.bucket_start %9$s) AS x
         ORDER BY x.bucket_start %10$s
     $q$,
         v_bucket_sql, v_hour_bucket_sql, v_select, v_filter, v_raw, v_summary_filter, v_summary,
-        v_outer, replace(v_keys, 'x.', 'p.'), v_keys)
+        v_outer, replace(v_keys, 'x.', 'p.'), v_keys,
+        -- Mostly summary rows (about one per group): sorting them and adding
+        -- up each run costs less than hashing every group and then sorting.
+        CASE WHEN v_presort THEN format('(SELECT * FROM parts ORDER BY 1 %s) AS p', replace(v_keys, 'x.', ''))
+             ELSE 'parts AS p' END)
     USING p_from, p_to, p_tenant_id, p_unit, v_prefix, p_time_zone;
 END;
 $$;
@@ -10013,19 +10027,23 @@ BEGIN
         totals AS (
             SELECT c.unit, sum(c.amount) AS total FROM charged AS c GROUP BY c.unit
         ),
-        ranked AS (
-            SELECT c.unit, c.tenant_id, c.key, sum(c.amount) AS charged, sum(c.charges)::bigint AS charges,
-                   row_number() OVER (PARTITION BY c.unit ORDER BY sum(c.amount) DESC, c.tenant_id, c.key) AS rank
+        spenders AS (
+            SELECT c.unit, c.tenant_id, c.key, sum(c.amount) AS charged, sum(c.charges)::bigint AS charges
             FROM charged AS c
             WHERE c.key IS NOT NULL
             GROUP BY c.unit, c.tenant_id, c.key
         )
-        SELECT r.unit, r.rank, r.tenant_id, r.key, r.charged, r.charges,
+        -- Per unit, the p_limit largest (a bounded sort, not a sort of every spender).
+        SELECT t.unit, r.rank, r.tenant_id, r.key, r.charged, r.charges,
                CASE WHEN t.total <> 0 THEN round(r.charged / t.total, 6) END
-        FROM ranked AS r
-        JOIN totals AS t ON t.unit = r.unit
-        WHERE r.rank <= $5
-        ORDER BY r.unit, r.rank
+        FROM totals AS t
+        CROSS JOIN LATERAL (
+            SELECT s.tenant_id, s.key, s.charged, s.charges,
+                   row_number() OVER (ORDER BY s.charged DESC, s.tenant_id, s.key) AS rank
+            FROM (SELECT s.* FROM spenders AS s WHERE s.unit = t.unit
+                  ORDER BY s.charged DESC, s.tenant_id, s.key LIMIT $5) AS s
+        ) AS r
+        ORDER BY t.unit, r.rank
     $q$, v_column, CASE WHEN p_dimension = 'scope' THEN 'AND l.operation_lead IN (true, false)'
                         ELSE 'AND l.operation_lead' END, v_raw, v_summary)
     USING p_from, p_to, p_tenant_id, p_unit, p_limit;
