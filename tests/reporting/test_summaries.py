@@ -7,6 +7,7 @@ summary rows on one side of that point and ledger rows on the other."""
 
 from __future__ import annotations
 
+import asyncio
 import random
 from collections import defaultdict
 from collections.abc import Iterator
@@ -17,6 +18,10 @@ import psycopg
 import pytest
 from psycopg.rows import dict_row
 
+from app.config import Settings
+from app.db import Database, Timeouts
+from app.maintenance import jobs, run_job
+from app.pgcluster import Cluster
 from tests.reporting.workload import (
     DIMENSION_COLUMNS,
     RUNTIME_OPERATIONS,
@@ -26,6 +31,7 @@ from tests.reporting.workload import (
     Ledger,
     truncate,
 )
+from tests.sql.admin_calls import fails
 
 MEASURES = ("spent", "debt", "charged", "reserved", "released", "expired", "charges")
 HOUR = timedelta(hours=1)
@@ -224,3 +230,32 @@ def test_the_maintenance_job_summarises_and_prunes(db: psycopg.Connection) -> No
                state["summarised_from"])[0]["n"]
     assert old == 0
     assert spend(db, *everything, "month", ["tenant"]) == ledger.spend(*everything, "month", ["tenant"])
+
+
+def test_the_server_runs_both_jobs(db: psycopg.Connection, pg_cluster: Cluster) -> None:
+    from tests.reporting import workload
+
+    workload.run(db, seed=13, operations_per_tenant=5)
+    settings = Settings(database_url=pg_cluster.conninfo(db.info.dbname), report_summary_retention_days=36500)
+    by_name = {j.name: j for j in jobs(settings)}
+
+    async def run_both() -> list[dict[str, Any] | None]:
+        assert settings.database_url is not None
+        database = Database(settings.database_url, 1, 2, Timeouts(0, 0), pool_timeout_s=5)
+        await database.open()
+        try:
+            return [await run_job(database, by_name[name], 3_600_000, "runner")
+                    for name in ("summarise_report_spend", "prune_report_summaries")]
+        finally:
+            await database.close()
+
+    summarised, pruned = asyncio.run(run_both())
+    assert summarised is not None and summarised["batches"] >= 1
+    assert pruned == {"deleted": 0, "batches": 1}
+    state = rows(db, "SELECT * FROM cycles.report_summary_state")[0]
+    assert state["summarised_to"] == rows(
+        db, "SELECT date_trunc('hour', clock_timestamp() - interval '2 minutes', 'UTC') AS t")[0]["t"]
+    assert rows(db, "SELECT count(*) AS n FROM cycles.report_spend_hours")[0]["n"] > 0
+    fails(db, "INVALID_REQUEST", "SELECT cycles.summarise_report_spend(p_budget_ms => 0)")
+    fails(db, "INVALID_REQUEST", "SELECT cycles.prune_report_summaries(p_retention_days => 0)")
+    fails(db, "INVALID_REQUEST", "SELECT cycles.prune_report_summaries(p_batch_size => 0)")
