@@ -159,6 +159,10 @@ class Settings:
     maintenance_batch_size: int = setting(
         "CYCLES_MAINTENANCE_BATCH_SIZE", 1000, "Rows deleted per maintenance batch (each its own transaction).",
         minimum=1, maximum=100_000)
+    report_summary_retention_days: int = setting(
+        "CYCLES_REPORT_SUMMARY_RETENTION_DAYS", 400,
+        "Days the spend reports' hourly summaries are kept (older ranges are read from the ledger).",
+        minimum=1, maximum=36500)
     idempotency_retention_hours: int = setting(
         "CYCLES_IDEMPOTENCY_RETENTION_HOURS", 168,
         "Hours a request's result can be replayed with its idempotency key (the protocol asks for 24).",

@@ -15,13 +15,18 @@ The jobs and their retention settings:
 - ``prune_webhook_deliveries``: CYCLES_DELIVERY_RETENTION_DAYS (settled ones);
 - ``prune_events``: CYCLES_EVENT_RETENTION_DAYS (events no open delivery needs);
 - ``prune_dashboard_sessions``: expired sessions;
+- ``prune_report_summaries``: CYCLES_REPORT_SUMMARY_RETENTION_DAYS (the spend
+  reports' hourly summaries; older ranges are then read from the ledger);
 
 and two that keep derived state current rather than delete:
 
 - ``ensure_ledger_partitions``: the ledger's monthly partitions exist two
   months ahead, so no row lands in the DEFAULT partition;
 - ``summarise_dashboard_spend``: the dashboard's spend summaries follow the
-  ledger, so the overview never has to catch up on a long backlog.
+  ledger, so the overview never has to catch up on a long backlog;
+- ``summarise_report_spend``: likewise the spend reports' hourly summaries
+  (sql/39_reporting_summaries.sql), so reports add up summary rows, not a
+  day of ledger rows.
 """
 
 from __future__ import annotations
@@ -80,6 +85,11 @@ def jobs(settings: Settings) -> list[Job]:
             "SELECT cycles.ensure_ledger_partitions(p_months_ahead => %(months)s)::text", {"months": 2}),
         Job("summarise_dashboard_spend",
             "SELECT cycles.summarise_dashboard_spend(p_budget_ms => %(ms)s)::text", {"ms": 1000}),
+        Job("summarise_report_spend",
+            "SELECT cycles.summarise_report_spend(p_budget_ms => %(ms)s)::text", {"ms": 1000}),
+        Job("prune_report_summaries",
+            "SELECT cycles.prune_report_summaries(p_retention_days => %(days)s, p_batch_size => %(batch)s)::text",
+            {"days": settings.report_summary_retention_days, "batch": batch}),
     ]
 
 

@@ -159,6 +159,9 @@ COMMENT ON VIEW cycles_reporting.ledger IS
 -- p_tenant_id, p_unit, p_scope_prefix (a canonical scope: the budget's scope
 -- by budget, the operation's path by operation, equal to it or below it).
 -- Columns not grouped by are NULL. Rows in bucket, then dimension order.
+-- Whole summarised hours that lie inside one bucket are read from the hourly
+-- summaries, everything else from the ledger; the result is the same
+-- (sql/39_reporting_summaries.sql).
 -- Reads only. Errors: INVALID_REQUEST (bad range, bucket, time zone,
 -- dimension, unit or scope).
 CREATE FUNCTION cycles_reporting.spend(
@@ -185,9 +188,18 @@ DECLARE
     v_prefix   text := CASE WHEN p_scope_prefix IS NOT NULL THEN cycles._canonical_scope(p_scope_prefix) END;
     v_select   text := '';
     v_keys     text := '';
+    v_outer    text := '';
     v_dim      text;
     v_bucket   text := cycles._report_bucket(p_bucket);
     v_bucket_sql text;
+    v_hour_bucket_sql text;
+    v_lead     text;
+    v_filter   text;
+    v_summary_filter text;
+    v_summarised tstzmultirange;
+    v_raw      text;
+    v_summary  text;
+    v_presort  boolean := false;
 BEGIN
     PERFORM cycles._report_range(p_from, p_to, p_time_zone);
     IF p_unit IS NOT NULL THEN
@@ -201,43 +213,95 @@ BEGIN
         END IF;
     END LOOP;
     v_by_scope := 'scope' = ANY (v_group);
+    -- Only the grouped dimensions are carried, grouped and sorted (NULL
+    -- columns in the sort key cost as much as real ones); the others are
+    -- added as NULL after the sort.
     FOREACH v_dim IN ARRAY v_dims LOOP
         IF v_dim = ANY (v_group) THEN
-            v_select := v_select || ', ' || cycles._report_dimension(v_dim);
-            v_keys := v_keys || ', ' || cycles._report_dimension(v_dim);
+            v_select := v_select || format(', %s AS d%s', cycles._report_dimension(v_dim),
+                                           array_position(v_dims, v_dim));
+            v_keys := v_keys || format(', x.d%s', array_position(v_dims, v_dim));
+            v_outer := v_outer || format(', x.d%s', array_position(v_dims, v_dim));
         ELSE
-            v_select := v_select || ', NULL::text';
+            v_outer := v_outer || ', NULL::text';
         END IF;
     END LOOP;
     v_bucket_sql := CASE WHEN v_bucket = 'total' THEN '$1'
                          ELSE format('date_trunc(%L, l.created_at, $6)', v_bucket) END;
+    v_hour_bucket_sql := CASE WHEN v_bucket = 'total' THEN '$1'
+                              ELSE format('date_trunc(%L, l.hour_start, $6)', v_bucket) END;
+    v_lead := CASE WHEN v_by_scope THEN 'AND l.operation_lead IN (true, false)' ELSE 'AND l.operation_lead' END;
+    v_filter := v_lead
+        || CASE WHEN v_prefix IS NULL THEN ''
+                WHEN v_by_scope THEN ' AND (l.scope = $5 OR left(l.scope, char_length($5) + 1) = $5 || ''/'')'
+                ELSE format(' AND (%1$s = $5 OR left(%1$s, char_length($5) + 1) = $5 || ''/'')',
+                            cycles._report_operation_path_sql())
+           END;
+    -- The same prefix on the summaries, as index ranges in byte order ('0'
+    -- follows '/').
+    v_summary_filter := v_lead
+        || CASE WHEN v_prefix IS NULL THEN ''
+                ELSE format(' AND (%1$s = $5 OR (%1$s >= $5 || ''/'' AND %1$s < $5 || ''0''))',
+                            CASE WHEN v_by_scope THEN '(l.scope COLLATE "C")' ELSE 'l.operation_path' END)
+           END;
+    -- Whole hours inside one bucket come from the summaries, the rest of the
+    -- range from the ledger (sql/39_reporting_summaries.sql).
+    v_summarised := cycles._report_summarised_hours(p_from, p_to, v_bucket, p_time_zone);
+    v_raw := cycles._report_ranges_sql(tstzmultirange(tstzrange(p_from, p_to)) - v_summarised, 'l.created_at');
+    v_summary := cycles._report_ranges_sql(v_summarised, 'l.hour_start');
+    IF v_raw IS NULL THEN
+        -- Too many pieces (half-hour zones over a long range): all from the ledger.
+        v_summary := 'false';
+        v_raw := '(l.created_at >= $1 AND l.created_at < $2)';
+    ELSE
+        -- The ledger rows to add are few when at most two hours of the
+        -- range after the summaries' start are not summarised (before it,
+        -- the ledger had no rows when the summaries began).
+        SELECT NOT isempty(v_summarised)
+               AND coalesce(sum(upper(r.r) - lower(r.r)), interval '0') <= interval '2 hours'
+        INTO v_presort
+        FROM unnest(tstzmultirange(tstzrange(p_from, p_to)) - v_summarised
+                    - tstzmultirange(tstzrange(NULL, lower(v_summarised)))) AS r(r);
+    END IF;
 
     RETURN QUERY EXECUTE format($q$
-        SELECT %1$s AS bucket_start %2$s,
-               sum(CASE WHEN l.operation IN ('COMMIT', 'EVENT') THEN l.spent_delta ELSE 0 END),
-               sum(CASE WHEN l.operation IN ('COMMIT', 'EVENT') THEN l.debt_delta ELSE 0 END),
-               sum(CASE WHEN l.operation IN ('COMMIT', 'EVENT') THEN l.spent_delta + l.debt_delta ELSE 0 END),
-               sum(CASE WHEN l.operation = 'RESERVE' THEN l.reserved_delta ELSE 0 END),
-               sum(CASE WHEN l.operation = 'RELEASE' THEN -l.reserved_delta ELSE 0 END),
-               sum(CASE WHEN l.operation = 'EXPIRE' THEN -l.reserved_delta ELSE 0 END),
-               count(*) FILTER (WHERE l.operation IN ('COMMIT', 'EVENT'))
-        FROM cycles.ledger_entries AS l
-        WHERE l.created_at >= $1 AND l.created_at < $2
-          AND l.operation IN ('RESERVE', 'COMMIT', 'RELEASE', 'EXPIRE', 'EVENT')
-          AND ($3::text IS NULL OR l.tenant_id = $3)
-          AND ($4::text IS NULL OR l.unit = $4)
-          %3$s %4$s
-        GROUP BY 1 %5$s
-        ORDER BY 1 %5$s
+        WITH parts AS (
+            SELECT %1$s AS bucket_start %3$s,
+                   CASE WHEN l.operation IN ('COMMIT', 'EVENT') THEN l.spent_delta ELSE 0 END::numeric AS spent,
+                   CASE WHEN l.operation IN ('COMMIT', 'EVENT') THEN l.debt_delta ELSE 0 END::numeric AS debt,
+                   CASE WHEN l.operation = 'RESERVE' THEN l.reserved_delta ELSE 0 END::numeric AS reserved,
+                   CASE WHEN l.operation = 'RELEASE' THEN -l.reserved_delta ELSE 0 END::numeric AS released,
+                   CASE WHEN l.operation = 'EXPIRE' THEN -l.reserved_delta ELSE 0 END::numeric AS expired,
+                   CASE WHEN l.operation IN ('COMMIT', 'EVENT') THEN 1 ELSE 0 END::bigint AS charges
+            FROM cycles.ledger_entries AS l
+            WHERE %5$s
+              AND l.operation IN ('RESERVE', 'COMMIT', 'RELEASE', 'EXPIRE', 'EVENT')
+              AND ($3::text IS NULL OR l.tenant_id = $3)
+              AND ($4::text IS NULL OR l.unit = $4)
+              %4$s
+            UNION ALL
+            SELECT %2$s %3$s, l.spent, l.debt, l.reserved, l.released, l.expired, l.charges
+            FROM cycles.report_spend_hours AS l
+            WHERE %7$s
+              AND ($3::text IS NULL OR l.tenant_id = $3)
+              AND ($4::text IS NULL OR l.unit = $4)
+              %6$s
+        )
+        SELECT x.bucket_start %8$s, x.spent, x.debt, x.spent + x.debt, x.reserved, x.released, x.expired, x.charges
+        FROM (SELECT p.bucket_start %9$s, sum(p.spent) AS spent, sum(p.debt) AS debt,
+                     sum(p.reserved) AS reserved, sum(p.released) AS released,
+                     sum(p.expired) AS expired, sum(p.charges)::bigint AS charges
+              FROM %11$s
+              GROUP BY p.bucket_start %9$s
+              ORDER BY p.bucket_start %9$s) AS x
+        ORDER BY x.bucket_start %10$s
     $q$,
-        v_bucket_sql, v_select,
-        CASE WHEN v_by_scope THEN 'AND l.operation_lead IN (true, false)' ELSE 'AND l.operation_lead' END,
-        CASE WHEN v_prefix IS NULL THEN ''
-             WHEN v_by_scope THEN 'AND (l.scope = $5 OR left(l.scope, char_length($5) + 1) = $5 || ''/'')'
-             ELSE format('AND (%1$s = $5 OR left(%1$s, char_length($5) + 1) = $5 || ''/'')',
-                         cycles._report_operation_path_sql())
-        END,
-        v_keys)
+        v_bucket_sql, v_hour_bucket_sql, v_select, v_filter, v_raw, v_summary_filter, v_summary,
+        v_outer, replace(v_keys, 'x.', 'p.'), v_keys,
+        -- Mostly summary rows (about one per group): sorting them and adding
+        -- up each run costs less than hashing every group and then sorting.
+        CASE WHEN v_presort THEN format('(SELECT * FROM parts ORDER BY 1 %s) AS p', replace(v_keys, 'x.', ''))
+             ELSE 'parts AS p' END)
     USING p_from, p_to, p_tenant_id, p_unit, v_prefix, p_time_zone;
 END;
 $$;
@@ -249,7 +313,8 @@ $$;
 -- counted once per operation. Keys are per tenant (agent "bot" of two
 -- tenants is two spenders); operations without that level are left out of
 -- the ranking but not of the unit's total, so share is of all charged in the
--- unit. Ties rank by key. Reads only.
+-- unit. Ties rank by key. Whole summarised hours are read from the hourly
+-- summaries, the rest from the ledger. Reads only.
 -- Errors: INVALID_REQUEST (bad range, dimension, limit outside 1..1000, unit).
 CREATE FUNCTION cycles_reporting.top_spenders(
     p_from      timestamptz,
@@ -264,7 +329,10 @@ RETURNS TABLE (unit text, rank bigint, tenant_id text, key text, charged numeric
 LANGUAGE plpgsql STABLE
 AS $$
 DECLARE
-    v_column text := cycles._report_dimension(p_dimension);
+    v_column     text := cycles._report_dimension(p_dimension);
+    v_summarised tstzmultirange;
+    v_raw        text;
+    v_summary    text;
 BEGIN
     PERFORM cycles._report_range(p_from, p_to, 'UTC');
     IF v_column IS NULL OR p_dimension = 'unit' THEN
@@ -278,33 +346,49 @@ BEGIN
     IF p_unit IS NOT NULL THEN
         PERFORM cycles._require_unit(p_unit);
     END IF;
+    -- Whole hours from the summaries, the rest from the ledger
+    -- (sql/39_reporting_summaries.sql).
+    v_summarised := cycles._report_summarised_hours(p_from, p_to, 'total', 'UTC');
+    v_raw := cycles._report_ranges_sql(tstzmultirange(tstzrange(p_from, p_to)) - v_summarised, 'l.created_at');
+    v_summary := cycles._report_ranges_sql(v_summarised, 'l.hour_start');
     RETURN QUERY EXECUTE format($q$
         WITH charged AS (
-            SELECT l.unit, l.tenant_id, %1$s AS key, l.spent_delta + l.debt_delta AS amount
+            SELECT l.unit, l.tenant_id, %1$s AS key, (l.spent_delta + l.debt_delta)::numeric AS amount,
+                   1::bigint AS charges
             FROM cycles.ledger_entries AS l
-            WHERE l.created_at >= $1 AND l.created_at < $2
-              AND l.operation IN ('COMMIT', 'EVENT') %2$s
+            WHERE %3$s AND l.operation IN ('COMMIT', 'EVENT') %2$s
+              AND ($3::text IS NULL OR l.tenant_id = $3)
+              AND ($4::text IS NULL OR l.unit = $4)
+            UNION ALL
+            -- Groups with no COMMIT or EVENT row (holds only) are not spenders.
+            SELECT l.unit, l.tenant_id, %1$s, l.spent + l.debt, l.charges
+            FROM cycles.report_spend_hours AS l
+            WHERE %4$s AND l.charges > 0 %2$s
               AND ($3::text IS NULL OR l.tenant_id = $3)
               AND ($4::text IS NULL OR l.unit = $4)
         ),
         totals AS (
             SELECT c.unit, sum(c.amount) AS total FROM charged AS c GROUP BY c.unit
         ),
-        ranked AS (
-            SELECT c.unit, c.tenant_id, c.key, sum(c.amount) AS charged, count(*) AS charges,
-                   row_number() OVER (PARTITION BY c.unit ORDER BY sum(c.amount) DESC, c.tenant_id, c.key) AS rank
+        spenders AS (
+            SELECT c.unit, c.tenant_id, c.key, sum(c.amount) AS charged, sum(c.charges)::bigint AS charges
             FROM charged AS c
             WHERE c.key IS NOT NULL
             GROUP BY c.unit, c.tenant_id, c.key
         )
-        SELECT r.unit, r.rank, r.tenant_id, r.key, r.charged, r.charges,
+        -- Per unit, the p_limit largest (a bounded sort, not a sort of every spender).
+        SELECT t.unit, r.rank, r.tenant_id, r.key, r.charged, r.charges,
                CASE WHEN t.total <> 0 THEN round(r.charged / t.total, 6) END
-        FROM ranked AS r
-        JOIN totals AS t ON t.unit = r.unit
-        WHERE r.rank <= $5
-        ORDER BY r.unit, r.rank
+        FROM totals AS t
+        CROSS JOIN LATERAL (
+            SELECT s.tenant_id, s.key, s.charged, s.charges,
+                   row_number() OVER (ORDER BY s.charged DESC, s.tenant_id, s.key) AS rank
+            FROM (SELECT s.* FROM spenders AS s WHERE s.unit = t.unit
+                  ORDER BY s.charged DESC, s.tenant_id, s.key LIMIT $5) AS s
+        ) AS r
+        ORDER BY t.unit, r.rank
     $q$, v_column, CASE WHEN p_dimension = 'scope' THEN 'AND l.operation_lead IN (true, false)'
-                        ELSE 'AND l.operation_lead' END)
+                        ELSE 'AND l.operation_lead' END, v_raw, v_summary)
     USING p_from, p_to, p_tenant_id, p_unit, p_limit;
 END;
 $$;

@@ -20,7 +20,8 @@
 --   * settled webhook deliveries and finished replay requests
 --     (cycles.prune_webhook_deliveries);
 --   * events no open delivery needs any more (cycles.prune_events);
---   * expired dashboard sessions (cycles.prune_dashboard_sessions).
+--   * expired dashboard sessions (cycles.prune_dashboard_sessions);
+--   * report summaries past their retention (cycles.prune_report_summaries).
 -- Each prune function deletes at most p_batch_size rows per table and returns
 -- {"deleted": n, "more": true|false}; "more" means a batch was full and the
 -- caller should call again. Rows are picked FOR UPDATE SKIP LOCKED, so two
@@ -392,5 +393,76 @@ BEGIN
     RETURN jsonb_build_object(
         'summarised_to', to_char(v_to AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"'),
         'more', v_to < date_trunc('hour', clock_timestamp() - interval '2 minutes', 'UTC'));
+END;
+$$;
+
+-- cycles.summarise_report_spend: brings the reports' hourly summaries
+-- (sql/39_reporting_summaries.sql) up to date for about p_budget_ms of work
+-- (cycles._report_summarise_spend), so that reports read a day of summary
+-- rows rather than a day of ledger rows. Returns {"summarised_to", "more"}:
+-- more is true while this call moved forward and final hours remain (a call
+-- held back by a running transaction reports no more, so the loop does not
+-- spin until it ends).
+-- Locks: the summaries' state row (SKIP LOCKED: a concurrent caller wins).
+-- Errors: INVALID_REQUEST (budget outside 10..60000 ms).
+CREATE FUNCTION cycles.summarise_report_spend(
+    p_budget_ms integer DEFAULT 1000,
+    p_ctx       jsonb DEFAULT '{}'
+) RETURNS jsonb
+LANGUAGE plpgsql
+AS $$
+DECLARE
+    v_before timestamptz;
+    v_to     timestamptz;
+BEGIN
+    PERFORM cycles._admin_principal(p_ctx, NULL);
+    IF p_budget_ms IS NULL OR p_budget_ms NOT BETWEEN 10 AND 60000 THEN
+        PERFORM cycles._fail('INVALID_REQUEST', 'budget must be between 10 and 60000 milliseconds');
+    END IF;
+    SELECT s.summarised_to INTO v_before FROM cycles.report_summary_state AS s WHERE s.name = 'spend';
+    v_to := cycles._report_summarise_spend(p_budget_ms);
+    RETURN jsonb_build_object(
+        'summarised_to', to_char(v_to AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"'),
+        'more', v_to > coalesce(v_before, '-infinity')
+                AND v_to < date_trunc('hour', clock_timestamp() - interval '2 minutes', 'UTC'));
+END;
+$$;
+
+-- cycles.prune_report_summaries: deletes up to p_batch_size report summary
+-- rows of hours older than p_retention_days (reports over older ranges then
+-- read the ledger, exactly as before). First moves the summaries' start
+-- past those hours, in the same transaction, so no report reads a half-pruned
+-- hour. Locks: the state row; the rows deleted (FOR UPDATE SKIP LOCKED).
+-- Errors: INVALID_REQUEST (retention outside 1..36500 days, batch size
+-- outside 1..100000).
+CREATE FUNCTION cycles.prune_report_summaries(
+    p_retention_days integer DEFAULT 400,
+    p_batch_size     integer DEFAULT 1000,
+    p_ctx            jsonb DEFAULT '{}'
+) RETURNS jsonb
+LANGUAGE plpgsql
+AS $$
+DECLARE
+    v_cutoff  timestamptz;
+    v_deleted integer;
+BEGIN
+    PERFORM cycles._admin_principal(p_ctx, NULL);
+    IF p_retention_days IS NULL OR p_retention_days NOT BETWEEN 1 AND 36500 THEN
+        PERFORM cycles._fail('INVALID_REQUEST', 'retention must be between 1 and 36500 days');
+    END IF;
+    PERFORM cycles._require_batch_size(p_batch_size);
+    v_cutoff := date_trunc('hour', clock_timestamp() - make_interval(days => p_retention_days), 'UTC');
+    UPDATE cycles.report_summary_state AS s SET summarised_from = least(v_cutoff, s.summarised_to)
+    WHERE s.name = 'spend' AND s.summarised_from < least(v_cutoff, s.summarised_to);
+    DELETE FROM cycles.report_spend_hours AS h
+    WHERE (h.tenant_id, h.summary_id) IN (
+        SELECT o.tenant_id, o.summary_id
+        FROM cycles.report_spend_hours AS o
+        WHERE o.hour_start < v_cutoff
+        ORDER BY o.hour_start
+        LIMIT p_batch_size
+        FOR UPDATE SKIP LOCKED);
+    GET DIAGNOSTICS v_deleted = ROW_COUNT;
+    RETURN jsonb_build_object('deleted', v_deleted, 'more', v_deleted >= p_batch_size);
 END;
 $$;

@@ -9639,6 +9639,290 @@ BEGIN
 END;
 $$;
 
+-- ==== 39_reporting_summaries.sql ====
+
+-- Hourly summaries of the ledger for the spend reports (cycles_reporting.spend
+-- and top_spenders, sql/40_reporting.sql).
+--
+-- A report over a day of a large tenant would otherwise add up every ledger
+-- row of the day on every call (a million rows take seconds). Like the
+-- dashboard's spend summaries (sql/50_dashboard.sql), the ledger is added up
+-- once, in the background, by the maintenance job summarise_report_spend
+-- (cycles.summarise_report_spend, sql/60_maintenance.sql), never by the
+-- write path: no trigger on the ledger, no index added to it.
+--
+-- cycles.report_spend_hours holds, per closed UTC hour, tenant, lead flag and
+-- every report dimension (scope, unit, action kind and name, the five subject
+-- levels), the report measures of that hour's RESERVE, COMMIT, RELEASE,
+-- EXPIRE and EVENT rows: exactly what the reports group and filter by, so a
+-- report can add up summary rows instead of ledger rows for every whole hour
+-- that lies inside one of its buckets. Reports by budget read both lead
+-- values, reports by operation the lead rows only, as on the ledger itself.
+--
+-- cycles.report_summary_state says which hours are summarised:
+-- [summarised_from, summarised_to), whole UTC hours. Reports read the
+-- summaries for the hours of their range inside it that fit in one bucket,
+-- and the ledger for everything else (the unsummarised tail, hours cut by the
+-- range's ends, hours that straddle a bucket boundary of a time zone whose
+-- offset is not a whole number of hours). The answer is the same either way.
+--
+-- Why the summarised hours are final: an hour is summarised only when it
+-- ended at least two minutes ago and no transaction of this database that
+-- has written anything started before its end (pg_stat_activity, where
+-- visible); a ledger row's created_at is taken while its transaction runs,
+-- so no row can still appear in a summarised hour. Rows inserted later with
+-- a back-dated created_at (bulk loads, restores) are not seen by the
+-- summaries: call cycles._report_summaries_reset() after such a load.
+
+CREATE TABLE cycles.report_spend_hours (
+    summary_id        bigint      GENERATED ALWAYS AS IDENTITY,
+    tenant_id         text        NOT NULL,
+    hour_start        timestamptz NOT NULL,
+    operation_lead    boolean     NOT NULL,
+    scope             text        NOT NULL,
+    unit              text        NOT NULL,
+    action_kind       text,
+    action_name       text,
+    subject_workspace text,
+    subject_app       text,
+    subject_workflow  text,
+    subject_agent     text,
+    subject_toolset   text,
+    -- The operation's own scope path (what prefix filters by operation
+    -- match), in byte order so that a prefix is an index range.
+    operation_path    text        COLLATE "C" NOT NULL GENERATED ALWAYS AS (
+        'tenant:' || tenant_id || coalesce('/workspace:' || subject_workspace, '')
+        || coalesce('/app:' || subject_app, '') || coalesce('/workflow:' || subject_workflow, '')
+        || coalesce('/agent:' || subject_agent, '') || coalesce('/toolset:' || subject_toolset, '')) STORED,
+    spent             numeric     NOT NULL,
+    debt              numeric     NOT NULL,
+    reserved          numeric     NOT NULL,
+    released          numeric     NOT NULL,
+    expired           numeric     NOT NULL,
+    charges           bigint      NOT NULL,
+    CONSTRAINT report_spend_hours_pkey PRIMARY KEY (tenant_id, summary_id),
+    -- One row per hour and group; the summariser adds into it (ON CONFLICT).
+    -- The key leads with what reports select by: tenant, lead flag, hour.
+    CONSTRAINT report_spend_hours_group_key UNIQUE NULLS NOT DISTINCT (
+        tenant_id, operation_lead, hour_start, unit, scope, action_kind, action_name, subject_workspace,
+        subject_app, subject_workflow, subject_agent, subject_toolset),
+    CONSTRAINT report_spend_hours_whole_hour CHECK (
+        extract(minute FROM hour_start AT TIME ZONE 'UTC') = 0
+        AND extract(second FROM hour_start AT TIME ZONE 'UTC') = 0),
+    CONSTRAINT report_spend_hours_charges_not_negative CHECK (charges >= 0)
+);
+
+-- Reports across tenants, and pruning, read by hour.
+CREATE INDEX report_spend_hours_time_idx ON cycles.report_spend_hours (hour_start);
+-- Reports under a scope prefix: by operation (the operation's path), by
+-- budget (the budget's scope); both in byte order, so "equal to the prefix
+-- or below it" is one equality and one range.
+CREATE INDEX report_spend_hours_path_idx
+    ON cycles.report_spend_hours (tenant_id, operation_lead, operation_path, hour_start);
+CREATE INDEX report_spend_hours_scope_idx
+    ON cycles.report_spend_hours (tenant_id, (scope COLLATE "C"), hour_start);
+
+-- Which hours the summaries hold: one row, name 'spend'.
+CREATE TABLE cycles.report_summary_state (
+    name            text        NOT NULL,
+    summarised_from timestamptz NOT NULL,
+    summarised_to   timestamptz NOT NULL,
+    CONSTRAINT report_summary_state_pkey PRIMARY KEY (name),
+    CONSTRAINT report_summary_state_ordered CHECK (summarised_from <= summarised_to)
+);
+
+-- cycles._report_summarise_spend: brings the summaries towards the last hour
+-- that is final (see above), five minutes of ledger at a time, for at most
+-- about p_budget_ms of work, and returns the time up to which they are
+-- complete. p_until (tests, tools) stops earlier: at the hour of p_until at
+-- the latest. Hours without ledger rows are skipped at once. The first call
+-- starts at the hour of the ledger's earliest row, so the whole history gets
+-- summarised, a share per call. Locks: the state row FOR UPDATE SKIP LOCKED
+-- (a concurrent call that holds it is summarising: this one returns the
+-- previous point instead of waiting). Reads the ledger per tenant by
+-- (tenant_id, operation_lead, created_at). Errors: none.
+CREATE FUNCTION cycles._report_summarise_spend(
+    p_budget_ms integer DEFAULT 300,
+    p_until     timestamptz DEFAULT NULL
+) RETURNS timestamptz
+LANGUAGE plpgsql
+SET jit = off
+AS $$
+DECLARE
+    v_started timestamptz := clock_timestamp();
+    v_target  timestamptz := date_trunc('hour', clock_timestamp() - interval '2 minutes', 'UTC');
+    v_oldest  timestamptz;
+    v_from    timestamptz;
+    v_next    timestamptz;
+    v_first   timestamptz;
+BEGIN
+    -- No hour a running writer may still add rows to.
+    SELECT min(a.xact_start) INTO v_oldest FROM pg_catalog.pg_stat_activity AS a
+    WHERE a.datname = current_database() AND a.backend_xid IS NOT NULL AND a.pid <> pg_catalog.pg_backend_pid();
+    v_target := least(v_target, date_trunc('hour', v_oldest, 'UTC'),
+                      date_trunc('hour', p_until, 'UTC'));
+    SELECT s.summarised_to INTO v_from FROM cycles.report_summary_state AS s WHERE s.name = 'spend';
+    IF v_from IS NULL THEN
+        SELECT least(min(f.created_at), v_target) INTO v_first
+        FROM cycles.tenants AS t
+        CROSS JOIN (VALUES (true), (false)) AS v(lead)
+        CROSS JOIN LATERAL (
+            SELECT e.created_at FROM cycles.ledger_entries AS e
+            WHERE e.tenant_id = t.tenant_id AND e.operation_lead = v.lead
+            ORDER BY e.created_at LIMIT 1) AS f;
+        v_first := date_trunc('hour', coalesce(v_first, v_target), 'UTC');
+        INSERT INTO cycles.report_summary_state (name, summarised_from, summarised_to)
+        VALUES ('spend', v_first, v_first)
+        ON CONFLICT ON CONSTRAINT report_summary_state_pkey DO NOTHING;
+    ELSIF v_from >= v_target THEN
+        RETURN v_from;
+    END IF;
+    SELECT s.summarised_to INTO v_from FROM cycles.report_summary_state AS s
+    WHERE s.name = 'spend' FOR UPDATE SKIP LOCKED;
+    IF NOT FOUND THEN
+        SELECT s.summarised_to INTO v_from FROM cycles.report_summary_state AS s WHERE s.name = 'spend';
+        RETURN v_from;
+    END IF;
+    WHILE v_from < v_target LOOP
+        -- The next hour that has a ledger row to summarise, if any.
+        SELECT min(f.created_at) INTO v_first
+        FROM cycles.tenants AS t
+        CROSS JOIN (VALUES (true), (false)) AS v(lead)
+        CROSS JOIN LATERAL (
+            SELECT e.created_at FROM cycles.ledger_entries AS e
+            WHERE e.tenant_id = t.tenant_id AND e.operation_lead = v.lead
+              AND e.created_at >= v_from AND e.created_at < v_target
+            ORDER BY e.created_at LIMIT 1) AS f;
+        IF v_first IS NULL THEN
+            v_from := v_target;
+            EXIT;
+        END IF;
+        v_from := greatest(v_from, date_trunc('hour', v_first, 'UTC'));
+        -- Five minutes at a time (within one hour): a busy hour is summarised
+        -- over several calls rather than in one long statement.
+        v_next := least(v_target, v_from + interval '5 minutes', date_trunc('hour', v_from, 'UTC') + interval '1 hour');
+        INSERT INTO cycles.report_spend_hours AS h (
+            tenant_id, hour_start, operation_lead, scope, unit, action_kind, action_name, subject_workspace,
+            subject_app, subject_workflow, subject_agent, subject_toolset,
+            spent, debt, reserved, released, expired, charges)
+        SELECT t.tenant_id, date_trunc('hour', v_from, 'UTC'), l.operation_lead, l.scope, l.unit, l.action_kind,
+               l.action_name, l.subject_workspace, l.subject_app, l.subject_workflow, l.subject_agent,
+               l.subject_toolset,
+               sum(CASE WHEN l.operation IN ('COMMIT', 'EVENT') THEN l.spent_delta ELSE 0 END),
+               sum(CASE WHEN l.operation IN ('COMMIT', 'EVENT') THEN l.debt_delta ELSE 0 END),
+               sum(CASE WHEN l.operation = 'RESERVE' THEN l.reserved_delta ELSE 0 END),
+               sum(CASE WHEN l.operation = 'RELEASE' THEN -l.reserved_delta ELSE 0 END),
+               sum(CASE WHEN l.operation = 'EXPIRE' THEN -l.reserved_delta ELSE 0 END),
+               count(*) FILTER (WHERE l.operation IN ('COMMIT', 'EVENT'))
+        FROM cycles.tenants AS t
+        CROSS JOIN LATERAL (
+            SELECT e.operation_lead, e.scope, e.unit, e.action_kind, e.action_name, e.subject_workspace,
+                   e.subject_app, e.subject_workflow, e.subject_agent, e.subject_toolset, e.operation,
+                   e.spent_delta, e.debt_delta, e.reserved_delta
+            FROM cycles.ledger_entries AS e
+            WHERE e.tenant_id = t.tenant_id AND e.operation_lead IN (true, false)
+              AND e.created_at >= v_from AND e.created_at < v_next
+              AND e.operation IN ('RESERVE', 'COMMIT', 'RELEASE', 'EXPIRE', 'EVENT')
+            OFFSET 0) AS l
+        GROUP BY 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12
+        ON CONFLICT ON CONSTRAINT report_spend_hours_group_key
+        DO UPDATE SET spent = h.spent + excluded.spent, debt = h.debt + excluded.debt,
+                      reserved = h.reserved + excluded.reserved, released = h.released + excluded.released,
+                      expired = h.expired + excluded.expired, charges = h.charges + excluded.charges;
+        v_from := v_next;
+        EXIT WHEN clock_timestamp() - v_started > make_interval(secs => p_budget_ms / 1000.0);
+    END LOOP;
+    UPDATE cycles.report_summary_state AS s SET summarised_to = v_from WHERE s.name = 'spend';
+    RETURN v_from;
+END;
+$$;
+
+-- cycles._report_summaries_reset: forgets the summaries, so that the next
+-- summariser call starts again from the ledger's earliest row. For after a
+-- load of back-dated ledger rows (which the summaries would otherwise never
+-- see). Reports stay exact meanwhile (they read the ledger for what is not
+-- summarised). Locks: the state row, the summaries (deleted). Errors: none.
+CREATE FUNCTION cycles._report_summaries_reset() RETURNS void
+LANGUAGE plpgsql
+AS $$
+BEGIN
+    DELETE FROM cycles.report_summary_state AS s WHERE s.name = 'spend';
+    DELETE FROM cycles.report_spend_hours;
+END;
+$$;
+
+-- cycles._report_summarised_hours: the part of [p_from, p_to) a report may
+-- read from the summaries: the summarised whole UTC hours inside the range
+-- that each lie inside one p_bucket of p_time_zone (every hour for 'total').
+-- Empty when nothing is summarised. Arguments are already checked.
+-- Reads the state row only. Errors: none.
+CREATE FUNCTION cycles._report_summarised_hours(
+    p_from      timestamptz,
+    p_to        timestamptz,
+    p_bucket    text,
+    p_time_zone text
+) RETURNS tstzmultirange
+LANGUAGE plpgsql STABLE
+AS $$
+DECLARE
+    v_state cycles.report_summary_state;
+    v_first timestamptz;
+    v_end   timestamptz;
+    v_hours tstzmultirange;
+BEGIN
+    SELECT s.* INTO v_state FROM cycles.report_summary_state AS s WHERE s.name = 'spend';
+    IF v_state.name IS NULL THEN
+        RETURN '{}'::tstzmultirange;
+    END IF;
+    -- The first whole hour at or after p_from; the end of the last one before p_to.
+    v_first := greatest(date_trunc('hour', p_from + interval '1 hour' - interval '1 microsecond', 'UTC'),
+                        v_state.summarised_from);
+    v_end := least(date_trunc('hour', p_to, 'UTC'), v_state.summarised_to);
+    IF v_first >= v_end THEN
+        RETURN '{}'::tstzmultirange;
+    END IF;
+    IF p_bucket = 'total' THEN
+        RETURN tstzmultirange(tstzrange(v_first, v_end));
+    END IF;
+    SELECT coalesce(range_agg(tstzrange(h.h, h.h + interval '1 hour')), '{}'::tstzmultirange) INTO v_hours
+    FROM generate_series(v_first, v_end - interval '1 hour', interval '1 hour') AS h(h)
+    WHERE date_trunc(p_bucket, h.h, p_time_zone)
+          = date_trunc(p_bucket, h.h + interval '1 hour' - interval '1 microsecond', p_time_zone);
+    RETURN v_hours;
+END;
+$$;
+
+-- cycles._report_ranges_sql: the condition "p_column in one of p_ranges"
+-- as SQL text with the bounds written out, so that the planner sees each
+-- range (reads each through an index, estimates rows right); 'false' for
+-- no range; NULL for more than 64 ranges (the caller then reads the whole
+-- range from the ledger). Bounds are ISO 8601 in UTC, whatever the session's
+-- DateStyle. Errors: none.
+CREATE FUNCTION cycles._report_ranges_sql(p_ranges tstzmultirange, p_column text) RETURNS text
+LANGUAGE plpgsql STABLE
+AS $$
+DECLARE
+    v_parts text[];
+BEGIN
+    SELECT array_agg(format('(%1$s >= %2$L::timestamptz AND %1$s < %3$L::timestamptz)', p_column,
+                            CASE WHEN isfinite(lower(r.r)) THEN
+                                     to_char(lower(r.r) AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z" AD')
+                                 ELSE lower(r.r)::text END,
+                            CASE WHEN isfinite(upper(r.r)) THEN
+                                     to_char(upper(r.r) AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z" AD')
+                                 ELSE upper(r.r)::text END)
+                     ORDER BY lower(r.r))
+    INTO v_parts
+    FROM unnest(p_ranges) AS r(r);
+    IF v_parts IS NULL THEN
+        RETURN 'false';
+    ELSIF cardinality(v_parts) > 64 THEN
+        RETURN NULL;
+    END IF;
+    RETURN '(' || array_to_string(v_parts, ' OR ') || ')';
+END;
+$$;
+
 -- ==== 40_reporting.sql ====
 
 -- Reporting: what finance and audit read, in schema cycles_reporting.
@@ -9802,6 +10086,9 @@ COMMENT ON VIEW cycles_reporting.ledger IS
 -- p_tenant_id, p_unit, p_scope_prefix (a canonical scope: the budget's scope
 -- by budget, the operation's path by operation, equal to it or below it).
 -- Columns not grouped by are NULL. Rows in bucket, then dimension order.
+-- Whole summarised hours that lie inside one bucket are read from the hourly
+-- summaries, everything else from the ledger; the result is the same
+-- (sql/39_reporting_summaries.sql).
 -- Reads only. Errors: INVALID_REQUEST (bad range, bucket, time zone,
 -- dimension, unit or scope).
 CREATE FUNCTION cycles_reporting.spend(
@@ -9828,9 +10115,18 @@ DECLARE
     v_prefix   text := CASE WHEN p_scope_prefix IS NOT NULL THEN cycles._canonical_scope(p_scope_prefix) END;
     v_select   text := '';
     v_keys     text := '';
+    v_outer    text := '';
     v_dim      text;
     v_bucket   text := cycles._report_bucket(p_bucket);
     v_bucket_sql text;
+    v_hour_bucket_sql text;
+    v_lead     text;
+    v_filter   text;
+    v_summary_filter text;
+    v_summarised tstzmultirange;
+    v_raw      text;
+    v_summary  text;
+    v_presort  boolean := false;
 BEGIN
     PERFORM cycles._report_range(p_from, p_to, p_time_zone);
     IF p_unit IS NOT NULL THEN
@@ -9844,43 +10140,95 @@ BEGIN
         END IF;
     END LOOP;
     v_by_scope := 'scope' = ANY (v_group);
+    -- Only the grouped dimensions are carried, grouped and sorted (NULL
+    -- columns in the sort key cost as much as real ones); the others are
+    -- added as NULL after the sort.
     FOREACH v_dim IN ARRAY v_dims LOOP
         IF v_dim = ANY (v_group) THEN
-            v_select := v_select || ', ' || cycles._report_dimension(v_dim);
-            v_keys := v_keys || ', ' || cycles._report_dimension(v_dim);
+            v_select := v_select || format(', %s AS d%s', cycles._report_dimension(v_dim),
+                                           array_position(v_dims, v_dim));
+            v_keys := v_keys || format(', x.d%s', array_position(v_dims, v_dim));
+            v_outer := v_outer || format(', x.d%s', array_position(v_dims, v_dim));
         ELSE
-            v_select := v_select || ', NULL::text';
+            v_outer := v_outer || ', NULL::text';
         END IF;
     END LOOP;
     v_bucket_sql := CASE WHEN v_bucket = 'total' THEN '$1'
                          ELSE format('date_trunc(%L, l.created_at, $6)', v_bucket) END;
+    v_hour_bucket_sql := CASE WHEN v_bucket = 'total' THEN '$1'
+                              ELSE format('date_trunc(%L, l.hour_start, $6)', v_bucket) END;
+    v_lead := CASE WHEN v_by_scope THEN 'AND l.operation_lead IN (true, false)' ELSE 'AND l.operation_lead' END;
+    v_filter := v_lead
+        || CASE WHEN v_prefix IS NULL THEN ''
+                WHEN v_by_scope THEN ' AND (l.scope = $5 OR left(l.scope, char_length($5) + 1) = $5 || ''/'')'
+                ELSE format(' AND (%1$s = $5 OR left(%1$s, char_length($5) + 1) = $5 || ''/'')',
+                            cycles._report_operation_path_sql())
+           END;
+    -- The same prefix on the summaries, as index ranges in byte order ('0'
+    -- follows '/').
+    v_summary_filter := v_lead
+        || CASE WHEN v_prefix IS NULL THEN ''
+                ELSE format(' AND (%1$s = $5 OR (%1$s >= $5 || ''/'' AND %1$s < $5 || ''0''))',
+                            CASE WHEN v_by_scope THEN '(l.scope COLLATE "C")' ELSE 'l.operation_path' END)
+           END;
+    -- Whole hours inside one bucket come from the summaries, the rest of the
+    -- range from the ledger (sql/39_reporting_summaries.sql).
+    v_summarised := cycles._report_summarised_hours(p_from, p_to, v_bucket, p_time_zone);
+    v_raw := cycles._report_ranges_sql(tstzmultirange(tstzrange(p_from, p_to)) - v_summarised, 'l.created_at');
+    v_summary := cycles._report_ranges_sql(v_summarised, 'l.hour_start');
+    IF v_raw IS NULL THEN
+        -- Too many pieces (half-hour zones over a long range): all from the ledger.
+        v_summary := 'false';
+        v_raw := '(l.created_at >= $1 AND l.created_at < $2)';
+    ELSE
+        -- The ledger rows to add are few when at most two hours of the
+        -- range after the summaries' start are not summarised (before it,
+        -- the ledger had no rows when the summaries began).
+        SELECT NOT isempty(v_summarised)
+               AND coalesce(sum(upper(r.r) - lower(r.r)), interval '0') <= interval '2 hours'
+        INTO v_presort
+        FROM unnest(tstzmultirange(tstzrange(p_from, p_to)) - v_summarised
+                    - tstzmultirange(tstzrange(NULL, lower(v_summarised)))) AS r(r);
+    END IF;
 
     RETURN QUERY EXECUTE format($q$
-        SELECT %1$s AS bucket_start %2$s,
-               sum(CASE WHEN l.operation IN ('COMMIT', 'EVENT') THEN l.spent_delta ELSE 0 END),
-               sum(CASE WHEN l.operation IN ('COMMIT', 'EVENT') THEN l.debt_delta ELSE 0 END),
-               sum(CASE WHEN l.operation IN ('COMMIT', 'EVENT') THEN l.spent_delta + l.debt_delta ELSE 0 END),
-               sum(CASE WHEN l.operation = 'RESERVE' THEN l.reserved_delta ELSE 0 END),
-               sum(CASE WHEN l.operation = 'RELEASE' THEN -l.reserved_delta ELSE 0 END),
-               sum(CASE WHEN l.operation = 'EXPIRE' THEN -l.reserved_delta ELSE 0 END),
-               count(*) FILTER (WHERE l.operation IN ('COMMIT', 'EVENT'))
-        FROM cycles.ledger_entries AS l
-        WHERE l.created_at >= $1 AND l.created_at < $2
-          AND l.operation IN ('RESERVE', 'COMMIT', 'RELEASE', 'EXPIRE', 'EVENT')
-          AND ($3::text IS NULL OR l.tenant_id = $3)
-          AND ($4::text IS NULL OR l.unit = $4)
-          %3$s %4$s
-        GROUP BY 1 %5$s
-        ORDER BY 1 %5$s
+        WITH parts AS (
+            SELECT %1$s AS bucket_start %3$s,
+                   CASE WHEN l.operation IN ('COMMIT', 'EVENT') THEN l.spent_delta ELSE 0 END::numeric AS spent,
+                   CASE WHEN l.operation IN ('COMMIT', 'EVENT') THEN l.debt_delta ELSE 0 END::numeric AS debt,
+                   CASE WHEN l.operation = 'RESERVE' THEN l.reserved_delta ELSE 0 END::numeric AS reserved,
+                   CASE WHEN l.operation = 'RELEASE' THEN -l.reserved_delta ELSE 0 END::numeric AS released,
+                   CASE WHEN l.operation = 'EXPIRE' THEN -l.reserved_delta ELSE 0 END::numeric AS expired,
+                   CASE WHEN l.operation IN ('COMMIT', 'EVENT') THEN 1 ELSE 0 END::bigint AS charges
+            FROM cycles.ledger_entries AS l
+            WHERE %5$s
+              AND l.operation IN ('RESERVE', 'COMMIT', 'RELEASE', 'EXPIRE', 'EVENT')
+              AND ($3::text IS NULL OR l.tenant_id = $3)
+              AND ($4::text IS NULL OR l.unit = $4)
+              %4$s
+            UNION ALL
+            SELECT %2$s %3$s, l.spent, l.debt, l.reserved, l.released, l.expired, l.charges
+            FROM cycles.report_spend_hours AS l
+            WHERE %7$s
+              AND ($3::text IS NULL OR l.tenant_id = $3)
+              AND ($4::text IS NULL OR l.unit = $4)
+              %6$s
+        )
+        SELECT x.bucket_start %8$s, x.spent, x.debt, x.spent + x.debt, x.reserved, x.released, x.expired, x.charges
+        FROM (SELECT p.bucket_start %9$s, sum(p.spent) AS spent, sum(p.debt) AS debt,
+                     sum(p.reserved) AS reserved, sum(p.released) AS released,
+                     sum(p.expired) AS expired, sum(p.charges)::bigint AS charges
+              FROM %11$s
+              GROUP BY p.bucket_start %9$s
+              ORDER BY p.bucket_start %9$s) AS x
+        ORDER BY x.bucket_start %10$s
     $q$,
-        v_bucket_sql, v_select,
-        CASE WHEN v_by_scope THEN 'AND l.operation_lead IN (true, false)' ELSE 'AND l.operation_lead' END,
-        CASE WHEN v_prefix IS NULL THEN ''
-             WHEN v_by_scope THEN 'AND (l.scope = $5 OR left(l.scope, char_length($5) + 1) = $5 || ''/'')'
-             ELSE format('AND (%1$s = $5 OR left(%1$s, char_length($5) + 1) = $5 || ''/'')',
-                         cycles._report_operation_path_sql())
-        END,
-        v_keys)
+        v_bucket_sql, v_hour_bucket_sql, v_select, v_filter, v_raw, v_summary_filter, v_summary,
+        v_outer, replace(v_keys, 'x.', 'p.'), v_keys,
+        -- Mostly summary rows (about one per group): sorting them and adding
+        -- up each run costs less than hashing every group and then sorting.
+        CASE WHEN v_presort THEN format('(SELECT * FROM parts ORDER BY 1 %s) AS p', replace(v_keys, 'x.', ''))
+             ELSE 'parts AS p' END)
     USING p_from, p_to, p_tenant_id, p_unit, v_prefix, p_time_zone;
 END;
 $$;
@@ -9892,7 +10240,8 @@ $$;
 -- counted once per operation. Keys are per tenant (agent "bot" of two
 -- tenants is two spenders); operations without that level are left out of
 -- the ranking but not of the unit's total, so share is of all charged in the
--- unit. Ties rank by key. Reads only.
+-- unit. Ties rank by key. Whole summarised hours are read from the hourly
+-- summaries, the rest from the ledger. Reads only.
 -- Errors: INVALID_REQUEST (bad range, dimension, limit outside 1..1000, unit).
 CREATE FUNCTION cycles_reporting.top_spenders(
     p_from      timestamptz,
@@ -9907,7 +10256,10 @@ RETURNS TABLE (unit text, rank bigint, tenant_id text, key text, charged numeric
 LANGUAGE plpgsql STABLE
 AS $$
 DECLARE
-    v_column text := cycles._report_dimension(p_dimension);
+    v_column     text := cycles._report_dimension(p_dimension);
+    v_summarised tstzmultirange;
+    v_raw        text;
+    v_summary    text;
 BEGIN
     PERFORM cycles._report_range(p_from, p_to, 'UTC');
     IF v_column IS NULL OR p_dimension = 'unit' THEN
@@ -9921,33 +10273,49 @@ BEGIN
     IF p_unit IS NOT NULL THEN
         PERFORM cycles._require_unit(p_unit);
     END IF;
+    -- Whole hours from the summaries, the rest from the ledger
+    -- (sql/39_reporting_summaries.sql).
+    v_summarised := cycles._report_summarised_hours(p_from, p_to, 'total', 'UTC');
+    v_raw := cycles._report_ranges_sql(tstzmultirange(tstzrange(p_from, p_to)) - v_summarised, 'l.created_at');
+    v_summary := cycles._report_ranges_sql(v_summarised, 'l.hour_start');
     RETURN QUERY EXECUTE format($q$
         WITH charged AS (
-            SELECT l.unit, l.tenant_id, %1$s AS key, l.spent_delta + l.debt_delta AS amount
+            SELECT l.unit, l.tenant_id, %1$s AS key, (l.spent_delta + l.debt_delta)::numeric AS amount,
+                   1::bigint AS charges
             FROM cycles.ledger_entries AS l
-            WHERE l.created_at >= $1 AND l.created_at < $2
-              AND l.operation IN ('COMMIT', 'EVENT') %2$s
+            WHERE %3$s AND l.operation IN ('COMMIT', 'EVENT') %2$s
+              AND ($3::text IS NULL OR l.tenant_id = $3)
+              AND ($4::text IS NULL OR l.unit = $4)
+            UNION ALL
+            -- Groups with no COMMIT or EVENT row (holds only) are not spenders.
+            SELECT l.unit, l.tenant_id, %1$s, l.spent + l.debt, l.charges
+            FROM cycles.report_spend_hours AS l
+            WHERE %4$s AND l.charges > 0 %2$s
               AND ($3::text IS NULL OR l.tenant_id = $3)
               AND ($4::text IS NULL OR l.unit = $4)
         ),
         totals AS (
             SELECT c.unit, sum(c.amount) AS total FROM charged AS c GROUP BY c.unit
         ),
-        ranked AS (
-            SELECT c.unit, c.tenant_id, c.key, sum(c.amount) AS charged, count(*) AS charges,
-                   row_number() OVER (PARTITION BY c.unit ORDER BY sum(c.amount) DESC, c.tenant_id, c.key) AS rank
+        spenders AS (
+            SELECT c.unit, c.tenant_id, c.key, sum(c.amount) AS charged, sum(c.charges)::bigint AS charges
             FROM charged AS c
             WHERE c.key IS NOT NULL
             GROUP BY c.unit, c.tenant_id, c.key
         )
-        SELECT r.unit, r.rank, r.tenant_id, r.key, r.charged, r.charges,
+        -- Per unit, the p_limit largest (a bounded sort, not a sort of every spender).
+        SELECT t.unit, r.rank, r.tenant_id, r.key, r.charged, r.charges,
                CASE WHEN t.total <> 0 THEN round(r.charged / t.total, 6) END
-        FROM ranked AS r
-        JOIN totals AS t ON t.unit = r.unit
-        WHERE r.rank <= $5
-        ORDER BY r.unit, r.rank
+        FROM totals AS t
+        CROSS JOIN LATERAL (
+            SELECT s.tenant_id, s.key, s.charged, s.charges,
+                   row_number() OVER (ORDER BY s.charged DESC, s.tenant_id, s.key) AS rank
+            FROM (SELECT s.* FROM spenders AS s WHERE s.unit = t.unit
+                  ORDER BY s.charged DESC, s.tenant_id, s.key LIMIT $5) AS s
+        ) AS r
+        ORDER BY t.unit, r.rank
     $q$, v_column, CASE WHEN p_dimension = 'scope' THEN 'AND l.operation_lead IN (true, false)'
-                        ELSE 'AND l.operation_lead' END)
+                        ELSE 'AND l.operation_lead' END, v_raw, v_summary)
     USING p_from, p_to, p_tenant_id, p_unit, p_limit;
 END;
 $$;
@@ -10956,7 +11324,8 @@ $$;
 --   * settled webhook deliveries and finished replay requests
 --     (cycles.prune_webhook_deliveries);
 --   * events no open delivery needs any more (cycles.prune_events);
---   * expired dashboard sessions (cycles.prune_dashboard_sessions).
+--   * expired dashboard sessions (cycles.prune_dashboard_sessions);
+--   * report summaries past their retention (cycles.prune_report_summaries).
 -- Each prune function deletes at most p_batch_size rows per table and returns
 -- {"deleted": n, "more": true|false}; "more" means a batch was full and the
 -- caller should call again. Rows are picked FOR UPDATE SKIP LOCKED, so two
@@ -11328,6 +11697,77 @@ BEGIN
     RETURN jsonb_build_object(
         'summarised_to', to_char(v_to AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"'),
         'more', v_to < date_trunc('hour', clock_timestamp() - interval '2 minutes', 'UTC'));
+END;
+$$;
+
+-- cycles.summarise_report_spend: brings the reports' hourly summaries
+-- (sql/39_reporting_summaries.sql) up to date for about p_budget_ms of work
+-- (cycles._report_summarise_spend), so that reports read a day of summary
+-- rows rather than a day of ledger rows. Returns {"summarised_to", "more"}:
+-- more is true while this call moved forward and final hours remain (a call
+-- held back by a running transaction reports no more, so the loop does not
+-- spin until it ends).
+-- Locks: the summaries' state row (SKIP LOCKED: a concurrent caller wins).
+-- Errors: INVALID_REQUEST (budget outside 10..60000 ms).
+CREATE FUNCTION cycles.summarise_report_spend(
+    p_budget_ms integer DEFAULT 1000,
+    p_ctx       jsonb DEFAULT '{}'
+) RETURNS jsonb
+LANGUAGE plpgsql
+AS $$
+DECLARE
+    v_before timestamptz;
+    v_to     timestamptz;
+BEGIN
+    PERFORM cycles._admin_principal(p_ctx, NULL);
+    IF p_budget_ms IS NULL OR p_budget_ms NOT BETWEEN 10 AND 60000 THEN
+        PERFORM cycles._fail('INVALID_REQUEST', 'budget must be between 10 and 60000 milliseconds');
+    END IF;
+    SELECT s.summarised_to INTO v_before FROM cycles.report_summary_state AS s WHERE s.name = 'spend';
+    v_to := cycles._report_summarise_spend(p_budget_ms);
+    RETURN jsonb_build_object(
+        'summarised_to', to_char(v_to AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"'),
+        'more', v_to > coalesce(v_before, '-infinity')
+                AND v_to < date_trunc('hour', clock_timestamp() - interval '2 minutes', 'UTC'));
+END;
+$$;
+
+-- cycles.prune_report_summaries: deletes up to p_batch_size report summary
+-- rows of hours older than p_retention_days (reports over older ranges then
+-- read the ledger, exactly as before). First moves the summaries' start
+-- past those hours, in the same transaction, so no report reads a half-pruned
+-- hour. Locks: the state row; the rows deleted (FOR UPDATE SKIP LOCKED).
+-- Errors: INVALID_REQUEST (retention outside 1..36500 days, batch size
+-- outside 1..100000).
+CREATE FUNCTION cycles.prune_report_summaries(
+    p_retention_days integer DEFAULT 400,
+    p_batch_size     integer DEFAULT 1000,
+    p_ctx            jsonb DEFAULT '{}'
+) RETURNS jsonb
+LANGUAGE plpgsql
+AS $$
+DECLARE
+    v_cutoff  timestamptz;
+    v_deleted integer;
+BEGIN
+    PERFORM cycles._admin_principal(p_ctx, NULL);
+    IF p_retention_days IS NULL OR p_retention_days NOT BETWEEN 1 AND 36500 THEN
+        PERFORM cycles._fail('INVALID_REQUEST', 'retention must be between 1 and 36500 days');
+    END IF;
+    PERFORM cycles._require_batch_size(p_batch_size);
+    v_cutoff := date_trunc('hour', clock_timestamp() - make_interval(days => p_retention_days), 'UTC');
+    UPDATE cycles.report_summary_state AS s SET summarised_from = least(v_cutoff, s.summarised_to)
+    WHERE s.name = 'spend' AND s.summarised_from < least(v_cutoff, s.summarised_to);
+    DELETE FROM cycles.report_spend_hours AS h
+    WHERE (h.tenant_id, h.summary_id) IN (
+        SELECT o.tenant_id, o.summary_id
+        FROM cycles.report_spend_hours AS o
+        WHERE o.hour_start < v_cutoff
+        ORDER BY o.hour_start
+        LIMIT p_batch_size
+        FOR UPDATE SKIP LOCKED);
+    GET DIAGNOSTICS v_deleted = ROW_COUNT;
+    RETURN jsonb_build_object('deleted', v_deleted, 'more', v_deleted >= p_batch_size);
 END;
 $$;
 

@@ -14,8 +14,8 @@
 --     read by authentication before the tenant is known, written rarely;
 --   coordinator-local (admin plane, not tenant-scoped): cycles.audit_logs,
 --     cycles.dashboard_sessions, cycles.bulk_action_records,
---     cycles.dashboard_summary_state, cycles.maintenance_jobs and
---     cycles.maintenance_runs.
+--     cycles.dashboard_summary_state, cycles.report_summary_state,
+--     cycles.maintenance_jobs and cycles.maintenance_runs.
 -- tests/sql/test_distribution_ready.py checks that this file names every
 -- tenant-owned table exactly once and colocates them all.
 
@@ -45,6 +45,8 @@ SELECT create_distributed_table('cycles.webhook_replays', 'tenant_id', colocate_
 -- The dashboard's spend summaries, derived from the ledger of the same tenant.
 SELECT create_distributed_table('cycles.dashboard_spend_hours', 'tenant_id', colocate_with => 'cycles.budgets');
 SELECT create_distributed_table('cycles.dashboard_spend_months', 'tenant_id', colocate_with => 'cycles.budgets');
+-- The reports' hourly summaries, likewise.
+SELECT create_distributed_table('cycles.report_spend_hours', 'tenant_id', colocate_with => 'cycles.budgets');
 
 -- Coordinator-local tables that reference a reference table must be known to
 -- Citus (their foreign key to cycles.tenants then stays enforced).

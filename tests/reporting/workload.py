@@ -31,6 +31,9 @@ from psycopg.types.json import Jsonb
 
 START = datetime(2026, 1, 10, 6, 30, tzinfo=UTC)
 SPAN = timedelta(days=95)
+# How far the report summaries of the shared workload database are built (a
+# whole UTC hour inside the history).
+SUMMARISED_TO = datetime(2026, 2, 20, 13, 0, tzinfo=UTC)
 TENANTS = ("t-alpha", "t-beta", "t-gamma")
 UNITS = ("TOKENS", "USD_MICROCENTS")
 AGENTS = ("planner", "coder", "critic", "scraper")

@@ -187,6 +187,17 @@ VIOLATIONS: dict[str, str] = {
     "dashboard_sessions_csrf_length": _SESSION_INSERT.format(**{**_SESSION_OK, "csrf": "'short'"}),
     "dashboard_sessions_expiry_after_creation": _SESSION_INSERT.format(
         **{**_SESSION_OK, "expires": "now() - interval '1 hour'"}),
+    "report_spend_hours_whole_hour": (
+        "INSERT INTO cycles.report_spend_hours (tenant_id, hour_start, operation_lead, scope, unit, spent, debt,"
+        " reserved, released, expired, charges) VALUES ('t1', '2026-01-01 10:30+00', true, 'tenant:t1', 'TOKENS',"
+        " 0, 0, 0, 0, 0, 0)"),
+    "report_spend_hours_charges_not_negative": (
+        "INSERT INTO cycles.report_spend_hours (tenant_id, hour_start, operation_lead, scope, unit, spent, debt,"
+        " reserved, released, expired, charges) VALUES ('t1', '2026-01-01 10:00+00', true, 'tenant:t1', 'TOKENS',"
+        " 0, 0, 0, 0, 0, -1)"),
+    "report_summary_state_ordered": (
+        "INSERT INTO cycles.report_summary_state (name, summarised_from, summarised_to)"
+        " VALUES ('spend', '2026-01-02', '2026-01-01')"),
     "maintenance_jobs_runs_nonnegative":
         "INSERT INTO cycles.maintenance_jobs (job, next_due_at, runs) VALUES ('prune_x', now(), -1)",
     "maintenance_runs_finished_after_start": (

@@ -40,10 +40,11 @@ EXCEPTIONS = {
     "audit_logs": "local",
 }
 # Tables without a NOT NULL tenant_id, kept on the coordinator: admin-plane
-# sessions and bulk-action replays, the dashboard summaries' progress mark,
-# and the maintenance jobs' schedule and run log.
+# sessions and bulk-action replays, the dashboard and report summaries'
+# progress marks, and the maintenance jobs' schedule and run log.
 LOCAL_WITHOUT_TENANT = {
-    "dashboard_sessions", "bulk_action_records", "dashboard_summary_state", "maintenance_jobs", "maintenance_runs"}
+    "dashboard_sessions", "bulk_action_records", "dashboard_summary_state", "report_summary_state",
+    "maintenance_jobs", "maintenance_runs"}
 
 
 def tenant_owned(db: psycopg.Connection) -> list[str]:
