@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import time
 from typing import Any
 
 import psycopg
@@ -57,8 +58,14 @@ def test_a_claimer_in_progress_makes_others_give_up_and_a_dead_one_releases_the_
         assert claim(first)["claimed"] is True
         assert claim(db) == {"claimed": False}
         # The runner dies: its connection drops, the transaction rolls back
-        # and the transaction-scoped lock goes with it.
+        # and the transaction-scoped lock goes with it, once its backend has
+        # noticed and ended (it does so shortly after the drop).
+        pid = first.info.backend_pid
         first.pgconn.finish()
+    deadline = time.monotonic() + 30
+    while db.execute("SELECT 1 FROM pg_stat_activity WHERE pid = %s", (pid,)).fetchone() is not None:
+        assert time.monotonic() < deadline, "the dropped connection's backend never ended"
+        time.sleep(0.01)
     assert claim(db) == {"claimed": True, "run": 1}
 
 
