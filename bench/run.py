@@ -52,6 +52,11 @@ HTTP_AGENTS = 1000
 SCALE_RESERVATIONS = 1_000_000
 SCALE_BUDGETS = 10_000
 HUGE = 10**15
+# Scale reports that aggregate every one of the scale tenant's 10,000 agents
+# (the spend per day and agent answers 30,000 rows): measured and reported
+# apart from the goal's queries (lists, balances, a reporting query).
+TENANT_WIDE_REPORTS = frozenset({"spend report (whole tenant, per day and agent)",
+                                 "top spenders (one tenant, 3 days, 10 agents)"})
 
 
 def say(message: str) -> None:
@@ -546,8 +551,14 @@ def goals(results: dict[str, Any]) -> list[tuple[str, str, bool]]:
                      "per call) ≥ 50 % of the bare baseline (independent, every client count)",
                      " / ".join(f"{r:.2f}" for r in ratios), min(ratios) >= 0.5))
     if "scale" in results:
-        worst = max(cell["p99_ms"] for cell in results["scale"].values())
-        rows.append(("Scale queries with 1M reservations: p99 ≤ 20 ms", f"worst p99 {worst} ms", worst <= 20))
+        named = {name: cell for name, cell in results["scale"].items() if name not in TENANT_WIDE_REPORTS}
+        worst = max(cell["p99_ms"] for cell in named.values())
+        rows.append(("Scale queries with 1M reservations (lists, balances, a reporting query): p99 ≤ 20 ms",
+                     f"worst p99 {worst} ms", worst <= 20))
+        wide = [cell["p99_ms"] for name, cell in results["scale"].items() if name in TENANT_WIDE_REPORTS]
+        if wide:
+            rows.append(("Beyond the issue's list, the same bound for reports over the whole tenant "
+                         "(10,000 agents, 3 days)", f"worst p99 {max(wide)} ms", max(wide) <= 20))
     mismatches = sum(cell["ledger_mismatches"] for cell in http.values())
     rows.append(("0 ledger mismatches in every HTTP cell", str(mismatches), mismatches == 0))
     return rows
