@@ -34,6 +34,7 @@ from app.api.admin import bulk as admin_bulk
 from app.api.admin import events as admin_events
 from app.api.admin import policies as admin_policies
 from app.api.admin import tenants as admin_tenants
+from app.api.direct_routes import install as install_direct_routes
 from app.config import Settings
 from app.dashboard import routes as dashboard
 from app.db import Database
@@ -102,5 +103,6 @@ def create_app(settings: Settings | None = None) -> Litestar:
         openapi_config=None,
         logging_config=None,
     )
+    install_direct_routes(app, database, reserve_batcher, MAX_REQUEST_BODY_BYTES)
     install_observability(app, settings, database)
     return app
