@@ -563,7 +563,8 @@ def main() -> None:
     parser.add_argument("--seconds", type=int, default=10, help="duration of each measured cell")
     parser.add_argument("--quick", action="store_true", help="3 s cells, fewer scale samples")
     parser.add_argument("--skip-scale", action="store_true")
-    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--workers", type=int, default=None,
+                        help="server worker processes (default: the server's own, CYCLES_WORKERS)")
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "performance.md")
     args = parser.parse_args()
     if shutil.which("wrk") is None:
