@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 from collections.abc import AsyncIterator
 from typing import Final
 
@@ -69,6 +70,11 @@ def create_app(settings: Settings | None = None) -> Litestar:
         # Every server process runs a delivery worker; they share the work safely.
         webhook_worker = None if settings.webhooks_disabled else asyncio.create_task(
             run_worker(settings), name="cycles-webhooks")
+        # Everything built so far lives as long as the process: out of the
+        # garbage collector's sight, its full collections no longer walk the
+        # framework's objects (they were 5-8 % of a busy worker's CPU).
+        gc.collect()
+        gc.freeze()
         try:
             yield
         finally:
