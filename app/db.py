@@ -197,13 +197,15 @@ class Database:
         args: list[bytes | None] = [value.encode(encoding) for value in values]
         if self.transaction_pooler:
             pgconn.send_query_params(statement.text, args)
+            result = await _result(pgconn)
         else:
-            if statement.name not in state.prepared:
-                pgconn.send_prepare(statement.name, statement.text)
-                _check(await _result(pgconn), pq.ExecStatus.COMMAND_OK, encoding)
-                state.prepared.add(statement.name)
-            pgconn.send_query_prepared(statement.name, args)
-        result = await _result(pgconn)
+            result = await _run_prepared(pgconn, state, statement, args)
+            if result.error_field(pq.DiagnosticField.SQLSTATE) == _NO_SUCH_STATEMENT:
+                # The connection's prepared statements were dropped (psycopg
+                # sends DEALLOCATE ALL after a ROLLBACK or DROP it ran there):
+                # nothing was executed, so prepare again and run it once more.
+                state.prepared.clear()
+                result = await _run_prepared(pgconn, state, statement, args)
         _check(result, pq.ExecStatus.TUPLES_OK, encoding)
         return result.get_value(0, 0) if result.ntuples and result.nfields else None
 
@@ -221,6 +223,8 @@ class Database:
 
 # Statement texts are constants; a bound only against misuse (others go through psycopg).
 _MAX_STATEMENTS: Final = 1000
+# invalid_sql_statement_name: no prepared statement of that name on the connection.
+_NO_SUCH_STATEMENT: Final = b"26000"
 # psycopg's named placeholder; a statement with any other % is left to psycopg.
 _PLACEHOLDER: Final = re.compile(r"%\(([A-Za-z_][A-Za-z0-9_]*)\)s")
 
@@ -286,6 +290,16 @@ async def _result(pgconn: pq.abc.PGconn) -> pq.abc.PGresult:
     while (following := pgconn.get_result()) is not None:
         result = following
     return result
+
+
+async def _run_prepared(pgconn: pq.abc.PGconn, state: _ConnectionState, statement: _Statement,
+                        args: list[bytes | None]) -> pq.abc.PGresult:
+    if statement.name not in state.prepared:
+        pgconn.send_prepare(statement.name, statement.text)
+        _check(await _result(pgconn), pq.ExecStatus.COMMAND_OK, state.encoding)
+        state.prepared.add(statement.name)
+    pgconn.send_query_prepared(statement.name, args)
+    return await _result(pgconn)
 
 
 def _check(result: pq.abc.PGresult, expected: pq.ExecStatus, encoding: str) -> None:
