@@ -90,9 +90,14 @@ class Settings:
     admin_api_key: str | None = setting(
         "CYCLES_ADMIN_API_KEY", None,
         "Admin API key. Unset: generated on first run and stored in the data directory.", secret=True)
+    # A process batches only the concurrent reserves it receives itself, so
+    # fewer processes make bigger batches (less database CPU per reserve),
+    # and a request's server work is a fraction of its database work: on 2
+    # cores shared with PostgreSQL one process beat two at 10 and 50
+    # connections (docs/performance-profile.md).
     workers: int = setting(
-        "CYCLES_WORKERS", 2, "HTTP worker processes.", minimum=1, maximum=256,
-        computed=lambda _: max(2, _cores()), default_doc="number of CPU cores, at least 2")
+        "CYCLES_WORKERS", 1, "HTTP worker processes.", minimum=1, maximum=256,
+        computed=lambda _: max(1, _cores() // 2), default_doc="half the number of CPU cores, at least 1")
     # Every request is one short, CPU-bound call; more connections than a
     # few per core only queue in PostgreSQL (measured: 4 per core beat 16
     # per worker on 2 cores, with a third of the p99).

@@ -21,12 +21,16 @@ the pool checks once per connection that they are in force and warns if not.
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import re
+import weakref
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, Final
 
 import psycopg
+from psycopg import errors, pq
 from psycopg.abc import Buffer
 from psycopg.adapt import Loader
 from psycopg_pool import AsyncConnectionPool
@@ -124,7 +128,11 @@ class Database:
                  pool_timeout_s: float, transaction_pooler: bool = False) -> None:
         self.database_url = database_url
         self.pool_timeout_s = pool_timeout_s
+        self.transaction_pooler = transaction_pooler
         self.pool = create_pool(database_url, min_size, max_size, timeouts, transaction_pooler)
+        self._statements: dict[str, _Statement] = {}
+        self._connections: weakref.WeakKeyDictionary[psycopg.AsyncConnection[Any], _ConnectionState] = (
+            weakref.WeakKeyDictionary())
 
     @classmethod
     def from_settings(cls, settings: Settings, min_size: int | None = None,
@@ -149,13 +157,57 @@ class Database:
 
     async def fetch_json(self, sql: str, params: Mapping[str, Any]) -> bytes:
         """Run one statement returning one text value (a function's jsonb::text)."""
-        async with self.pool.connection(timeout=self.pool_timeout_s) as conn:
-            cursor = await conn.execute(sql, params)
-            row = await cursor.fetchone()
-        if row is None or row[0] is None:
+        statement = self._statements.get(sql)
+        if statement is None and len(self._statements) < _MAX_STATEMENTS:
+            statement = self._statements[sql] = _Statement.of(sql, len(self._statements))
+        if statement is not None and statement.names is not None and all(
+                type(value) is str and "\x00" not in value for value in params.values()):
+            # Every request's call: straight on the connection (see _Statement).
+            conn = await self.pool.getconn(timeout=self.pool_timeout_s)
+            try:
+                value = await self._run(conn, statement, [params[name] for name in statement.names])
+            finally:
+                await self.pool.putconn(conn)
+        else:
+            async with self.pool.connection(timeout=self.pool_timeout_s) as conn:
+                cursor = await conn.execute(sql, params)
+                row = await cursor.fetchone()
+            value = None if row is None else row[0]
+        if value is None:
             raise RuntimeError(f"statement returned no JSON: {sql}")
-        result: bytes = row[0]
+        result: bytes = value
         return result
+
+    async def _run(self, conn: psycopg.AsyncConnection[Any], statement: _Statement, values: list[str]) -> Any:
+        """The first column of the first row of ``statement`` run with these
+        text values, sent and read with libpq on the connection itself.
+
+        This is what psycopg does for the same call (parameters as text of
+        unknown type, the statement prepared once per connection, errors
+        raised as psycopg's exceptions), without its cursor and adapter
+        layers, which cost more CPU than the rest of a request's database
+        call. The connection is taken from the pool as for any call and
+        returned to it after; a failure leaves it as psycopg would (broken:
+        the pool replaces it)."""
+        state = self._connections.get(conn)
+        if state is None:
+            state = self._connections[conn] = _ConnectionState(conn.info.encoding)
+        pgconn = conn.pgconn
+        encoding = state.encoding
+        args: list[bytes | None] = [value.encode(encoding) for value in values]
+        if self.transaction_pooler:
+            pgconn.send_query_params(statement.text, args)
+            result = await _result(pgconn)
+        else:
+            result = await _run_prepared(pgconn, state, statement, args)
+            if result.error_field(pq.DiagnosticField.SQLSTATE) == _NO_SUCH_STATEMENT:
+                # The connection's prepared statements were dropped (psycopg
+                # sends DEALLOCATE ALL after a ROLLBACK or DROP it ran there):
+                # nothing was executed, so prepare again and run it once more.
+                state.prepared.clear()
+                result = await _run_prepared(pgconn, state, statement, args)
+        _check(result, pq.ExecStatus.TUPLES_OK, encoding)
+        return result.get_value(0, 0) if result.ntuples and result.nfields else None
 
     async def fetch_int(self, sql: str) -> int:
         """Run one statement returning one integer."""
@@ -165,3 +217,94 @@ class Database:
         if row is None or not isinstance(row[0], int):
             raise RuntimeError(f"statement returned no integer: {sql}")
         return row[0]
+
+
+# Calls made straight on libpq (Database._run) -------------------------------
+
+# Statement texts are constants; a bound only against misuse (others go through psycopg).
+_MAX_STATEMENTS: Final = 1000
+# invalid_sql_statement_name: no prepared statement of that name on the connection.
+_NO_SUCH_STATEMENT: Final = b"26000"
+# psycopg's named placeholder; a statement with any other % is left to psycopg.
+_PLACEHOLDER: Final = re.compile(r"%\(([A-Za-z_][A-Za-z0-9_]*)\)s")
+
+
+@dataclass(frozen=True)
+class _Statement:
+    """A statement's text with $n placeholders, the parameter names in $n
+    order (None: psycopg runs it), and its prepared statement's name."""
+
+    text: bytes
+    names: tuple[str, ...] | None
+    name: bytes
+
+    @classmethod
+    def of(cls, sql: str, number: int) -> _Statement:
+        names: list[str] = []
+
+        def number_of(match: re.Match[str]) -> str:
+            if match[1] not in names:
+                names.append(match[1])
+            return f"${names.index(match[1]) + 1}"
+
+        text = _PLACEHOLDER.sub(number_of, sql)
+        plain = "%" not in text
+        return cls(text.encode(), tuple(names) if plain else None, f"cycles_{number}".encode())
+
+
+@dataclass
+class _ConnectionState:
+    encoding: str
+    prepared: set[bytes] = field(default_factory=set)
+
+
+async def _wait(pgconn: pq.abc.PGconn, writing: bool) -> None:
+    """Until the connection's socket is readable (or writable)."""
+    loop = asyncio.get_running_loop()
+    ready: asyncio.Future[None] = loop.create_future()
+    fd = pgconn.socket
+    if writing:
+        loop.add_writer(fd, ready.set_result, None)
+    else:
+        loop.add_reader(fd, ready.set_result, None)
+    try:
+        await ready
+    finally:
+        if writing:
+            loop.remove_writer(fd)
+        else:
+            loop.remove_reader(fd)
+
+
+async def _result(pgconn: pq.abc.PGconn) -> pq.abc.PGresult:
+    """Send what is buffered, then the last result of the command."""
+    while pgconn.flush():
+        await _wait(pgconn, writing=True)
+    pgconn.consume_input()
+    while pgconn.is_busy():
+        await _wait(pgconn, writing=False)
+        pgconn.consume_input()
+    result = pgconn.get_result()
+    if result is None:
+        raise errors.InternalError("the server sent no result")
+    while (following := pgconn.get_result()) is not None:
+        result = following
+    return result
+
+
+async def _run_prepared(pgconn: pq.abc.PGconn, state: _ConnectionState, statement: _Statement,
+                        args: list[bytes | None]) -> pq.abc.PGresult:
+    if statement.name not in state.prepared:
+        pgconn.send_prepare(statement.name, statement.text)
+        _check(await _result(pgconn), pq.ExecStatus.COMMAND_OK, state.encoding)
+        state.prepared.add(statement.name)
+    pgconn.send_query_prepared(statement.name, args)
+    return await _result(pgconn)
+
+
+def _check(result: pq.abc.PGresult, expected: pq.ExecStatus, encoding: str) -> None:
+    if result.status == expected:
+        return
+    if result.status == pq.ExecStatus.FATAL_ERROR:
+        raise errors.error_from_result(result, encoding=encoding)
+    raise errors.InternalError(f"unexpected result status {pq.ExecStatus(result.status).name}")

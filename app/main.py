@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 from collections.abc import AsyncIterator
 from typing import Final
 
@@ -34,6 +35,7 @@ from app.api.admin import bulk as admin_bulk
 from app.api.admin import events as admin_events
 from app.api.admin import policies as admin_policies
 from app.api.admin import tenants as admin_tenants
+from app.api.direct_routes import install as install_direct_routes
 from app.config import Settings
 from app.dashboard import routes as dashboard
 from app.db import Database
@@ -71,6 +73,11 @@ def create_app(settings: Settings | None = None) -> Litestar:
         # Every server process runs a delivery worker; they share the work safely.
         webhook_worker = None if settings.webhooks_disabled else asyncio.create_task(
             run_worker(settings), name="cycles-webhooks")
+        # Everything built so far lives as long as the process: out of the
+        # garbage collector's sight, its full collections no longer walk the
+        # framework's objects (they were 5-8 % of a busy worker's CPU).
+        gc.collect()
+        gc.freeze()
         try:
             yield
         finally:
@@ -108,5 +115,6 @@ def create_app(settings: Settings | None = None) -> Litestar:
         openapi_config=None,
         logging_config=None,
     )
+    install_direct_routes(app, database, reserve_batcher, settle_batcher, MAX_REQUEST_BODY_BYTES)
     install_observability(app, settings, database)
     return app

@@ -634,7 +634,8 @@ def main() -> None:
     parser.add_argument("--skip-scale", action="store_true")
     parser.add_argument("--only", choices=("scale",),
                         help="run only this stage and print its figures as JSON (the report files are left alone)")
-    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--workers", type=int, default=None,
+                        help="server worker processes (default: the server's own, CYCLES_WORKERS)")
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "performance.md")
     args = parser.parse_args()
     if args.only is None and shutil.which("wrk") is None:

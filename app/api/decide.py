@@ -21,14 +21,14 @@ DECIDE_SQL: Final = (
     "SELECT cycles.decide(p_api_key => %(key)s, p_request => %(request)s::jsonb,"
     " p_ctx => %(ctx)s::jsonb)::text")
 
-_decoder: Final = msgspec.json.Decoder(DecisionRequest)
+decoder: Final = msgspec.json.Decoder(DecisionRequest)
 
 
 @post("/v1/decide")
 async def decide(request: Request[Any, Any, Any]) -> Response[bytes]:
     raw = await read_body(request)
     caller = api_key_caller(request)
-    parsed, body = decode_body(raw, _decoder)
+    parsed, body = decode_body(raw, decoder)
     check_idempotency_header(request, parsed.idempotency_key)
     return await respond(request, DECIDE_SQL, {
         "key": caller.api_key, "request": body, "ctx": context_json(request, caller)})

@@ -16,6 +16,7 @@ from typing import Any, Final, NamedTuple, TypeVar
 import msgspec
 from litestar import Request
 from litestar.exceptions import InternalServerException
+from litestar.types import Scope
 
 from app.db import Database
 from app.errors import ApiError, invalid_request
@@ -64,7 +65,11 @@ def _unauthorized(message: str) -> ApiError:
 
 def api_key_caller(request: Request[Any, Any, Any]) -> Caller:
     """The caller of an endpoint that only an API key may use."""
-    key = request.headers.get(API_KEY_HEADER)
+    return api_key_of(request.headers.get(API_KEY_HEADER))
+
+
+def api_key_of(key: str | None) -> Caller:
+    """The caller presenting this X-Cycles-API-Key value (the first one sent)."""
     if not key:
         raise _unauthorized("missing X-Cycles-API-Key header")
     if "\x00" in key:
@@ -88,9 +93,14 @@ def api_key_or_admin_caller(request: Request[Any, Any, Any]) -> Caller:
 
 def context_json(request: Request[Any, Any, Any], caller: Caller) -> str:
     """p_ctx of the call: what the ledger and events record about the request."""
-    ids = request_ids(request.scope)
+    return scope_context_json(request.scope, caller)
+
+
+def scope_context_json(scope: Scope, caller: Caller) -> str:
+    """context_json from the request's ASGI scope."""
+    ids = request_ids(scope)
     context = {"request_id": ids.request_id, "trace_id": ids.trace_id, "actor_type": caller.actor_type}
-    client = request.scope.get("client")
+    client = scope.get("client")
     if client:
         context["source_ip"] = str(client[0])
     return msgspec.json.encode(context).decode()
@@ -122,7 +132,11 @@ def decode_body(body: bytes, decoder: msgspec.json.Decoder[T]) -> tuple[T, str]:
 
 def check_idempotency_header(request: Request[Any, Any, Any], body_key: str) -> None:
     """X-Idempotency-Key is optional; when sent it must equal the body's key."""
-    header_key = request.headers.get(IDEMPOTENCY_KEY_HEADER)
+    check_idempotency_key(request.headers.get(IDEMPOTENCY_KEY_HEADER), body_key)
+
+
+def check_idempotency_key(header_key: str | None, body_key: str) -> None:
+    """check_idempotency_header for the header's value (the first one sent, as latin-1)."""
     if header_key is None:
         return
     # Header values arrive as latin-1; a client sending a non-ASCII key sends

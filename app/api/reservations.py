@@ -47,10 +47,10 @@ GET_SQL: Final = (
     "SELECT cycles.get_reservation(p_api_key => %(key)s, p_reservation_id => %(id)s,"
     " p_ctx => %(ctx)s::jsonb)::text")
 
-_create_decoder: Final = msgspec.json.Decoder(ReservationCreateRequest)
-_commit_decoder: Final = msgspec.json.Decoder(CommitRequest)
-_release_decoder: Final = msgspec.json.Decoder(ReleaseRequest)
-_extend_decoder: Final = msgspec.json.Decoder(ReservationExtendRequest)
+create_decoder: Final = msgspec.json.Decoder(ReservationCreateRequest)
+commit_decoder: Final = msgspec.json.Decoder(CommitRequest)
+release_decoder: Final = msgspec.json.Decoder(ReleaseRequest)
+extend_decoder: Final = msgspec.json.Decoder(ReservationExtendRequest)
 
 _subject_filter = text_param(128)
 _time_bound = text_param(64)
@@ -83,7 +83,7 @@ LIST_QUERY: Final = {
 async def create_reservation(request: Request[Any, Any, Any]) -> Response[bytes]:
     raw = await read_body(request)
     caller = api_key_caller(request)
-    parsed, body = decode_body(raw, _create_decoder)
+    parsed, body = decode_body(raw, create_decoder)
     check_idempotency_header(request, parsed.idempotency_key)
     ctx = context_json(request, caller)
     # Live reserves of one key are applied in batches when several are in
@@ -101,7 +101,7 @@ async def commit_reservation(request: Request[Any, Any, Any], reservation_id: Fr
     raw = await read_body(request)
     caller = api_key_caller(request)
     path_id = checked_reservation_id(reservation_id)
-    parsed, body = decode_body(raw, _commit_decoder)
+    parsed, body = decode_body(raw, commit_decoder)
     check_idempotency_header(request, parsed.idempotency_key)
     ctx = context_json(request, caller)
     # Commits and releases of one key are applied in batches when several
@@ -119,7 +119,7 @@ async def release_reservation(request: Request[Any, Any, Any], reservation_id: F
     caller = api_key_or_admin_caller(request)
     async with on_behalf_failures(request, caller.api_key, "releaseReservation"):
         path_id = checked_reservation_id(reservation_id)
-        parsed, body = decode_body(raw, _release_decoder)
+        parsed, body = decode_body(raw, release_decoder)
         check_idempotency_header(request, parsed.idempotency_key)
         ctx = context_json(request, caller)
         # An admin's release on a tenant's behalf goes alone.
@@ -136,7 +136,7 @@ async def extend_reservation(request: Request[Any, Any, Any], reservation_id: Fr
     raw = await read_body(request)
     caller = api_key_caller(request)
     path_id = checked_reservation_id(reservation_id)
-    parsed, body = decode_body(raw, _extend_decoder)
+    parsed, body = decode_body(raw, extend_decoder)
     check_idempotency_header(request, parsed.idempotency_key)
     return await respond(request, EXTEND_SQL, {
         "key": caller.api_key, "id": path_id, "request": body, "ctx": context_json(request, caller)})

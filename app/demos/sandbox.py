@@ -107,7 +107,7 @@ def cycles_serve(env: dict[str, str], log: Path) -> Iterator[tuple[str, int]]:
 
 
 @contextmanager
-def throwaway_server(keep: bool = False, workers: int = 1) -> Iterator[Target]:
+def throwaway_server(keep: bool = False, workers: int | None = 1) -> Iterator[Target]:
     """`cycles serve` on a new embedded cluster in a temporary directory,
     stopped (and, unless `keep`, deleted) on exit. Also what the benchmark
     suite measures, so it is started exactly as a user starts it."""
@@ -118,8 +118,9 @@ def throwaway_server(keep: bool = False, workers: int = 1) -> Iterator[Target]:
     data_dir = base / "data"
     admin_key = "cyc_admin_" + secrets.token_urlsafe(32)
     env = {name: value for name, value in os.environ.items() if name != "CYCLES_DATABASE_URL"}
-    env.update(CYCLES_DATA_DIR=str(data_dir), CYCLES_ADMIN_API_KEY=admin_key, CYCLES_WORKERS=str(workers),
-               CYCLES_LOG_LEVEL="warning")
+    env.update(CYCLES_DATA_DIR=str(data_dir), CYCLES_ADMIN_API_KEY=admin_key, CYCLES_LOG_LEVEL="warning")
+    if workers is not None:  # None: the server's default
+        env["CYCLES_WORKERS"] = str(workers)
     try:
         with cycles_serve(env, base / "server.log") as (base_url, pid):
             yield Target(base_url, admin_key, data_dir, keep, pid)

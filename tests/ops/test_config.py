@@ -49,7 +49,7 @@ def test_values_are_parsed_and_defaults_computed() -> None:
     cores = os.cpu_count() or 2
     assert settings.pool_max_size == max(2, 4 * cores // 4)
     assert settings.pool_min_size == min(2, settings.pool_max_size)
-    assert Settings.from_env({}).workers == max(2, cores)
+    assert Settings.from_env({}).workers == max(1, cores // 2)
 
 
 def test_every_field_is_one_table_entry() -> None:
