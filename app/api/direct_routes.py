@@ -27,14 +27,14 @@ exception middleware) and serves a plain request of these routes itself:
 
 from __future__ import annotations
 
+import logging
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Final
 
 import msgspec
 from litestar import Litestar
-from litestar._asgi.utils import is_valid_host
-from litestar.middleware._internal.exceptions.middleware import ExceptionHandlerMiddleware
 from litestar.types import ASGIApp, Receive, Send
 from litestar.utils.scope.state import ScopeState
 
@@ -50,6 +50,8 @@ from app.db import Database
 from app.errors import ApiError
 from app.reserve_batcher import ReserveBatcher
 from app.settle_batcher import SettleBatcher
+
+logger = logging.getLogger("cycles.api")
 
 _JSON_HEADER: Final = (b"content-type", b"application/json")
 _RESERVATIONS: Final = "/v1/reservations/"
@@ -109,8 +111,10 @@ class DirectRoutes:
     """ASGI app in front of Litestar's router (see the module docstring)."""
 
     def __init__(self, app: Litestar, database: Database, reserve_batcher: ReserveBatcher | None,
-                 settle_batcher: SettleBatcher | None, max_body_bytes: int) -> None:
+                 settle_batcher: SettleBatcher | None, max_body_bytes: int,
+                 is_valid_host: Callable[[Any], bool]) -> None:
         self.router: ASGIApp = app.asgi_router
+        self.is_valid_host = is_valid_host
         self.database = database
         self.reserve_batcher = reserve_batcher
         self.settle_batcher = settle_batcher
@@ -158,7 +162,7 @@ class DirectRoutes:
             elif name == b"transfer-encoding":
                 length = b"chunked"
         if (not key or length is None or not length.isdigit() or int(length) > self.max_body_bytes
-                or (host is not None and not is_valid_host(host))):
+                or (host is not None and not self.is_valid_host(host))):
             await self.router(scope, receive, send)
             return
         # What the router sets for the route (and nothing it would not).
@@ -212,11 +216,21 @@ class DirectRoutes:
 
 
 def install(app: Litestar, database: Database, reserve_batcher: ReserveBatcher | None,
-            settle_batcher: SettleBatcher | None, max_body_bytes: int) -> None:
-    """Put DirectRoutes between Litestar's exception middleware and its router."""
+            settle_batcher: SettleBatcher | None, max_body_bytes: int) -> bool:
+    """Put DirectRoutes between Litestar's exception middleware and its
+    router; False (the framework's path serves every route) when that layout
+    or the framework's host check is not where this Litestar release was
+    known to keep them."""
+    try:
+        # Internal to Litestar: a release that moves them only costs speed.
+        from litestar._asgi.utils import is_valid_host
+        from litestar.middleware._internal.exceptions.middleware import ExceptionHandlerMiddleware
+    except ImportError:
+        logger.warning("direct routes off: this Litestar release does not have the internals they use")
+        return False
     handler = app.asgi_handler
     if not isinstance(handler, ExceptionHandlerMiddleware) or handler.app is not app.asgi_router:
         # Another layer (CORS, a plugin) sits in between: keep the framework's path.
-        return
-    handler.app = DirectRoutes(app, database, reserve_batcher, settle_batcher, max_body_bytes)
-
+        return False
+    handler.app = DirectRoutes(app, database, reserve_batcher, settle_batcher, max_body_bytes, is_valid_host)
+    return True

@@ -17,7 +17,10 @@ from urllib.parse import urlsplit
 
 import httpx
 import pytest
+from litestar import Litestar
 
+from app.api import decide, events, reservations
+from app.api.direct_routes import DirectRoutes, install
 from tests.api.checks import assert_error
 from tests.api.conftest import ApiServer
 from tests.api.provision import event_body, funded_tenant, reserve_body, unique
@@ -127,3 +130,13 @@ def test_a_refused_request_leaves_its_connection_usable(
     assert status == 200, body
     refused = httpx.post(f"{api_server.base_url}/v1/reservations", content=b"[]", headers=headers)
     assert_error(refused, 400, "INVALID_REQUEST")
+
+
+def test_the_direct_routes_are_installed_with_this_litestar() -> None:
+    """They rely on Litestar internals and quietly step aside when a release
+    moves them (the framework then serves every route); with the Litestar
+    this project installs they must be in place, or the speed is gone."""
+    app = Litestar(route_handlers=[*reservations.ROUTES, *decide.ROUTES, *events.ROUTES])
+    assert install(app, database=None, reserve_batcher=None, settle_batcher=None,  # type: ignore[arg-type]
+                   max_body_bytes=1024) is True
+    assert isinstance(app.asgi_handler.app, DirectRoutes)  # type: ignore[attr-defined]
