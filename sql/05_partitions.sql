@@ -40,10 +40,14 @@ SELECT cycles._protect_ledger_partition('cycles.ledger_entries_default');
 -- DEFAULT partition with its append-only trigger suspended for that one
 -- statement, and the new table is then attached.
 -- Returns {"created": [partition names], "moved_rows": n}.
--- Locks: a transaction advisory lock serialising callers; creating a
--- partition takes an ACCESS EXCLUSIVE lock on the parent for an instant
--- (writers wait, they do not fail); moving rows also locks the DEFAULT
--- partition.
+-- Locks: a transaction advisory lock serialising callers; before the first
+-- partition it creates, SHARE ROW EXCLUSIVE on cycles.budgets (the lock the
+-- new partition's foreign key to budgets takes), then creating a partition
+-- takes an ACCESS EXCLUSIVE lock on the parent for an instant (writers wait,
+-- they do not fail); moving rows also locks the DEFAULT partition. Budgets
+-- before the ledger is every writer's order: taken the other way round, a
+-- reserve holding its budget rows and about to append to the ledger and
+-- this function holding the ledger and waiting for budgets deadlock.
 -- Errors (in order): INVALID_REQUEST (p_months_ahead outside 0..120; a table
 -- with a partition's name exists but is not attached: an archived month
 -- is never re-created).
@@ -81,6 +85,9 @@ BEGIN
                     ' rename or drop it first', v_name));
             END IF;
             CONTINUE;
+        END IF;
+        IF cardinality(v_created) = 0 THEN
+            LOCK TABLE cycles.budgets IN SHARE ROW EXCLUSIVE MODE;
         END IF;
         v_start := v_month::timestamp AT TIME ZONE 'UTC';
         v_end := (v_month + interval '1 month')::timestamp AT TIME ZONE 'UTC';

@@ -5,6 +5,8 @@ checks work across partitions, and a detached month can be verified alone."""
 
 from __future__ import annotations
 
+import threading
+import time
 from datetime import UTC, datetime
 from typing import Any
 
@@ -247,3 +249,36 @@ def test_segment_check_refuses_other_tables(db: psycopg.Connection) -> None:
     with pytest.raises(psycopg.Error) as caught:
         db.execute("SELECT * FROM cycles.verify_ledger_segment('cycles.api_keys')")
     assert caught.value.sqlstate == "CY400"
+
+
+def test_creating_a_partition_waits_for_budget_writers_instead_of_deadlocking(
+        db: psycopg.Connection, pg_cluster: Any) -> None:
+    """A writer holds a budget row and then reads or appends to the ledger;
+    a new partition's foreign key needs a lock on budgets. The function takes
+    budgets first, as writers do: it waits for the writer, which goes on. In
+    the other order each waits for the other until the deadlock detector
+    fails one of them."""
+    fund(db)
+    conninfo = pg_cluster.conninfo(db.info.dbname)
+    outcome: list[Any] = []
+    with psycopg.connect(conninfo) as writer, psycopg.connect(conninfo, autocommit=True) as maintenance:
+        writer.execute("UPDATE cycles.budgets SET updated_at = clock_timestamp() WHERE scope = 'tenant:acme'")
+        pid = maintenance.info.backend_pid
+
+        def ensure() -> None:
+            try:
+                outcome.append(maintenance.execute("SELECT cycles.ensure_ledger_partitions(4)").fetchone())
+            except psycopg.Error as error:
+                outcome.append(error)
+
+        thread = threading.Thread(target=ensure)
+        thread.start()
+        deadline = time.monotonic() + 30
+        while db.execute("SELECT 1 FROM pg_catalog.pg_locks WHERE pid = %s AND NOT granted", (pid,)).fetchone() is None:
+            assert time.monotonic() < deadline, "the partition maker never waited for the writer"
+            time.sleep(0.01)
+        writer.execute("SELECT count(*) FROM cycles.ledger_entries WHERE tenant_id = 'acme'")
+        writer.commit()
+        thread.join(timeout=30)
+    assert len(outcome) == 1 and not isinstance(outcome[0], Exception), outcome
+    assert len(outcome[0][0]["created"]) == 3
