@@ -249,6 +249,33 @@ BEGIN
 END;
 $$;
 
+-- cycles._report_ledger_sql: the ledger rows in p_ranges as a FROM item (a
+-- subquery), one UNION ALL arm per range with its bounds written out (see
+-- cycles._report_ranges_sql); NULL for more than 64 ranges. The report's
+-- tenant and other conditions reach into every arm, so each range is one
+-- scan of the (tenant_id, operation_lead, created_at) index. One condition
+-- ORing the ranges is estimated worse: the planner judges each range by all
+-- tenants' rows in it (a busy current hour) and reads every row of the
+-- tenant instead.
+CREATE FUNCTION cycles._report_ledger_sql(p_ranges tstzmultirange) RETURNS text
+LANGUAGE plpgsql STABLE
+AS $$
+DECLARE
+    v_arms text[];
+BEGIN
+    SELECT array_agg('SELECT * FROM cycles.ledger_entries AS l WHERE '
+                     || cycles._report_ranges_sql(tstzmultirange(r.r), 'l.created_at') ORDER BY lower(r.r))
+    INTO v_arms
+    FROM unnest(p_ranges) AS r(r);
+    IF v_arms IS NULL THEN
+        RETURN '(SELECT * FROM cycles.ledger_entries AS l WHERE false)';
+    ELSIF cardinality(v_arms) > 64 THEN
+        RETURN NULL;
+    END IF;
+    RETURN '(' || array_to_string(v_arms, ' UNION ALL ') || ')';
+END;
+$$;
+
 -- cycles._report_ranges_sql: the condition "p_column in one of p_ranges"
 -- as SQL text with the bounds written out, so that the planner sees each
 -- range (reads each through an index, estimates rows right); 'false' for

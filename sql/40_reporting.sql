@@ -247,12 +247,12 @@ BEGIN
     -- Whole hours inside one bucket come from the summaries, the rest of the
     -- range from the ledger (sql/39_reporting_summaries.sql).
     v_summarised := cycles._report_summarised_hours(p_from, p_to, v_bucket, p_time_zone);
-    v_raw := cycles._report_ranges_sql(tstzmultirange(tstzrange(p_from, p_to)) - v_summarised, 'l.created_at');
+    v_raw := cycles._report_ledger_sql(tstzmultirange(tstzrange(p_from, p_to)) - v_summarised);
     v_summary := cycles._report_ranges_sql(v_summarised, 'l.hour_start');
     IF v_raw IS NULL THEN
         -- Too many pieces (half-hour zones over a long range): all from the ledger.
         v_summary := 'false';
-        v_raw := '(l.created_at >= $1 AND l.created_at < $2)';
+        v_raw := '(SELECT * FROM cycles.ledger_entries AS l WHERE l.created_at >= $1 AND l.created_at < $2)';
     ELSE
         -- The ledger rows to add are few when at most two hours of the
         -- range after the summaries' start are not summarised (before it,
@@ -273,9 +273,8 @@ BEGIN
                    CASE WHEN l.operation = 'RELEASE' THEN -l.reserved_delta ELSE 0 END::numeric AS released,
                    CASE WHEN l.operation = 'EXPIRE' THEN -l.reserved_delta ELSE 0 END::numeric AS expired,
                    CASE WHEN l.operation IN ('COMMIT', 'EVENT') THEN 1 ELSE 0 END::bigint AS charges
-            FROM cycles.ledger_entries AS l
-            WHERE %5$s
-              AND l.operation IN ('RESERVE', 'COMMIT', 'RELEASE', 'EXPIRE', 'EVENT')
+            FROM %5$s AS l
+            WHERE l.operation IN ('RESERVE', 'COMMIT', 'RELEASE', 'EXPIRE', 'EVENT')
               AND ($3::text IS NULL OR l.tenant_id = $3)
               AND ($4::text IS NULL OR l.unit = $4)
               %4$s
@@ -349,14 +348,14 @@ BEGIN
     -- Whole hours from the summaries, the rest from the ledger
     -- (sql/39_reporting_summaries.sql).
     v_summarised := cycles._report_summarised_hours(p_from, p_to, 'total', 'UTC');
-    v_raw := cycles._report_ranges_sql(tstzmultirange(tstzrange(p_from, p_to)) - v_summarised, 'l.created_at');
+    v_raw := cycles._report_ledger_sql(tstzmultirange(tstzrange(p_from, p_to)) - v_summarised);
     v_summary := cycles._report_ranges_sql(v_summarised, 'l.hour_start');
     RETURN QUERY EXECUTE format($q$
         WITH charged AS (
             SELECT l.unit, l.tenant_id, %1$s AS key, (l.spent_delta + l.debt_delta)::numeric AS amount,
                    1::bigint AS charges
-            FROM cycles.ledger_entries AS l
-            WHERE %3$s AND l.operation IN ('COMMIT', 'EVENT') %2$s
+            FROM %3$s AS l
+            WHERE l.operation IN ('COMMIT', 'EVENT') %2$s
               AND ($3::text IS NULL OR l.tenant_id = $3)
               AND ($4::text IS NULL OR l.unit = $4)
             UNION ALL

@@ -9899,6 +9899,33 @@ BEGIN
 END;
 $$;
 
+-- cycles._report_ledger_sql: the ledger rows in p_ranges as a FROM item (a
+-- subquery), one UNION ALL arm per range with its bounds written out (see
+-- cycles._report_ranges_sql); NULL for more than 64 ranges. The report's
+-- tenant and other conditions reach into every arm, so each range is one
+-- scan of the (tenant_id, operation_lead, created_at) index. One condition
+-- ORing the ranges is estimated worse: the planner judges each range by all
+-- tenants' rows in it (a busy current hour) and reads every row of the
+-- tenant instead.
+CREATE FUNCTION cycles._report_ledger_sql(p_ranges tstzmultirange) RETURNS text
+LANGUAGE plpgsql STABLE
+AS $$
+DECLARE
+    v_arms text[];
+BEGIN
+    SELECT array_agg('SELECT * FROM cycles.ledger_entries AS l WHERE '
+                     || cycles._report_ranges_sql(tstzmultirange(r.r), 'l.created_at') ORDER BY lower(r.r))
+    INTO v_arms
+    FROM unnest(p_ranges) AS r(r);
+    IF v_arms IS NULL THEN
+        RETURN '(SELECT * FROM cycles.ledger_entries AS l WHERE false)';
+    ELSIF cardinality(v_arms) > 64 THEN
+        RETURN NULL;
+    END IF;
+    RETURN '(' || array_to_string(v_arms, ' UNION ALL ') || ')';
+END;
+$$;
+
 -- cycles._report_ranges_sql: the condition "p_column in one of p_ranges"
 -- as SQL text with the bounds written out, so that the planner sees each
 -- range (reads each through an index, estimates rows right); 'false' for
@@ -10181,12 +10208,12 @@ BEGIN
     -- Whole hours inside one bucket come from the summaries, the rest of the
     -- range from the ledger (sql/39_reporting_summaries.sql).
     v_summarised := cycles._report_summarised_hours(p_from, p_to, v_bucket, p_time_zone);
-    v_raw := cycles._report_ranges_sql(tstzmultirange(tstzrange(p_from, p_to)) - v_summarised, 'l.created_at');
+    v_raw := cycles._report_ledger_sql(tstzmultirange(tstzrange(p_from, p_to)) - v_summarised);
     v_summary := cycles._report_ranges_sql(v_summarised, 'l.hour_start');
     IF v_raw IS NULL THEN
         -- Too many pieces (half-hour zones over a long range): all from the ledger.
         v_summary := 'false';
-        v_raw := '(l.created_at >= $1 AND l.created_at < $2)';
+        v_raw := '(SELECT * FROM cycles.ledger_entries AS l WHERE l.created_at >= $1 AND l.created_at < $2)';
     ELSE
         -- The ledger rows to add are few when at most two hours of the
         -- range after the summaries' start are not summarised (before it,
@@ -10207,9 +10234,8 @@ BEGIN
                    CASE WHEN l.operation = 'RELEASE' THEN -l.reserved_delta ELSE 0 END::numeric AS released,
                    CASE WHEN l.operation = 'EXPIRE' THEN -l.reserved_delta ELSE 0 END::numeric AS expired,
                    CASE WHEN l.operation IN ('COMMIT', 'EVENT') THEN 1 ELSE 0 END::bigint AS charges
-            FROM cycles.ledger_entries AS l
-            WHERE %5$s
-              AND l.operation IN ('RESERVE', 'COMMIT', 'RELEASE', 'EXPIRE', 'EVENT')
+            FROM %5$s AS l
+            WHERE l.operation IN ('RESERVE', 'COMMIT', 'RELEASE', 'EXPIRE', 'EVENT')
               AND ($3::text IS NULL OR l.tenant_id = $3)
               AND ($4::text IS NULL OR l.unit = $4)
               %4$s
@@ -10283,14 +10309,14 @@ BEGIN
     -- Whole hours from the summaries, the rest from the ledger
     -- (sql/39_reporting_summaries.sql).
     v_summarised := cycles._report_summarised_hours(p_from, p_to, 'total', 'UTC');
-    v_raw := cycles._report_ranges_sql(tstzmultirange(tstzrange(p_from, p_to)) - v_summarised, 'l.created_at');
+    v_raw := cycles._report_ledger_sql(tstzmultirange(tstzrange(p_from, p_to)) - v_summarised);
     v_summary := cycles._report_ranges_sql(v_summarised, 'l.hour_start');
     RETURN QUERY EXECUTE format($q$
         WITH charged AS (
             SELECT l.unit, l.tenant_id, %1$s AS key, (l.spent_delta + l.debt_delta)::numeric AS amount,
                    1::bigint AS charges
-            FROM cycles.ledger_entries AS l
-            WHERE %3$s AND l.operation IN ('COMMIT', 'EVENT') %2$s
+            FROM %3$s AS l
+            WHERE l.operation IN ('COMMIT', 'EVENT') %2$s
               AND ($3::text IS NULL OR l.tenant_id = $3)
               AND ($4::text IS NULL OR l.unit = $4)
             UNION ALL
