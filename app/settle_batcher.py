@@ -24,10 +24,11 @@ from typing import Final
 from app.db import Database
 from app.reserve_batcher import Batcher
 
+# The arrays travel in binary, as the reserve batch's do (see RESERVE_BATCH_SQL).
 SETTLE_BATCH_SQL: Final = (
     "SELECT o_item, o_response::text, o_sqlstate, o_message, o_detail"
-    " FROM cycles.settle_batch(p_api_key => %(key)s, p_operations => %(ops)s::text[],"
-    " p_reservation_ids => %(ids)s::text[], p_requests => %(requests)s::jsonb[], p_ctxs => %(ctxs)s::jsonb[])")
+    " FROM cycles.settle_batch(p_api_key => %(key)s, p_operations => %(ops)b::text[],"
+    " p_reservation_ids => %(ids)b::text[], p_requests => %(requests)b::jsonb[], p_ctxs => %(ctxs)b::jsonb[])")
 
 
 class SettleBatcher(Batcher):
